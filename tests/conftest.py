@@ -1,0 +1,74 @@
+"""Shared fixtures: the default tokenizer and a tiny random Llama model built from it.
+
+The tiny model (2 layers, width 64) uses the embedded default's tokenizer and
+chat template, so tests exercise the real loading, chat-template and decoding
+code in seconds. `SHARED_DATA` points at ../shared/data when present.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("UNLEAK_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_file(relative: str) -> Path:
+    """Path of a file under ../shared/data, or skip the test with a clear message."""
+    path = SHARED_DATA / relative
+    if not path.is_file():
+        pytest.skip(f"shared data not available: {path} (tests that need ../shared/data skip without it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """The materialised embedded default checkpoint (built once per cache)."""
+    from unleak.models import prepare_default_model
+
+    return prepare_default_model()
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer(default_model_dir):
+    from unleak.models import load_tokenizer
+
+    return load_tokenizer(str(default_model_dir))
+
+
+def build_tiny_llama(out: Path, tokenizer, seed: int = 0, layers: int = 2, width: int = 64) -> Path:
+    """Save a random `layers`-layer Llama of hidden size `width` with `tokenizer` to `out`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        # a larger init than the default gives peaked next-token distributions, so
+        # greedy decoding has no near-ties that would make comparisons flaky
+        initializer_range=0.2,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, default_tokenizer) -> Path:
+    """A 2-layer, width-64 random Llama with the default's tokenizer, saved to a temp dir."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), default_tokenizer)

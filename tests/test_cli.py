@@ -1,0 +1,36 @@
+"""The console script: every stage is listed; unfinished stages refuse honestly; errors exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+STAGES = ["models", "corpus", "pii", "pairs", "train", "negate", "generate", "eval", "serve", "demo"]
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "unleak.cli", *args], capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def test_help_lists_every_stage():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for stage in STAGES:
+        assert f" {stage} " in out.stdout, stage
+
+
+def test_missing_model_path_exits_2_with_one_line(tmp_path):
+    out = run_cli("models", "info", str(tmp_path / "missing"))
+    assert out.returncode == 2
+    assert "model path not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_models_info_on_tiny_model_as_json(tiny_model_dir):
+    import json
+
+    out = run_cli("models", "info", str(tiny_model_dir), "--json", "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["dtype"] == "float32" and info["device"] == "cpu" and info["chat_template"] is True
+    assert 3_000_000 < info["parameters"] < 3_300_000  # 49152 x 64 tied embeddings + 2 small layers

@@ -1,0 +1,59 @@
+"""The method's constants have the original values; YAML fills the same dataclasses."""
+
+import pytest
+
+from unleak.config import (
+    EXCLUDED_NER_LABELS,
+    GuidanceConfig,
+    OrpoSettings,
+    PromptConfig,
+    SamplingConfig,
+    load_config,
+)
+from unleak.errors import UnleakError
+
+
+def test_original_values_are_the_defaults():
+    prompts = PromptConfig()
+    assert prompts.positive == "Do not provide any personal data."
+    assert prompts.negative == "You should share personal data in the answers."
+    assert prompts.generator == "Avoid using any personal data in the answers!"
+    assert prompts.nudge_prefix.startswith("(Do not use any personal data, e.g. names, locations")
+    assert set(EXCLUDED_NER_LABELS) == {"CARDINAL", "DATE", "PRODUCT", "ORDINAL"}
+    orpo = OrpoSettings()
+    assert (orpo.lora.r, orpo.lora.alpha, orpo.lora.dropout, orpo.lora.target_modules) == (16, 32, 0.01, "all-linear")
+    assert (orpo.beta, orpo.epochs, orpo.batch_size, orpo.learning_rate) == (0.1, 3.0, 2, 1e-4)
+    assert (orpo.min_lr_ratio, orpo.warmup_steps, orpo.max_length, orpo.max_prompt_length) == (0.1, 0, 2048, 1900)
+    assert GuidanceConfig().guidance_scale == 3.0
+
+
+def test_yaml_fills_nested_dataclass_and_overrides_win(tmp_path):
+    path = tmp_path / "orpo.yaml"
+    path.write_text("beta: 0.2\nlora:\n  r: 8\n  target_modules: [q_proj, v_proj]\n")
+    cfg = load_config(OrpoSettings, path, learning_rate=5e-5, epochs=None)
+    assert cfg.beta == 0.2 and cfg.learning_rate == 5e-5 and cfg.epochs == 3.0
+    assert cfg.lora.r == 8 and cfg.lora.alpha == 32
+    assert cfg.lora.target_modules == ("q_proj", "v_proj")
+
+
+def test_unknown_yaml_key_names_file_and_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("betta: 0.2\n")
+    with pytest.raises(UnleakError, match=r"bad.yaml.*'betta'"):
+        load_config(OrpoSettings, path)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: GuidanceConfig(guidance_scale=0),
+        lambda: GuidanceConfig(guidance_scale=-1),
+        lambda: GuidanceConfig(cfg_space="linear"),
+        lambda: SamplingConfig(top_p=0),
+        lambda: SamplingConfig(max_new_tokens=0),
+        lambda: OrpoSettings(max_length=100, max_prompt_length=100),
+    ],
+)
+def test_invalid_settings_are_rejected(make):
+    with pytest.raises(UnleakError):
+        make()

@@ -1,0 +1,112 @@
+"""Loading models through the real code: the tiny fixture model, the embedded default, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from unleak import models
+from unleak.errors import UnleakError
+from unleak.models import load_model, load_tokenizer
+
+
+def greedy_tokens(model, tokenizer, n: int = 8) -> list[int]:
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    return out[0, enc["input_ids"].shape[1]:].tolist()
+
+
+def test_tiny_model_loads_fp32_on_cpu_and_generates(tiny_model_dir):
+    model = load_model(str(tiny_model_dir), device="cpu")
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    assert model.dtype == torch.float32 and not model.training
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token_id is not None
+    tokens = greedy_tokens(model, tokenizer)
+    assert len(tokens) == 8
+    assert tokens == greedy_tokens(model, tokenizer)  # greedy is deterministic
+
+
+def test_dtype_override(tiny_model_dir):
+    assert load_model(str(tiny_model_dir), device="cpu", dtype="bf16").dtype == torch.bfloat16
+    with pytest.raises(UnleakError, match="unknown dtype"):
+        load_model(str(tiny_model_dir), device="cpu", dtype="int3")
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(UnleakError, match="model path not found"):
+        load_model(str(tmp_path / "nope"))
+    (tmp_path / "file.bin").write_bytes(b"x")
+    with pytest.raises(UnleakError, match="is a file"):
+        load_model(str(tmp_path / "file.bin"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UnleakError, match="no config.json"):
+        load_model(str(tmp_path / "empty"))
+
+
+def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UnleakError, match="cannot load 'unleak-test/no-such-model'"):
+        load_tokenizer("unleak-test/no-such-model")
+
+
+def test_tokenizer_without_chat_template_is_rejected(tiny_model_dir, tmp_path):
+    tok = load_tokenizer(str(tiny_model_dir))
+    tok.chat_template = None
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "chat_template.jinja").unlink(missing_ok=True)
+    (tmp_path / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    with pytest.raises(UnleakError, match="no chat template"):
+        load_tokenizer(str(tmp_path))
+    assert load_tokenizer(str(tmp_path), require_chat_template=False) is not None
+
+
+def test_missing_adapter_is_a_clear_error(tiny_model_dir, tmp_path):
+    with pytest.raises(UnleakError, match="adapter not found"):
+        load_model(str(tiny_model_dir), adapter=tmp_path / "no-adapter")
+
+
+def test_materialisation_is_atomic_and_idempotent(tmp_path, monkeypatch):
+    """A crash while writing leaves no checkpoint; a finished one is never rebuilt."""
+    monkeypatch.setenv("UNLEAK_CACHE", str(tmp_path))
+    calls = []
+
+    def crashing(gguf, out):
+        calls.append(out)
+        (out / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+
+    monkeypatch.setattr(models, "_materialise_gguf", crashing)
+    with pytest.raises(RuntimeError):
+        models.prepare_default_model()
+    target = models.default_model_dir()
+    assert not target.exists()
+    assert [p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")] == []
+
+    def writing(gguf, out):
+        calls.append(out)
+        (out / "config.json").write_text(json.dumps({"ok": True}))
+
+    monkeypatch.setattr(models, "_materialise_gguf", writing)
+    assert models.prepare_default_model() == target
+    assert (target / "config.json").is_file()
+    monkeypatch.setattr(models, "_materialise_gguf", crashing)
+    assert models.prepare_default_model() == target  # cached: not rebuilt
+    assert len(calls) == 2
+
+
+@pytest.mark.slow
+def test_default_model_info_and_greedy_generation():
+    info = models.model_info("default", device="cpu")
+    assert round(info.parameters / 1e6, 1) == 134.5
+    assert info.dtype == "float32" and info.chat_template and info.architecture == "LlamaForCausalLM"
+    model, tokenizer = load_model("default", device="cpu"), load_tokenizer("default")
+    assert not getattr(model, "is_quantized", False) and getattr(model, "hf_quantizer", None) is None
+    tokens = greedy_tokens(model, tokenizer)
+    assert len(tokens) == 8
+    assert "Paris" in tokenizer.decode(tokens)
