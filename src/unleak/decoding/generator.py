@@ -1,0 +1,361 @@
+"""Batched decoding with classifier-free guidance: B requests as 2B rows, one forward per step.
+
+`CFGGenerator(model, tokenizer).generate(requests)` decodes every request's
+positive row (the dialog under the positive system prompt) and negative row
+(the same dialog under the negative one) together: rows ``[pos..., neg...]``,
+left-padded, one batched KV cache, position ids taken from the attention mask,
+logits of the last position only. Each step the two rows of a pair are mixed
+(`cfg.cfg_scores`), one token is chosen (`sampling.sample_next_token`) and
+appended to both rows. A pair leaves the batch as soon as it stops (EOS, a
+stop string or its token budget), so finished requests cost nothing. Requests
+with guidance scale 1 have no negative row at all.
+
+Per request: guidance scale and space, sampling settings and seed, stop
+strings, and, on a `peft.PeftModel`, the adapter (on, off, or a named one;
+a batch mixing them uses PEFT's per-row `adapter_names`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from unleak.chat import Message, messages_from_prompt, render_prompt, validate_messages, with_system_prompt
+from unleak.config import GuidanceConfig, PromptConfig, SamplingConfig
+from unleak.decoding.cfg import cfg_scores
+from unleak.decoding.sampling import sample_next_token
+from unleak.errors import UnleakError
+
+log = logging.getLogger(__name__)
+
+#: Adapter choice of a request: True = the model's active adapter, False = none, str = that adapter.
+AdapterChoice = bool | str
+
+
+@dataclass
+class GenerationRequest:
+    """One request. Give exactly one of `messages`, `prompt` or `input_ids`.
+
+    - `messages`: a chat; the positive/negative system prompts replace any
+      system message; a final assistant message is continued.
+    - `prompt`: a plain user message or a full chat-formatted string.
+    - `input_ids` (+ `negative_input_ids` when guided): raw token ids, no
+      template applied (e.g. the extraction attack's plain-text prompts).
+    """
+
+    messages: list[Message] | None = None
+    prompt: str | None = None
+    input_ids: list[int] | None = None
+    negative_input_ids: list[int] | None = None
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    adapter: AdapterChoice = True
+
+
+@dataclass
+class GenerationResult:
+    """The outcome of one request."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (EOS or stop string) or "length"
+    guidance_scale: float
+    cfg_space: str
+    prompt_tokens: int
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "finish_reason": self.finish_reason,
+            "guidance_scale": self.guidance_scale,
+            "cfg_space": self.cfg_space,
+        }
+
+
+@dataclass
+class StreamEvent:
+    """Emitted while decoding: new text of request `index`; `result` set when it finished."""
+
+    index: int
+    text: str
+    result: GenerationResult | None = None
+
+
+@dataclass
+class _Encoded:
+    pos: list[int]
+    neg: list[int] | None
+    request: GenerationRequest
+
+
+@dataclass
+class _Pair:
+    """Decoding state of one request inside a batch."""
+
+    index: int
+    enc: _Encoded
+    generator: torch.Generator | None
+    tokens: list[int] = field(default_factory=list)
+    emitted: int = 0  # characters of text already streamed
+    done: GenerationResult | None = None
+
+
+class CFGGenerator:
+    """Batched CFG decoder over a Hugging Face causal LM (optionally a `peft.PeftModel`)."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: PromptConfig | None = None,
+        max_batch_requests: int = 16,
+        context_length: int | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prompts = prompts or PromptConfig()
+        self.max_batch_requests = max_batch_requests
+        cfg = model.config
+        self.context_length = context_length or getattr(cfg, "max_position_embeddings", None) or 2048
+        eos = {tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        self.eos_ids = {e for e in eos if e is not None}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.is_peft = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # --- encoding -------------------------------------------------------------
+
+    def encode(self, request: GenerationRequest) -> _Encoded:
+        """Token ids of the positive and (if guided) negative prompt of a request."""
+        guided = request.guidance.guidance_scale != 1.0
+        given = sum(x is not None for x in (request.messages, request.prompt, request.input_ids))
+        if given != 1:
+            raise UnleakError("a request needs exactly one of messages, prompt or input_ids")
+        if request.input_ids is not None:
+            if not request.input_ids:
+                raise UnleakError("empty prompt")
+            if guided and not request.negative_input_ids:
+                raise UnleakError("a guided request with input_ids needs negative_input_ids")
+            pos, neg = list(request.input_ids), list(request.negative_input_ids or []) or None
+            return _Encoded(self._fit(pos, 0, request), self._fit(neg, 0, request) if guided else None, request)
+        if request.messages is not None:
+            messages = validate_messages(request.messages)
+            continue_final = messages[-1]["role"] == "assistant"
+        else:
+            parsed = messages_from_prompt(request.prompt or "")
+            messages, continue_final = parsed.messages, parsed.continue_final
+        pos, keep_pos = self._encode_messages(with_system_prompt(messages, self.prompts.positive), continue_final)
+        pos = self._fit(pos, keep_pos, request)
+        neg = None
+        if guided:
+            neg_ids, keep_neg = self._encode_messages(
+                with_system_prompt(messages, self.prompts.negative), continue_final
+            )
+            neg = self._fit(neg_ids, keep_neg, request)
+        return _Encoded(pos, neg, request)
+
+    def _encode_messages(self, messages: list[Message], continue_final: bool) -> tuple[list[int], int]:
+        text = render_prompt(self.tokenizer, messages, continue_final)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        system_text = render_prompt(self.tokenizer, messages[:1], continue_final=True)
+        system_ids = self.tokenizer(system_text, add_special_tokens=False)["input_ids"]
+        keep = len(system_ids) if ids[: len(system_ids)] == system_ids else 0
+        return ids, keep
+
+    def _fit(self, ids: list[int], keep_head: int, request: GenerationRequest) -> list[int]:
+        """Truncate from the left to fit the context, keeping the first `keep_head` (system) tokens."""
+        budget = self.context_length - request.sampling.max_new_tokens
+        if len(ids) <= budget:
+            return ids
+        if budget <= keep_head:
+            raise UnleakError(
+                f"max_new_tokens={request.sampling.max_new_tokens} leaves no room for the prompt "
+                f"in a context of {self.context_length} tokens"
+            )
+        log.warning("prompt of %d tokens truncated from the left to %d (context %d)",
+                    len(ids), budget, self.context_length)
+        return ids[:keep_head] + ids[len(ids) - (budget - keep_head):]
+
+    # --- decoding -------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Decode all requests (in batches of `max_batch_requests`); results in input order."""
+        results: list[GenerationResult | None] = [None] * len(requests)
+        for event in self.stream(requests):
+            if event.result is not None:
+                results[event.index] = event.result
+        return [r for r in results if r is not None]
+
+    def stream(self, requests: Sequence[GenerationRequest]) -> Iterator[StreamEvent]:
+        """Decode, yielding text deltas as they come; a final event per request carries its result."""
+        encoded = [self.encode(r) for r in requests]
+        for start in range(0, len(encoded), self.max_batch_requests):
+            chunk = encoded[start:start + self.max_batch_requests]
+            yield from self._decode_batch(chunk, offset=start)
+
+    def _decode_batch(self, encoded: list[_Encoded], offset: int) -> Iterator[StreamEvent]:
+        device = self.device
+        pairs = []
+        for i, enc in enumerate(encoded):
+            seed = enc.request.sampling.seed
+            gen = None
+            if enc.request.sampling.temperature > 0:
+                gen = torch.Generator(device=device)
+                gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+            pairs.append(_Pair(offset + i, enc, gen))
+
+        # rows: positive rows of all pairs, then negative rows of the guided ones
+        rows_ids = [p.enc.pos for p in pairs] + [p.enc.neg for p in pairs if p.enc.neg is not None]
+        neg_owner = [k for k, p in enumerate(pairs) if p.enc.neg is not None]
+        width = max(len(r) for r in rows_ids)
+        input_ids = torch.full((len(rows_ids), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows_ids), width), dtype=torch.long)
+        for r, ids in enumerate(rows_ids):
+            input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            mask[r, width - len(ids):] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=getattr(self.model, "config", None))
+        active = list(range(len(pairs)))  # indices into `pairs` of unfinished pairs, row order
+        neg_active = list(neg_owner)  # owners of the current negative rows, row order
+        step_inputs, step_positions = input_ids, positions
+        with torch.inference_mode():
+            while active:
+                with self._adapter_scope([pairs[k] for k in active], [pairs[k] for k in neg_active]) as extra:
+                    out = self.model(
+                        input_ids=step_inputs,
+                        attention_mask=mask,
+                        position_ids=step_positions,
+                        cache=cache,
+                        use_cache=True,
+                        logits_to_keep=1,
+                        **extra,
+                    )
+                cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+                logits = out.logits[:, -1, :]
+                tokens = self._choose(logits, [pairs[k] for k in active], neg_active, active)
+                finished_events: list[StreamEvent] = []
+                for k, token in zip(active, tokens.tolist()):
+                    event = self._advance(pairs[k], token)
+                    if event is not None:
+                        finished_events.append(event)
+                yield from finished_events
+
+                still = [k for k in active if pairs[k].done is None]
+                still_neg = [k for k in neg_active if pairs[k].done is None]
+                if not still:
+                    break
+                keep_rows = [active.index(k) for k in still] + [len(active) + neg_active.index(k) for k in still_neg]
+                if len(keep_rows) != mask.shape[0]:
+                    keep = torch.tensor(keep_rows, device=device)
+                    cache.batch_select_indices(keep)
+                    mask, step_positions = mask[keep], step_positions[keep]
+                # the chosen token goes to both rows of its pair
+                tokens = tokens[[active.index(k) for k in still] + [active.index(k) for k in still_neg]]
+                active, neg_active = still, still_neg
+                step_inputs = tokens.reshape(-1, 1).to(device)
+                step_positions = step_positions[:, -1:] + 1
+                mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1)
+
+    def _choose(self, logits: torch.Tensor, active_pairs: list[_Pair], neg_active: list[int],
+                active: list[int]) -> torch.Tensor:
+        """Next token of every active pair (row order of `active`)."""
+        n = len(active_pairs)
+        pos_logits = logits[:n]
+        scores = torch.log_softmax(pos_logits.float(), dim=-1)
+        if neg_active:
+            idx = [active.index(k) for k in neg_active]
+            g = torch.tensor([active_pairs[i].enc.request.guidance.guidance_scale for i in idx])
+            prob = torch.tensor([active_pairs[i].enc.request.guidance.cfg_space == "prob" for i in idx])
+            guided = cfg_scores(pos_logits[idx], logits[n:], g, prob)
+            scores[idx] = guided
+        sampling = [p.enc.request.sampling for p in active_pairs]
+        return sample_next_token(
+            scores,
+            temperature=torch.tensor([s.temperature for s in sampling]),
+            top_k=torch.tensor([s.top_k for s in sampling]),
+            top_p=torch.tensor([s.top_p for s in sampling]),
+            generators=[p.generator for p in active_pairs],
+        )
+
+    def _advance(self, pair: _Pair, token: int) -> StreamEvent | None:
+        """Append `token` to a pair; return an event with new text (and the result if it finished)."""
+        req = pair.enc.request
+        finish = None
+        if token in self.eos_ids:
+            finish = "stop"
+        else:
+            pair.tokens.append(token)
+        text = self.tokenizer.decode(pair.tokens, skip_special_tokens=True)
+        stops = req.sampling.stop
+        if stops:
+            hits = [text.find(s, max(0, pair.emitted - len(s))) for s in stops]
+            hits = [h for h in hits if h >= 0]
+            if hits:
+                text, finish = text[: min(hits)], "stop"
+        if finish is None and len(pair.tokens) >= req.sampling.max_new_tokens:
+            finish = "length"
+        if finish is None:
+            # hold back an unfinished UTF-8 sequence and what could start a stop string
+            hold = max((len(s) - 1 for s in stops), default=0)
+            safe = text.rstrip("\ufffd")
+            safe = safe[: max(pair.emitted, len(safe) - hold)]
+            delta, pair.emitted = safe[pair.emitted:], max(pair.emitted, len(safe))
+            return StreamEvent(pair.index, delta) if delta else None
+        pair.done = GenerationResult(
+            text=text,
+            token_ids=list(pair.tokens),
+            finish_reason=finish,
+            guidance_scale=req.guidance.guidance_scale,
+            cfg_space=req.guidance.cfg_space,
+            prompt_tokens=len(pair.enc.pos),
+        )
+        delta = text[pair.emitted:]
+        pair.emitted = len(text)
+        return StreamEvent(pair.index, delta, pair.done)
+
+    @contextlib.contextmanager
+    def _adapter_scope(self, active: list[_Pair], neg_active_pairs: list[_Pair]) -> Iterator[dict[str, Any]]:
+        """Attach the requested adapters for one forward pass; yields extra forward kwargs."""
+        choices = [p.enc.request.adapter for p in active] + [p.enc.request.adapter for p in neg_active_pairs]
+        if not self.is_peft:
+            if any(isinstance(c, str) for c in choices):
+                raise UnleakError("a named adapter was requested but the model has no adapters loaded")
+            yield {}
+            return
+        active_name = self.model.active_adapter
+        names = ["__base__" if c is False else (active_name if c is True else c) for c in choices]
+        unknown = {n for n in names if n != "__base__" and n not in self.model.peft_config}
+        if unknown:
+            raise UnleakError(f"unknown adapter(s) {sorted(unknown)}; loaded: {sorted(self.model.peft_config)}")
+        if len(set(names)) > 1:
+            yield {"adapter_names": names}
+        elif names[0] == "__base__":
+            with self.model.disable_adapter():
+                yield {}
+        elif names[0] != active_name:
+            self.model.set_adapter(names[0])
+            try:
+                yield {}
+            finally:
+                self.model.set_adapter(active_name)
+        else:
+            yield {}

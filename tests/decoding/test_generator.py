@@ -1,0 +1,234 @@
+"""The batched CFG generator on the tiny random model (and the default model, marked slow)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from unleak.chat import render_prompt, with_system_prompt
+from unleak.config import GuidanceConfig, PromptConfig, SamplingConfig
+from unleak.decoding import CFGGenerator, GenerationRequest
+from unleak.decoding.cfg import cfg_mix_probs
+from unleak.errors import UnleakError
+from unleak.models import load_model, load_tokenizer
+
+PROMPTS = PromptConfig()
+DIALOGS = [
+    [{"role": "user", "content": "Hi, I am Maria Lopez from Seville. Can you draft an email to my landlord?"}],
+    [{"role": "user", "content": "What is two plus two?"}],
+    [{"role": "user", "content": "My phone is 555-0101."},
+     {"role": "assistant", "content": "Thanks! I will remember that your number is"}],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    model = load_model(str(tiny_model_dir), device="cpu")
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    return model, tokenizer
+
+
+def request(messages, g=3.0, space="log", n=12, **sampling):
+    return GenerationRequest(messages=messages, guidance=GuidanceConfig(g, space),
+                             sampling=SamplingConfig(max_new_tokens=n, **sampling))
+
+
+def encode(tokenizer, messages, system):
+    cont = messages[-1]["role"] == "assistant"
+    text = render_prompt(tokenizer, with_system_prompt(messages, system), continue_final=cont)
+    return tokenizer(text, add_special_tokens=False, return_tensors="pt")
+
+
+def hf_guided(model, tokenizer, messages, g, n):
+    pos, neg = encode(tokenizer, messages, PROMPTS.positive), encode(tokenizer, messages, PROMPTS.negative)
+    out = model.generate(**pos, guidance_scale=g, negative_prompt_ids=neg["input_ids"],
+                         negative_prompt_attention_mask=neg["attention_mask"], max_new_tokens=n,
+                         min_new_tokens=n, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return out[0, pos["input_ids"].shape[1]:].tolist()
+
+
+def reference_prob_space(model, tokenizer, messages, g, n):
+    """Direct computation, no cache, no batching: full forward of each branch every step."""
+    pos = encode(tokenizer, messages, PROMPTS.positive)["input_ids"]
+    neg = encode(tokenizer, messages, PROMPTS.negative)["input_ids"]
+    tokens = []
+    with torch.no_grad():
+        for _ in range(n):
+            lp, ln = model(pos).logits[:, -1], model(neg).logits[:, -1]
+            t = cfg_mix_probs(lp, ln, g).argmax(-1, keepdim=True)
+            tokens.append(t.item())
+            pos, neg = torch.cat([pos, t], 1), torch.cat([neg, t], 1)
+    return tokens
+
+
+def no_eos(gen):
+    gen.eos_ids = set()  # a random model may emit EOS at any step; compare fixed lengths
+    return gen
+
+
+@pytest.mark.parametrize("messages", DIALOGS)
+def test_log_space_greedy_equals_transformers_guidance_scale(tiny, messages):
+    model, tokenizer = tiny
+    ours = no_eos(CFGGenerator(model, tokenizer)).generate([request(messages, 3.0, "log", 12)])[0]
+    assert ours.token_ids == hf_guided(model, tokenizer, messages, 3.0, 12)
+
+
+@pytest.mark.parametrize("messages", DIALOGS)
+def test_prob_space_greedy_equals_direct_reference(tiny, messages):
+    model, tokenizer = tiny
+    ours = no_eos(CFGGenerator(model, tokenizer)).generate([request(messages, 3.0, "prob", 10)])[0]
+    assert ours.token_ids == reference_prob_space(model, tokenizer, messages, 3.0, 10)
+    assert ours.cfg_space == "prob" and ours.guidance_scale == 3.0
+
+
+def test_batched_equals_one_by_one_with_mixed_settings(tiny):
+    """Left padding, mask-derived positions and per-request scale/space/length are independent."""
+    model, tokenizer = tiny
+    gen = no_eos(CFGGenerator(model, tokenizer))
+    reqs = [request(DIALOGS[0], 3.0, "log", 9), request(DIALOGS[1], 1.0, "log", 4),
+            request(DIALOGS[2], 2.0, "prob", 12), request(DIALOGS[1], 5.0, "prob", 7)]
+    together = gen.generate(reqs)
+    alone = [gen.generate([r])[0] for r in reqs]
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    assert [len(r.token_ids) for r in together] == [9, 4, 12, 7]
+    assert all(r.finish_reason == "length" for r in together)
+
+
+def rows_per_forward(model):
+    sizes = []
+    handle = model.get_input_embeddings().register_forward_hook(lambda m, i, o: sizes.append(o.shape[0]))
+    return sizes, handle
+
+
+def test_one_forward_per_step_and_finished_pairs_leave(tiny):
+    model, tokenizer = tiny
+    gen = no_eos(CFGGenerator(model, tokenizer))
+    sizes, handle = rows_per_forward(model)
+    try:
+        gen.generate([request(DIALOGS[0], 3.0, "log", 2), request(DIALOGS[1], 3.0, "log", 5),
+                      request(DIALOGS[2], 1.0, "log", 5)])
+    finally:
+        handle.remove()
+    # 3 positive rows + 2 negative rows; the first pair leaves after 2 tokens; g = 1 has no negative row
+    assert sizes == [5, 5, 3, 3, 3]
+
+
+def test_scale_one_runs_no_negative_row(tiny):
+    model, tokenizer = tiny
+    sizes, handle = rows_per_forward(model)
+    try:
+        no_eos(CFGGenerator(model, tokenizer)).generate([request(DIALOGS[0], 1.0, "prob", 3)])
+    finally:
+        handle.remove()
+    assert sizes == [1, 1, 1]
+
+
+def test_eos_and_stop_strings_end_a_request(tiny):
+    model, tokenizer = tiny
+    gen = no_eos(CFGGenerator(model, tokenizer))
+    full = gen.generate([request(DIALOGS[1], 3.0, "log", 16)])[0]
+    gen.eos_ids = {full.token_ids[3]}
+    cut = gen.generate([request(DIALOGS[1], 3.0, "log", 16)])[0]
+    assert cut.finish_reason == "stop" and cut.token_ids == full.token_ids[:3]
+    stop = full.text[len(full.text) // 2: len(full.text) // 2 + 3]
+    assert stop.strip()
+    gen.eos_ids = set()
+    stopped = gen.generate([request(DIALOGS[1], 3.0, "log", 16, stop=(stop,))])[0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == full.text[: full.text.find(stop)]
+
+
+def test_streamed_text_adds_up_to_the_result(tiny):
+    model, tokenizer = tiny
+    gen = no_eos(CFGGenerator(model, tokenizer))
+    reqs = [request(DIALOGS[0], 3.0, "prob", 10), request(DIALOGS[1], 1.0, "log", 6)]
+    pieces, results = {0: "", 1: ""}, {}
+    for ev in gen.stream(reqs):
+        pieces[ev.index] += ev.text
+        if ev.result is not None:
+            results[ev.index] = ev.result
+    assert pieces[0] == results[0].text and pieces[1] == results[1].text
+
+
+def test_seeded_sampling_is_reproducible_and_batch_independent(tiny):
+    model, tokenizer = tiny
+    gen = no_eos(CFGGenerator(model, tokenizer))
+    r = request(DIALOGS[0], 3.0, "prob", 10, temperature=0.9, top_p=0.95, top_k=50, seed=123)
+    a = gen.generate([r])[0].token_ids
+    b = gen.generate([request(DIALOGS[1], 2.0, "log", 4, temperature=1.0, seed=5), r])[1].token_ids
+    assert a == b
+
+
+def test_adapter_per_request_on_a_peft_model(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    base = load_model(str(tiny_model_dir), device="cpu")
+    torch.manual_seed(0)
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=64, target_modules="all-linear",
+                                            init_lora_weights=False))
+    model.eval()
+    gen = no_eos(CFGGenerator(model, tokenizer))
+    on = gen.generate([GenerationRequest(messages=DIALOGS[0], adapter=True,
+                                         sampling=SamplingConfig(max_new_tokens=8))])[0]
+    off = gen.generate([GenerationRequest(messages=DIALOGS[0], adapter=False,
+                                          sampling=SamplingConfig(max_new_tokens=8))])[0]
+    assert on.token_ids != off.token_ids
+    mixed = gen.generate([GenerationRequest(messages=DIALOGS[0], adapter=a, sampling=SamplingConfig(max_new_tokens=8))
+                          for a in (False, True)])
+    assert [m.token_ids for m in mixed] == [off.token_ids, on.token_ids]
+    with pytest.raises(UnleakError, match="unknown adapter"):
+        gen.generate([GenerationRequest(messages=DIALOGS[0], adapter="nope")])
+
+
+def test_long_prompt_is_truncated_from_the_left_keeping_the_system_message(tiny, caplog):
+    model, tokenizer = tiny
+    gen = CFGGenerator(model, tokenizer, context_length=96)
+    long = [{"role": "user", "content": "tell me " * 200 + "END"}]
+    with caplog.at_level(logging.WARNING):
+        enc = gen.encode(request(long, 3.0, "log", 16))
+    assert "truncated" in caplog.text
+    assert len(enc.pos) == 80 and len(enc.neg) == 80
+    system = tokenizer(render_prompt(tokenizer, [{"role": "system", "content": PROMPTS.positive}],
+                                     continue_final=True), add_special_tokens=False)["input_ids"]
+    assert enc.pos[: len(system)] == system
+    full = encode(tokenizer, long, PROMPTS.positive)["input_ids"][0].tolist()
+    assert enc.pos[len(system):] == full[-(80 - len(system)):]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (GenerationRequest(prompt=""), "empty prompt"),
+    (GenerationRequest(prompt="   "), "empty prompt"),
+    (GenerationRequest(messages=[]), "non-empty list"),
+    (GenerationRequest(messages=[{"role": "robot", "content": "x"}]), "role"),
+    (GenerationRequest(), "exactly one"),
+])
+def test_bad_requests_are_clear_errors(tiny, bad, match):
+    model, tokenizer = tiny
+    with pytest.raises(UnleakError, match=match):
+        CFGGenerator(model, tokenizer).generate([bad])
+
+
+def test_chat_string_prompt_gets_its_system_message_swapped(tiny):
+    model, tokenizer = tiny
+    gen = CFGGenerator(model, tokenizer)
+    llama = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023"
+             "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWhat is two plus two?<|eot_id|>"
+             "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    from_string = gen.encode(GenerationRequest(prompt=llama))
+    from_messages = gen.encode(request(DIALOGS[1]))
+    assert from_string.pos == from_messages.pos and from_string.neg == from_messages.neg
+    assert PROMPTS.positive in tokenizer.decode(from_string.pos)
+    assert PROMPTS.negative in tokenizer.decode(from_string.neg)
+    assert "Cutting Knowledge" not in tokenizer.decode(from_string.pos)
+
+
+@pytest.mark.slow
+def test_default_model_log_space_equals_transformers_guidance_scale(default_model_dir):
+    model = load_model(str(default_model_dir), device="cpu")
+    tokenizer = load_tokenizer(str(default_model_dir))
+    messages = [{"role": "user", "content": "I'm Tom Baker, born 3 May 1980 in Leeds. Write a one-line bio."}]
+    ours = CFGGenerator(model, tokenizer).generate([request(messages, 3.0, "log", 24)])[0]
+    assert ours.token_ids == hf_guided(model, tokenizer, messages, 3.0, 24)[: len(ours.token_ids)]
