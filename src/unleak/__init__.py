@@ -8,4 +8,12 @@ from unleak.errors import UnleakError
 
 __version__ = "0.1.0"
 
-__all__ = ["UnleakError", "__version__"]
+
+def query(prompt: str, **overrides) -> str:
+    """The LLM-PC `query(prompt)` interface: see `unleak.decoding.api.query`."""
+    from unleak.decoding.api import query as _query
+
+    return _query(prompt, **overrides)
+
+
+__all__ = ["UnleakError", "__version__", "query"]

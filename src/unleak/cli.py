@@ -16,7 +16,7 @@ from rich.console import Console
 
 from unleak.errors import UnleakError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 app = typer.Typer(
     help="unleak: train, measure and serve a defence that stops a chat LLM from revealing memorised PII.",
@@ -100,10 +100,59 @@ def negate() -> None:
     _not_built("negate", 7)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def generate() -> None:
+@app.command()
+def generate(
+    model: str = typer.Option("default", help="'default', a checkpoint directory or a hub id."),
+    adapter: str = typer.Option(None, help="PEFT adapter directory to attach."),
+    prompt: str = typer.Option(None, help="One prompt: a user message or a full chat-formatted string."),
+    in_file: str = typer.Option(None, "--in", help='JSONL of {"prompt": str} or {"messages": [...]} rows.'),
+    guidance_scale: float = typer.Option(3.0, help="CFG scale g (1 = plain decoding, no negative branch)."),
+    cfg_space: str = typer.Option("prob", help="'prob' (probability space) or 'log' (as transformers)."),
+    greedy: bool = typer.Option(False, "--greedy", help="Greedy decoding (the default unless --temperature > 0)."),
+    temperature: float = typer.Option(0.0, help="Sampling temperature (0 = greedy)."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
+    top_k: int = typer.Option(0, help="Top-k sampling (0 = off)."),
+    seed: int = typer.Option(None, help="Seed for sampling."),
+    max_new_tokens: int = typer.Option(256, help="Tokens to generate at most."),
+    stop: list[str] = typer.Option(None, help="Stop string (repeatable)."),
+    batch_size: int = typer.Option(16, help="Requests decoded together."),
+    device: str = typer.Option(None, help="cpu, cuda, ... (default: by hardware)."),
+    dtype: str = typer.Option(None, help="fp32, bf16, fp16 (default: by hardware)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per request, in input order."),
+) -> None:
     """Generate with classifier-free guidance between the privacy system prompts."""
-    _not_built("generate", 5)
+    from unleak.config import GuidanceConfig, SamplingConfig
+    from unleak.decoding.api import read_generation_requests, run_generate
+    from unleak.decoding.generator import GenerationRequest
+
+    if (prompt is None) == (in_file is None):
+        raise UnleakError("give exactly one of --prompt or --in")
+    if greedy and temperature > 0:
+        raise UnleakError("--greedy and --temperature > 0 contradict each other")
+    guidance = GuidanceConfig(guidance_scale, cfg_space)  # type: ignore[arg-type]
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                              top_k=top_k, seed=seed, stop=tuple(stop or ()))
+    if prompt is not None:
+        requests = [GenerationRequest(prompt=prompt, guidance=guidance, sampling=sampling)]
+    else:
+        requests = read_generation_requests(in_file, guidance, sampling)
+    events = run_generate(requests, model=model, adapter=adapter, device=device, dtype=dtype,
+                          batch_size=batch_size)
+    results = {}
+    for event in events:
+        if not as_json and len(requests) == 1:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        if event.result is not None:
+            results[event.index] = event.result
+    if as_json:
+        for i in range(len(requests)):
+            print(json.dumps(results[i].as_dict(), ensure_ascii=False))
+    elif len(requests) == 1:
+        print()
+    else:
+        for i in range(len(requests)):
+            print(f"### {i} ({results[i].finish_reason})\n{results[i].text}\n")
 
 
 @app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

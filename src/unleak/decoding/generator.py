@@ -28,6 +28,7 @@ import torch
 from unleak.chat import Message, messages_from_prompt, render_prompt, validate_messages, with_system_prompt
 from unleak.config import GuidanceConfig, PromptConfig, SamplingConfig
 from unleak.decoding.cfg import cfg_scores
+from unleak.decoding.cpu_linear import skinny_cpu_linear
 from unleak.decoding.sampling import sample_next_token
 from unleak.errors import UnleakError
 
@@ -237,7 +238,7 @@ class CFGGenerator:
         active = list(range(len(pairs)))  # indices into `pairs` of unfinished pairs, row order
         neg_active = list(neg_owner)  # owners of the current negative rows, row order
         step_inputs, step_positions = input_ids, positions
-        with torch.inference_mode():
+        with torch.inference_mode(), skinny_cpu_linear(self.model):
             while active:
                 with self._adapter_scope([pairs[k] for k in active], [pairs[k] for k in neg_active]) as extra:
                     out = self.model(

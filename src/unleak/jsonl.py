@@ -1,0 +1,76 @@
+"""JSON Lines input and atomic output, shared by every stage.
+
+Reading: `read_jsonl` yields `(line_number, object)` and `require` fetches a
+typed field; both raise `UnleakError` naming file, line and field. Writing:
+`atomic_write_jsonl` / `atomic_write_text` write to a temporary file in the
+same directory and rename it into place, so a crash or a bad input row never
+leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from unleak.errors import UnleakError
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Yield `(line_number, parsed_object)` for every non-blank line of `path`."""
+    p = Path(path)
+    if not p.is_file():
+        raise UnleakError(f"{p}: file not found")
+    with p.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UnleakError(f"{p}:{number}: not valid JSON ({exc.msg})") from None
+            yield number, obj
+
+
+def require(obj: Any, field: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """`obj[field]`, checked to be an instance of `kind`; `where` is "file:line"."""
+    if not isinstance(obj, dict):
+        raise UnleakError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if field not in obj:
+        raise UnleakError(f"{where}: missing field {field!r}")
+    value = obj[field]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise UnleakError(f"{where}: field {field!r} must be {names}, got {type(value).__name__}")
+    return value
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` atomically (temp file + rename); creates parent directories."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def atomic_write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
+    """Write one JSON object per line to `path` atomically."""
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def append_jsonl(path: str | Path, row: Any) -> None:
+    """Append one row and flush it to disk (for resumable caches; a torn last line is skipped on read)."""
+    with Path(path).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
