@@ -70,16 +70,120 @@ def models_info(
 
 # --- stages not built yet ------------------------------------------------------
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def corpus() -> None:
-    """Conversations: LLM-PC reader, synthetic PII-rich corpus, splits, stats."""
-    _not_built("corpus", 4)
+corpus_app = typer.Typer(help="Conversations: synthetic PII-rich corpus, LLM-PC import, splits, stats.",
+                         no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+pii_app = typer.Typer(help="PII detection: scan texts, score detectors against ground truth.", no_args_is_help=True)
+app.add_typer(pii_app, name="pii")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def pii() -> None:
-    """PII detection: scan texts, score detectors against ground truth."""
-    _not_built("pii", 4)
+@corpus_app.command("synth")
+def corpus_synth(
+    out: str = typer.Option(..., help="Corpus directory to write."),
+    n: int = typer.Option(400, help="Number of conversations."),
+    seed: int = typer.Option(0, help="Random seed (the corpus is deterministic for a seed)."),
+    identities: int = typer.Option(None, help="Recurring identities (default n // 3)."),
+) -> None:
+    """Write a synthetic PII-rich corpus (LLM-PC files + ground-truth spans)."""
+    from unleak.corpus.store import corpus_stats, save_corpus
+    from unleak.corpus.synth import synthesize_corpus
+
+    if n < 1:
+        raise UnleakError("--n must be >= 1")
+    conversations = synthesize_corpus(n, seed, identities)
+    save_corpus(out, conversations, {"generator": "unleak.synth", "seed": seed, "n": n, "identities": identities})
+    print(json.dumps(corpus_stats(conversations)))
+
+
+@corpus_app.command("import")
+def corpus_import(
+    scrubbed: str = typer.Option(..., help="LLM-PC scrubbed JSONL ({idx, messages})."),
+    pii_file: str = typer.Option(..., "--pii", help="LLM-PC PII-dict JSONL (line i: placeholder -> value)."),
+    out: str = typer.Option(..., help="Corpus directory to write."),
+) -> None:
+    """Import LLM-PC challenge files (or any data in that format) as a corpus directory."""
+    from unleak.corpus.llmpc import read_llmpc
+    from unleak.corpus.store import corpus_stats, save_corpus
+
+    conversations = read_llmpc(scrubbed, pii_file)
+    save_corpus(out, conversations, {"generator": "llm-pc import", "scrubbed": scrubbed, "pii": pii_file})
+    print(json.dumps(corpus_stats(conversations)))
+
+
+@corpus_app.command("split")
+def corpus_split(
+    directory: str = typer.Argument(..., help="Corpus directory."),
+    test_fraction: float = typer.Option(0.2, help="Fraction of conversations in the test split."),
+    seed: int = typer.Option(0, help="Split seed."),
+) -> None:
+    """Split a corpus into train/test by conversation (writes split.json)."""
+    from unleak.corpus.store import split_corpus
+
+    split = split_corpus(directory, test_fraction, seed)
+    print(json.dumps({"train": len(split["train"]), "test": len(split["test"]), "seed": seed}))
+
+
+@corpus_app.command("stats")
+def corpus_stats_cmd(directory: str = typer.Argument(..., help="Corpus directory or chat JSONL file.")) -> None:
+    """Conversations, turns, PII occurrences by type and by role."""
+    from rich.table import Table
+
+    from unleak.corpus.store import corpus_stats, load_corpus
+
+    stats = corpus_stats(load_corpus(directory))
+    table = Table(title=f"{directory}: {stats['conversations']} conversations, {stats['turns']} turns, "
+                        f"{stats['pii_occurrences']} PII occurrences")
+    table.add_column("PII type")
+    table.add_column("occurrences", justify="right")
+    for kind, count in stats["by_type"].items():
+        table.add_row(kind, str(count))
+    Console().print(table)
+    print(json.dumps(stats))
+
+
+@pii_app.command("scan")
+def pii_scan(
+    in_file: str = typer.Option(..., "--in", help="JSONL input."),
+    out: str = typer.Option(..., help="JSONL output, one row per input row."),
+    field: str = typer.Option("text", help="Field holding the text."),
+    detector: str = typer.Option("combined", help="combined, ner or patterns."),
+    summary: bool = typer.Option(False, help="Print counts by label."),
+) -> None:
+    """Detect PII in a text field of every row."""
+    from unleak.pii import build_detector
+    from unleak.pii.scan import read_texts, scan_file
+
+    read_texts(in_file, field)  # validate before loading any model
+    counts = scan_file(build_detector(detector), in_file, out, field)
+    if summary:
+        print(json.dumps({"total": sum(counts.values()), "by_label": dict(counts.most_common())}))
+
+
+@pii_app.command("score")
+def pii_score(
+    corpus: str = typer.Option(..., help="Corpus directory with ground truth (e.g. from `corpus synth`)."),
+    detector: str = typer.Option("combined", help="combined, ner or patterns."),
+    out: str = typer.Option(None, help="Write the JSON result here too."),
+) -> None:
+    """Precision/recall per PII type of a detector against ground truth."""
+    from rich.table import Table
+
+    from unleak.corpus.store import load_corpus
+    from unleak.jsonl import atomic_write_text
+    from unleak.pii import build_detector
+    from unleak.pii.score import score_detector
+
+    result = score_detector(build_detector(detector), load_corpus(corpus))
+    table = Table(title=f"{detector}: recall {result['recall']}, precision {result['precision']} "
+                        f"on {result['texts']} turns")
+    for col in ("type", "support", "recall", "detected", "precision"):
+        table.add_column(col, justify="right" if col != "type" else "left")
+    for kind, r in result["per_type"].items():
+        table.add_row(kind, str(r["support"]), str(r["recall"]), str(r["detected"]), str(r["precision"]))
+    Console().print(table)
+    if out:
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -1,0 +1,69 @@
+"""The in-memory model of a PII-rich conversation.
+
+A `Conversation` is an ordered list of `Turn`s (role, unscrubbed text) plus
+its `PIIOccurrence`s: type (NAME, LOC, ...), value, placeholder (`NAME-1`),
+turn index and character span in that turn's unscrubbed text. `scrubbed()`
+gives the turns with every occurrence replaced by `[PLACEHOLDER]`, the form
+attackers hold in the LLM-PC challenge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from unleak.errors import UnleakError
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str
+    text: str
+
+
+@dataclass(frozen=True)
+class PIIOccurrence:
+    type: str
+    value: str
+    placeholder: str
+    turn: int
+    start: int
+    end: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Conversation:
+    id: str
+    turns: list[Turn]
+    pii: list[PIIOccurrence] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for occ in self.pii:
+            if not 0 <= occ.turn < len(self.turns):
+                raise UnleakError(f"conversation {self.id}: PII occurrence in missing turn {occ.turn}")
+            if self.turns[occ.turn].text[occ.start:occ.end] != occ.value:
+                raise UnleakError(f"conversation {self.id}: span {occ.start}:{occ.end} of turn {occ.turn} "
+                                  f"is not {occ.value!r}")
+
+    def messages(self) -> list[dict[str, str]]:
+        return [{"role": t.role, "content": t.text} for t in self.turns]
+
+    def pii_in_turn(self, turn: int) -> list[PIIOccurrence]:
+        return sorted((o for o in self.pii if o.turn == turn), key=lambda o: o.start)
+
+    def scrubbed_turns(self) -> list[Turn]:
+        """Turns with each PII occurrence replaced by its `[PLACEHOLDER]`."""
+        out = []
+        for i, t in enumerate(self.turns):
+            text, last = [], 0
+            for occ in self.pii_in_turn(i):
+                text += [t.text[last:occ.start], f"[{occ.placeholder}]"]
+                last = occ.end
+            out.append(Turn(t.role, "".join(text) + t.text[last:]))
+        return out
+
+    def placeholder_values(self) -> dict[str, str]:
+        return {o.placeholder: o.value for o in self.pii}

