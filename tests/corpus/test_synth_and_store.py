@@ -1,0 +1,74 @@
+"""The synthetic corpus: deterministic, diverse, recurring identities, exact spans; splits and stats."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from unleak.corpus.store import corpus_stats, load_corpus, load_split, read_chat_jsonl, save_corpus, split_corpus
+from unleak.corpus.store import write_chat_jsonl
+from unleak.corpus.synth import SITUATIONS, synthesize_corpus
+
+TYPES = {"NAME", "LOC", "DATE", "PHONE", "EMAIL", "SSN", "ADDRESS", "ORG", "URL", "IP", "ACCOUNT"}
+
+
+def test_deterministic_for_a_seed_and_different_across_seeds():
+    a, b, c = synthesize_corpus(30, 0), synthesize_corpus(30, 0), synthesize_corpus(30, 1)
+    assert [x.turns for x in a] == [x.turns for x in b]
+    assert [x.turns for x in a] != [x.turns for x in c]
+
+
+def test_shape_types_roles_and_recurring_identities():
+    convs = synthesize_corpus(300, 0)
+    stats = corpus_stats(convs)
+    assert set(stats["by_type"]) == TYPES
+    assert stats["by_role"]["assistant"] > stats["by_role"]["user"] * 0.8  # assistants repeat PII
+    assert all(2 <= len(c.turns) - 1 <= 6 for c in convs)
+    names = [o.value for c in convs for o in c.pii if o.type == "NAME" and " " in o.value]
+    assert len(set(names)) < len(names)  # identities recur across conversations
+    dialogs = {tuple(t.text for t in c.turns) for c in convs}
+    assert len(dialogs) == len(convs)  # no two dialogs are the same
+    assert len({c.turns[1].text for c in convs}) >= 0.95 * len(convs)
+    assert len(SITUATIONS) >= 12
+
+
+def test_spans_are_exact_and_scrubbing_uses_consistent_placeholders():
+    for c in synthesize_corpus(40, 2):
+        for o in c.pii:
+            assert c.turns[o.turn].text[o.start:o.end] == o.value
+        by_placeholder = {}
+        for o in c.pii:
+            assert by_placeholder.setdefault(o.placeholder, o.value) == o.value
+
+
+def test_save_load_split_is_by_conversation_and_deterministic(tmp_path):
+    convs = synthesize_corpus(50, 0)
+    save_corpus(tmp_path, convs, {"seed": 0})
+    loaded = load_corpus(tmp_path)
+    assert [c.turns for c in loaded] == [c.turns for c in convs]
+    assert [c.pii for c in loaded] == [c.pii for c in convs]
+    split = split_corpus(tmp_path, 0.2, seed=0)
+    assert len(split["test"]) == 10 and not set(split["test"]) & set(split["train"])
+    assert split_corpus(tmp_path, 0.2, seed=0) == split
+    assert {c.id for c in load_split(tmp_path, "test")} == set(split["test"])
+
+
+def test_chat_jsonl_round_trip(tmp_path):
+    convs = synthesize_corpus(5, 0)
+    write_chat_jsonl(tmp_path / "c.jsonl", convs)
+    back = read_chat_jsonl(tmp_path / "c.jsonl")
+    assert [c.turns for c in back] == [c.turns for c in convs] and [c.pii for c in back] == [c.pii for c in convs]
+
+
+def test_cli_synth_split_stats(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "unleak.cli", "corpus", *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    out = run("synth", "--out", str(tmp_path / "c"), "--n", "20", "--seed", "4")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["conversations"] == 20
+    assert json.loads(run("split", str(tmp_path / "c")).stdout) == {"train": 16, "test": 4, "seed": 0}
+    stats = json.loads(run("stats", str(tmp_path / "c")).stdout.splitlines()[-1])
+    assert stats["conversations"] == 20
+    missing = run("split", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "not a corpus directory" in missing.stderr
