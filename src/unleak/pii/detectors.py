@@ -92,7 +92,7 @@ class PresidioPatternDetector:
             # phonenumbers rejects numbers that are well-formed but not assigned (e.g. area code 882);
             # a leaked number is PII whether or not it is dialable, so shapes count too.
             PatternRecognizer(supported_entity="PHONE_NUMBER", name="PhoneShapeRecognizer", patterns=[
-                Pattern("phone shape", PHONE_SHAPE, 0.5), Pattern("ten digits", r"(?<![\w.-])\d{10}(?![\w-])", 0.4)]),
+                Pattern("phone shape", PHONE_SHAPE, 0.5), Pattern("digit run", r"(?<![\w.-])\d{7,11}(?![\w-])", 0.3)]),
             PatternRecognizer(supported_entity="US_BANK_NUMBER", name="AccountShapeRecognizer", patterns=[
                 Pattern("account number", r"\b[A-Z]{2,4}\d{2}[A-Z0-9]{8,30}\b", 0.5),
                 Pattern("long digit run", r"(?<![\d.-])\d{12,19}(?![\d-])", 0.4)]),
@@ -117,8 +117,9 @@ class PresidioPatternDetector:
 
 
 PHONE_SHAPE = (
-    r"(?<![\w.+-])(?:\+\d{1,3}[\s.-]?(?:\(0\))?\s?)?(?:\(\d{2,5}\)\s?|\d{2,5}[\s.-])?"
-    r"\d{3,4}[\s.-]\d{3,4}(?:\s?(?:x|ext\.?)\s?\d{1,6})?(?![\w-])"
+    r"(?<![\w.+-])(?!\d{1,2}[./-]\d{1,2}[./-]\d{2,4}\b)(?!\d{4}-\d{2}-\d{2}\b)(?=(?:\D{0,3}\d){7})"
+    r"(?:\+?\d{1,3}[\s.-]?(?:\(0\))?\s?)?(?:\(\d{2,5}\)\s?)?\d{1,5}(?:[\s.-]\d{2,5}){0,2}[\s.-]\d{3,5}"
+    r"(?:\s?(?:x|ext\.?)\s?\d{1,6})?(?![\w-])"
 )
 
 _PERSONAL_CONTEXT = re.compile(r"\b(born|birth|birthday|my|I|I'm|me|appointment|married|wedding|dob)\b", re.I)
