@@ -14,6 +14,7 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 
+from unleak.config import GuidanceConfig
 from unleak.errors import UnleakError
 
 console = Console(stderr=True, soft_wrap=True)
@@ -210,8 +211,8 @@ def generate(
     adapter: str = typer.Option(None, help="PEFT adapter directory to attach."),
     prompt: str = typer.Option(None, help="One prompt: a user message or a full chat-formatted string."),
     in_file: str = typer.Option(None, "--in", help='JSONL of {"prompt": str} or {"messages": [...]} rows.'),
-    guidance_scale: float = typer.Option(3.0, help="CFG scale g (1 = plain decoding, no negative branch)."),
-    cfg_space: str = typer.Option("prob", help="'prob' (probability space) or 'log' (as transformers)."),
+    guidance_scale: float = typer.Option(GuidanceConfig.guidance_scale, help="CFG scale g (1 = plain decoding, no negative branch)."),
+    cfg_space: str = typer.Option(GuidanceConfig.cfg_space, help="'prob' (probability space) or 'log' (as transformers)."),
     greedy: bool = typer.Option(False, "--greedy", help="Greedy decoding (the default unless --temperature > 0)."),
     temperature: float = typer.Option(0.0, help="Sampling temperature (0 = greedy)."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
@@ -225,7 +226,7 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per request, in input order."),
 ) -> None:
     """Generate with classifier-free guidance between the privacy system prompts."""
-    from unleak.config import GuidanceConfig, SamplingConfig
+    from unleak.config import SamplingConfig
     from unleak.decoding.api import read_generation_requests, run_generate
     from unleak.decoding.generator import GenerationRequest
 

@@ -174,8 +174,6 @@ class Identity:
 
 
 def _make_identity(rng: random.Random, fakers: dict) -> Identity:
-    from faker import Faker  # noqa: F401  (fakers are Faker instances)
-
     locale = rng.choice(LOCALES)
     f, us = fakers[locale], fakers["en_US"]
     first, last = f.first_name(), f.last_name()
