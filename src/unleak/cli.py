@@ -7,6 +7,7 @@ line and exit with status 2; nothing here holds logic of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from typing import NoReturn
@@ -187,10 +188,81 @@ def pii_score(
     print(json.dumps(result))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def pairs() -> None:
-    """Preference pairs with NER-verified PII-free chosen answers (plain and CFG variant)."""
-    _not_built("pairs", 6)
+pairs_app = typer.Typer(help="Preference pairs with NER-verified PII-free chosen answers (plain and CFG variant).",
+                        no_args_is_help=True)
+app.add_typer(pairs_app, name="pairs")
+
+
+@pairs_app.command("build")
+def pairs_build(
+    corpus: str = typer.Option(..., help="Split corpus directory (its train split is used)."),
+    out: str = typer.Option(..., help="Output directory (also the resumable candidate cache)."),
+    generator: str = typer.Option("local", help="local (an HF model) or openai (an OpenAI-compatible endpoint)."),
+    model: str = typer.Option(None, help="local: 'default', path or hub id; openai: the endpoint's model name."),
+    base_url: str = typer.Option(None, help="openai: endpoint URL, e.g. http://127.0.0.1:8000/v1 (vLLM)."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="openai: environment variable holding the key."),
+    concurrency: int = typer.Option(8, help="openai: requests in flight."),
+    candidates: int = typer.Option(None, help="Candidates per sample, mode and try (default 2)."),
+    modes: str = typer.Option(None, help="Comma-separated subset of chat,nudge,completion,start_with."),
+    max_tries: int = typer.Option(None, help="Rounds for samples without a PII-free candidate (default 3)."),
+    max_new_tokens: int = typer.Option(None, help="Tokens per candidate (default 128)."),
+    limit: int = typer.Option(None, help="Use at most N samples (seeded, stratified by PII type)."),
+    profile: str = typer.Option(None, help="PII profile of the verification: original (default) or strict."),
+    config: str = typer.Option(None, help="YAML PairsConfig (flags override it)."),
+    batch_size: int = typer.Option(32, help="Candidates generated (and cached) per batch."),
+) -> None:
+    """Build pairs.jsonl and pairs_cfg.jsonl from a corpus's train split; resumable."""
+    from unleak.config import CandidateConfig, PairsConfig, PIIConfig, load_config
+    from unleak.pairs.build import build_preference_pairs
+    from unleak.pairs.generators import build_generator
+
+    base = load_config(PairsConfig, config)
+    cand = load_config(CandidateConfig, None, **{**dataclasses.asdict(base.candidate), **_given(
+        candidates=candidates, max_tries=max_tries, max_new_tokens=max_new_tokens,
+        modes=tuple(modes.split(",")) if modes else None)})
+    pii = load_config(PIIConfig, None, **{**dataclasses.asdict(base.pii), **_given(profile=profile)})
+    cfg = dataclasses.replace(base, candidate=cand, pii=pii, limit=limit if limit is not None else base.limit)
+    gen = build_generator(generator, model, cand, base_url=base_url, api_key_env=api_key_env,
+                          concurrency=concurrency)
+    stats = build_preference_pairs(corpus, gen, out, cfg, batch_size=batch_size)
+    _print_pair_stats(stats)
+
+
+def _given(**values: object) -> dict[str, object]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _print_pair_stats(stats: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{stats['samples']} samples, {stats['with_chosen']} with a PII-free answer "
+                        f"({stats['chosen_rate']:.1%}); {stats['pairs']} pairs, {stats['pairs_cfg']} CFG pairs")
+    for col in ("mode", "candidates", "with PII", "unusable", "rejection rate", "samples ok 1st try"):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    for mode, m in stats["by_mode"].items():
+        table.add_row(mode, str(m["candidates"]), str(m["with_pii"]), str(m["unusable"]),
+                      f"{m['rejection_rate']:.1%}", f"{m['sample_success_first_try']:.1%}")
+    Console().print(table)
+    by_type = Table(title="chosen rate by PII type")
+    for col in ("type", "samples", "with chosen", "rate"):
+        by_type.add_column(col, justify="left" if col == "type" else "right")
+    for t, r in stats["by_pii_type"].items():
+        by_type.add_row(t, str(r["samples"]), str(r["with_chosen"]), f"{r['chosen_rate']:.1%}")
+    Console().print(by_type)
+
+
+@pairs_app.command("stats")
+def pairs_stats(directory: str = typer.Argument(..., help="Output directory of `unleak pairs build`.")) -> None:
+    """Samples, pairs, rejection rate per mode and PII type of a pairs directory."""
+    from pathlib import Path
+
+    path = Path(directory) / "stats.json"
+    if not path.is_file():
+        raise UnleakError(f"{path}: not found; build pairs first with `unleak pairs build`")
+    stats = json.loads(path.read_text())
+    _print_pair_stats(stats)
+    print(json.dumps({k: stats[k] for k in ("samples", "with_chosen", "chosen_rate", "pairs", "pairs_cfg",
+                                            "by_mode", "by_pii_type")}))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

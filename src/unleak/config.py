@@ -101,14 +101,47 @@ class SamplingConfig:
             raise UnleakError(f"top_k must be >= 0, got {self.top_k}")
 
 
+#: Generator modes of the original: plain chat, chat with the nudging prefix on
+#: the last user message, completion of the half-written answer, chat told to
+#: start with the answer's first words.
+CANDIDATE_MODES: tuple[str, ...] = ("chat", "nudge", "completion", "start_with")
+#: Instruction appended to the last user message in the `start_with` mode.
+START_WITH_INSTRUCTION = 'Start your answer with these exact words: "{prefix}"'
+
+
 @dataclass(frozen=True)
 class CandidateConfig:
     """Generation of PII-free candidate answers (section 1 of the method)."""
 
     temperature: float = 0.7
+    top_p: float = 1.0
+    #: candidates per sample, mode and try
     candidates: int = 2
     max_new_tokens: int = 128
+    #: rounds of generation for a sample that has no PII-free candidate yet
     max_tries: int = 3
+    modes: tuple[str, ...] = CANDIDATE_MODES
+    start_with_instruction: str = START_WITH_INSTRUCTION
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.modes) - set(CANDIDATE_MODES)
+        if unknown or not self.modes:
+            raise UnleakError(f"modes must be a non-empty subset of {CANDIDATE_MODES}, got {self.modes}")
+        if self.candidates < 1 or self.max_tries < 1:
+            raise UnleakError("candidates and max_tries must be >= 1")
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    """How preference pairs are assembled from verified candidates."""
+
+    candidate: CandidateConfig = field(default_factory=CandidateConfig)
+    pii: PIIConfig = field(default_factory=PIIConfig)
+    #: also pair the first PII-free candidate against candidates that contain PII
+    pii_candidates_as_rejected: bool = True
+    #: use at most this many samples (seeded choice, stratified by PII type); None = all
+    limit: int | None = None
 
 
 @dataclass(frozen=True)

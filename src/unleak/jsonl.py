@@ -68,9 +68,20 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def append_jsonl(path: str | Path, row: Any) -> None:
-    """Append one row and flush it to disk (for resumable caches; a torn last line is skipped on read)."""
-    with Path(path).open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+def append_jsonl(path: str | Path, rows: Iterable[Any]) -> None:
+    """Append rows and flush them to disk (resumable caches).
+
+    A torn last line left by a killed writer is closed with a newline first, so
+    it stays one unreadable line (skipped by the cache reader) instead of
+    swallowing the next row.
+    """
+    p = Path(path)
+    torn = False
+    if p.is_file() and p.stat().st_size:
+        with p.open("rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            torn = fh.read(1) != b"\n"
+    with p.open("a", encoding="utf-8") as fh:
+        fh.write(("\n" if torn else "") + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         fh.flush()
         os.fsync(fh.fileno())

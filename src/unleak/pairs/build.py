@@ -1,0 +1,299 @@
+"""Preference pairs: candidates per sample and mode, NER verification, chosen/rejected, the CFG variant.
+
+`build_preference_pairs(corpus_dir, generator, out_dir, config)`:
+
+1. samples of the corpus's **train** split (`samples.build_samples`);
+2. candidate answers in every configured mode (`mode_request`), drawn in
+   rounds: a sample with no PII-free candidate is tried again, up to
+   `max_tries` rounds; every generated text is appended to
+   `candidates.cache.jsonl` (fsync'd per batch) under a key
+   `sample/mode/try/k`, so a killed run resumes where it stopped;
+3. the PII detector labels each candidate's full answer; PII-free answers are
+   **chosen**, the original answer (and PII-bearing candidates) **rejected**;
+4. output, written atomically, in TRL's conversational preference format:
+   `pairs.jsonl` (the dialog as prompt), `pairs_cfg.jsonl` (each pair under the
+   positive system prompt, plus under the negative one with chosen/rejected
+   swapped), `failed.jsonl` (samples without a PII-free candidate),
+   `samples.jsonl`, `stats.json`.
+
+Pairs are whole assistant answers after the dialog. A completion-mode
+candidate becomes the answer `prefix + continuation`, so it is chosen only if
+that whole answer is PII-free: a prefix that already holds PII never enters a
+chosen answer. (A prompt ending in a half-written assistant message is not a
+format TRL's trainers tokenise correctly.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unleak.chat import Message, with_system_prompt
+from unleak.config import PairsConfig, PromptConfig
+from unleak.corpus.store import SPLIT, load_split
+from unleak.errors import UnleakError
+from unleak.jsonl import append_jsonl, atomic_write_jsonl, atomic_write_text
+from unleak.pairs.generators import CandidateGenerator, CandidateRequest
+from unleak.pairs.samples import Sample, build_samples, limit_samples
+
+log = logging.getLogger(__name__)
+
+CACHE = "candidates.cache.jsonl"
+
+
+@dataclass
+class Candidate:
+    sample_id: str
+    mode: str
+    attempt: int
+    k: int
+    text: str  # what the generator returned
+    answer: str | None = None  # the full assistant answer it stands for; None if unusable
+    pii: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.sample_id}/{self.mode}/{self.attempt}/{self.k}"
+
+    @property
+    def chosen(self) -> bool:
+        return self.answer is not None and not self.pii
+
+
+def applicable_modes(sample: Sample, modes: tuple[str, ...]) -> list[str]:
+    """Completion and start-with need a half-written answer; without one they equal plain chat."""
+    return [m for m in modes if sample.prefix.strip() or m in ("chat", "nudge")]
+
+
+def mode_request(sample: Sample, mode: str, prompts: PromptConfig, start_with_instruction: str,
+                 seed: int) -> CandidateRequest:
+    """The generator's chat for one sample in one mode (the generator system prompt in front)."""
+    messages = with_system_prompt(sample.messages, prompts.generator)
+    continue_final = False
+    if mode in ("nudge", "start_with"):
+        last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        content = messages[last]["content"]
+        if mode == "nudge":
+            content = f"{prompts.nudge_prefix} {content}"
+        else:
+            content = f"{content}\n\n{start_with_instruction.format(prefix=sample.prefix.strip())}"
+        messages = messages[:last] + [{"role": "user", "content": content}] + messages[last + 1:]
+    elif mode == "completion":
+        messages = messages + [{"role": "assistant", "content": sample.prefix}]
+        continue_final = True
+    elif mode != "chat":
+        raise UnleakError(f"unknown candidate mode {mode!r}")
+    return CandidateRequest(messages, continue_final, seed)
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def candidate_answer(sample: Sample, mode: str, text: str) -> str | None:
+    """The full assistant answer a generated text stands for, or None when it is unusable."""
+    if mode == "completion":
+        answer = sample.prefix + text
+        return answer if text.strip() else None
+    answer = text.strip()
+    if not answer:
+        return None
+    if mode == "start_with" and not _norm(answer).startswith(_norm(sample.prefix)):
+        return None  # it did not start with the given words
+    return answer
+
+
+def _seed(base: int, key: str) -> int:
+    return (int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) + base) % (2**31)
+
+
+def _read_cache(path: Path) -> dict[str, str]:
+    """Generated texts by key; a torn last line (a killed writer) is ignored."""
+    cache: dict[str, str] = {}
+    if not path.is_file():
+        return cache
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            cache[row["key"]] = row["text"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return cache
+
+
+def _fingerprint(config: PairsConfig, generator: CandidateGenerator, corpus_dir: Path) -> str:
+    split = (corpus_dir / SPLIT).read_text() if (corpus_dir / SPLIT).is_file() else ""
+    blob = json.dumps([asdict(config.candidate), generator.name, split, asdict(PromptConfig())], default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator, out_dir: str | Path,
+                           config: PairsConfig | None = None, prompts: PromptConfig | None = None,
+                           detector: Any = None, batch_size: int = 32, progress: bool = True) -> dict[str, Any]:
+    """Build `pairs.jsonl` and `pairs_cfg.jsonl` in `out_dir`; return the statistics (also in stats.json)."""
+    config = config or PairsConfig()
+    prompts = prompts or PromptConfig()
+    corpus_dir, out = Path(corpus_dir), Path(out_dir)
+    samples = limit_samples(build_samples(load_split(corpus_dir, "train")), config.limit, config.candidate.seed)
+    if not samples:
+        raise UnleakError(f"{corpus_dir}: the train split has no PII inside an assistant turn")
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = _fingerprint(config, generator, corpus_dir)
+    fp_file = out / "fingerprint"
+    if fp_file.is_file() and fp_file.read_text().strip() != fingerprint:
+        raise UnleakError(f"{out}: holds candidates made with other settings (generator, modes, split); "
+                          "use another --out or delete it")
+    atomic_write_text(fp_file, fingerprint + "\n")
+    if detector is None:
+        from unleak.pii.base import detector_for_profile
+
+        detector = detector_for_profile(config.pii)
+
+    cc = config.candidate
+    cache_path = out / CACHE
+    cache = _read_cache(cache_path)
+    candidates: dict[str, list[Candidate]] = defaultdict(list)
+    pending = list(samples)
+    for attempt in range(cc.max_tries):
+        todo: list[tuple[Candidate, CandidateRequest]] = []
+        for s in pending:
+            for mode in applicable_modes(s, cc.modes):
+                for k in range(cc.candidates):
+                    cand = Candidate(s.id, mode, attempt, k, "")
+                    todo.append((cand, mode_request(s, mode, prompts, cc.start_with_instruction,
+                                                    _seed(cc.seed, cand.key))))
+        missing = [(c, r) for c, r in todo if c.key not in cache]
+        _generate_into_cache(generator, missing, cache, cache_path, batch_size, progress,
+                             f"candidates, round {attempt + 1}/{cc.max_tries}")
+        by_id = {s.id: s for s in pending}
+        round_cands = []
+        for cand, _ in todo:
+            cand.text = cache[cand.key]
+            cand.answer = candidate_answer(by_id[cand.sample_id], cand.mode, cand.text)
+            round_cands.append(cand)
+        usable = [c for c in round_cands if c.answer is not None]
+        for cand, spans in zip(usable, detector.detect([c.answer for c in usable])):
+            cand.pii = [sp.as_dict() for sp in spans]
+        for cand in round_cands:
+            candidates[cand.sample_id].append(cand)
+        pending = [s for s in pending if not any(c.chosen for c in candidates[s.id])]
+        if not pending:
+            break
+
+    plain, cfg_rows, failed = assemble_pairs(samples, candidates, generator.name, config, prompts)
+    stats = pair_statistics(samples, candidates, plain, cfg_rows, failed)
+    stats.update(generator=generator.name, corpus=str(corpus_dir), split="train", profile=config.pii.profile,
+                 config=asdict(config))
+    atomic_write_jsonl(out / "samples.jsonl", [s.as_dict() for s in samples])
+    atomic_write_jsonl(out / "pairs.jsonl", plain)
+    atomic_write_jsonl(out / "pairs_cfg.jsonl", cfg_rows)
+    atomic_write_jsonl(out / "failed.jsonl", failed)
+    atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, default=str) + "\n")
+    return stats
+
+
+def _generate_into_cache(generator: CandidateGenerator, work: list[tuple[Candidate, CandidateRequest]],
+                         cache: dict[str, str], cache_path: Path, batch_size: int, progress: bool,
+                         label: str) -> None:
+    if not work:
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  disable=not progress) as bar:
+        task = bar.add_task(label, total=len(work))
+        for i in range(0, len(work), batch_size):
+            chunk = work[i:i + batch_size]
+            texts = generator.generate([r for _, r in chunk])
+            rows = [{"key": c.key, "text": t} for (c, _), t in zip(chunk, texts)]
+            append_jsonl(cache_path, rows)
+            for row in rows:
+                cache[row["key"]] = row["text"]
+            bar.advance(task, len(chunk))
+
+
+def _provenance(sample: Sample, generator: str, mode: str, **extra: Any) -> dict[str, Any]:
+    return {"sample_id": sample.id, "conversation_id": sample.conversation_id, "pii_type": sample.pii_type,
+            "generator": generator, "mode": mode, **extra}
+
+
+def assemble_pairs(samples: list[Sample], candidates: dict[str, list[Candidate]], generator: str,
+                   config: PairsConfig, prompts: PromptConfig
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Plain pairs, CFG-variant pairs and the failed samples, from verified candidates."""
+    plain: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    for s in samples:
+        cands = candidates.get(s.id, [])
+        chosen = [c for c in cands if c.chosen]
+        if not chosen:
+            failed.append({"sample_id": s.id, "conversation_id": s.conversation_id, "pii_type": s.pii_type,
+                           "tries": max((c.attempt for c in cands), default=-1) + 1,
+                           "reasons": dict(Counter("unusable" if c.answer is None else "pii" for c in cands))})
+            continue
+        seen: set[str] = set()
+        for c in chosen:
+            if c.answer in seen:
+                continue
+            seen.add(c.answer)
+            plain.append(_pair(s.messages, c.answer, s.original_answer,
+                               _provenance(s, generator, c.mode, rejected_source="original")))
+        if config.pii_candidates_as_rejected:
+            for c in cands:
+                if c.answer is not None and c.pii and c.answer not in seen:
+                    seen.add(c.answer)
+                    plain.append(_pair(s.messages, chosen[0].answer, c.answer,
+                                       _provenance(s, generator, chosen[0].mode, rejected_source=f"candidate:{c.mode}")))
+    cfg_rows = cfg_variant(plain, prompts)
+    return plain, cfg_rows, failed
+
+
+def _pair(dialog: list[Message], chosen: str, rejected: str, meta: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt": dialog, "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], **meta}
+
+
+def cfg_variant(pairs: list[dict[str, Any]], prompts: PromptConfig) -> list[dict[str, Any]]:
+    """Each pair under the positive system prompt, and under the negative one with chosen and rejected swapped."""
+    rows = []
+    for p in pairs:
+        rows.append({**p, "prompt": with_system_prompt(p["prompt"], prompts.positive), "system": "positive"})
+        rows.append({**p, "prompt": with_system_prompt(p["prompt"], prompts.negative), "system": "negative",
+                     "chosen": p["rejected"], "rejected": p["chosen"]})
+    return rows
+
+
+def pair_statistics(samples: list[Sample], candidates: dict[str, list[Candidate]], plain: list[dict[str, Any]],
+                    cfg_rows: list[dict[str, Any]], failed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Samples, pairs, chosen rate overall and per PII type, rejection rate per mode."""
+    per_mode: dict[str, Counter] = defaultdict(Counter)
+    for cands in candidates.values():
+        for c in cands:
+            m = per_mode[c.mode]
+            m["candidates"] += 1
+            m["unusable"] += c.answer is None
+            m["with_pii"] += bool(c.pii)
+            m["chosen"] += c.chosen
+    by_mode = {}
+    for mode, m in sorted(per_mode.items()):
+        first = [c for cands in candidates.values() for c in cands if c.mode == mode and c.attempt == 0]
+        samples_mode = {c.sample_id for c in first}
+        ok_first = {c.sample_id for c in first if c.chosen}
+        by_mode[mode] = {**m, "rejection_rate": round(1 - m["chosen"] / m["candidates"], 4),
+                         "sample_success_first_try": round(len(ok_first) / max(1, len(samples_mode)), 4)}
+    failed_ids = {f["sample_id"] for f in failed}
+    by_type: dict[str, dict[str, Any]] = {}
+    for t in sorted({s.pii_type for s in samples}):
+        ids = [s.id for s in samples if s.pii_type == t]
+        ok = sum(i not in failed_ids for i in ids)
+        by_type[t] = {"samples": len(ids), "with_chosen": ok, "chosen_rate": round(ok / len(ids), 4)}
+    n_ok = len(samples) - len(failed_ids)
+    return {"samples": len(samples), "with_chosen": n_ok, "chosen_rate": round(n_ok / len(samples), 4),
+            "failed": len(failed_ids), "pairs": len(plain), "pairs_cfg": len(cfg_rows),
+            "by_mode": by_mode, "by_pii_type": by_type}

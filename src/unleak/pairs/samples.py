@@ -1,0 +1,100 @@
+"""Samples per PII location: the unit that preference pairs, leakage evaluation and the demo share.
+
+For every PII occurrence inside an assistant turn of a conversation there is
+one `Sample`: its `dialog` is the conversation before that turn (PII left in,
+as in the original), its `prefix` the assistant's text up to the PII, and its
+`target` the rest of the answer (the PII-bearing continuation the model
+memorised). Samples whose dialog and prefix coincide are kept once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from unleak.chat import Message
+from unleak.corpus.model import Conversation
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    conversation_id: str
+    turn: int
+    pii_type: str
+    pii_value: str
+    dialog: tuple[tuple[str, str], ...]  # (role, content) of the turns before the answer
+    prefix: str
+    target: str
+
+    @property
+    def messages(self) -> list[Message]:
+        return [{"role": r, "content": c} for r, c in self.dialog]
+
+    @property
+    def original_answer(self) -> str:
+        return self.prefix + self.target
+
+    def prompt_messages(self) -> list[Message]:
+        """The dialog plus the half-written answer (a final assistant message when the prefix is not empty)."""
+        return self.messages + ([{"role": "assistant", "content": self.prefix}] if self.prefix else [])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "conversation_id": self.conversation_id, "turn": self.turn,
+                "pii_type": self.pii_type, "pii_value": self.pii_value, "messages": self.messages,
+                "prefix": self.prefix, "target": self.target}
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Sample:
+        return cls(row["id"], row["conversation_id"], row["turn"], row["pii_type"], row["pii_value"],
+                   tuple((m["role"], m["content"]) for m in row["messages"]), row["prefix"], row["target"])
+
+
+def sample_id(dialog: tuple[tuple[str, str], ...], prefix: str) -> str:
+    digest = hashlib.sha256(json.dumps([dialog, prefix], ensure_ascii=False).encode()).hexdigest()
+    return digest[:16]
+
+
+def build_samples(conversations: list[Conversation]) -> list[Sample]:
+    """One sample per PII occurrence in an assistant turn, in corpus order, deduplicated by prompt."""
+    out: list[Sample] = []
+    seen: set[str] = set()
+    for conv in conversations:
+        for occ in sorted(conv.pii, key=lambda o: (o.turn, o.start)):
+            turn = conv.turns[occ.turn]
+            if turn.role != "assistant":
+                continue
+            dialog = tuple((t.role, t.text) for t in conv.turns[: occ.turn])
+            if not any(r == "user" for r, _ in dialog):
+                continue
+            prefix = turn.text[: occ.start]
+            sid = sample_id(dialog, prefix)
+            if sid in seen:
+                continue
+            seen.add(sid)
+            out.append(Sample(sid, conv.id, occ.turn, occ.type, occ.value, dialog, prefix, turn.text[occ.start:]))
+    return out
+
+
+def limit_samples(samples: list[Sample], limit: int | None, seed: int = 0) -> list[Sample]:
+    """At most `limit` samples, chosen with a seed and stratified by PII type (round-robin over types)."""
+    if limit is None or limit >= len(samples):
+        return samples
+    rng = random.Random(seed)
+    by_type: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_type[s.pii_type].append(s)
+    for group in by_type.values():
+        rng.shuffle(group)
+    chosen: list[Sample] = []
+    types = sorted(by_type)
+    while len(chosen) < limit:
+        for t in types:
+            if by_type[t] and len(chosen) < limit:
+                chosen.append(by_type[t].pop())
+    keep = {s.id for s in chosen}
+    return [s for s in samples if s.id in keep]

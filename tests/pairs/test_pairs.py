@@ -1,0 +1,287 @@
+"""Preference pairs: samples per PII location, modes, verification, CFG variant, resume, generators, TRL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from unleak.config import CandidateConfig, GuidanceConfig, PairsConfig, PromptConfig
+from unleak.corpus.model import Conversation, PIIOccurrence, Turn
+from unleak.corpus.store import save_corpus, split_corpus
+from unleak.corpus.synth import synthesize_corpus
+from unleak.decoding.generator import GenerationRequest
+from unleak.errors import UnleakError
+from unleak.pairs.build import build_preference_pairs, candidate_answer, cfg_variant, mode_request
+from unleak.pairs.generators import CandidateRequest, LocalCandidateGenerator, OpenAICandidateGenerator
+from unleak.pairs.samples import build_samples, limit_samples
+from unleak.pii import build_detector
+from tests.live_server import live_server
+
+
+def conversation() -> Conversation:
+    turns = [
+        Turn("user", "Hi, I am Ann Lee, phone 555-201-3344."),
+        Turn("assistant", "Hello Ann Lee! I will call 555-201-3344 tomorrow."),
+        Turn("user", "Thanks."),
+        Turn("assistant", "You are welcome."),
+    ]
+    u, a = turns[0].text, turns[1].text
+    return Conversation("c1", turns, [
+        PIIOccurrence("NAME", "Ann Lee", "NAME-1", 0, u.index("Ann"), u.index("Ann") + 7),
+        PIIOccurrence("PHONE", "555-201-3344", "PHONE-1", 0, u.index("555"), u.index("555") + 12),
+        PIIOccurrence("NAME", "Ann Lee", "NAME-1", 1, a.index("Ann"), a.index("Ann") + 7),
+        PIIOccurrence("PHONE", "555-201-3344", "PHONE-1", 1, a.index("555"), a.index("555") + 12),
+    ])
+
+
+def test_samples_one_per_assistant_pii_with_prefix_and_target():
+    samples = build_samples([conversation()])
+    assert [(s.pii_type, s.prefix, s.target) for s in samples] == [
+        ("NAME", "Hello ", "Ann Lee! I will call 555-201-3344 tomorrow."),
+        ("PHONE", "Hello Ann Lee! I will call ", "555-201-3344 tomorrow."),
+    ]
+    s = samples[0]
+    assert s.messages == [{"role": "user", "content": "Hi, I am Ann Lee, phone 555-201-3344."}]  # PII left in
+    assert s.original_answer == "Hello Ann Lee! I will call 555-201-3344 tomorrow."
+    assert s.prompt_messages()[-1] == {"role": "assistant", "content": "Hello "}
+    # the same conversation twice: prompts coincide, kept once
+    twin = Conversation("c2", conversation().turns, conversation().pii)
+    assert len(build_samples([conversation(), twin])) == 2
+
+
+def test_limit_is_seeded_and_stratified():
+    convs = synthesize_corpus(30, seed=3)
+    samples = build_samples(convs)
+    picked = limit_samples(samples, 11, seed=0)
+    assert len(picked) == 11 and picked == limit_samples(samples, 11, seed=0)
+    assert len({s.pii_type for s in picked}) >= min(11, len({s.pii_type for s in samples}))
+
+
+def test_mode_requests():
+    s = build_samples([conversation()])[1]
+    p = PromptConfig()
+    chat = mode_request(s, "chat", p, "Start with: {prefix}", 1)
+    assert chat.messages[0] == {"role": "system", "content": p.generator} and not chat.continue_final
+    assert chat.messages[1:] == s.messages
+    nudge = mode_request(s, "nudge", p, "x", 1)
+    assert nudge.messages[-1]["content"] == f"{p.nudge_prefix} Hi, I am Ann Lee, phone 555-201-3344."
+    comp = mode_request(s, "completion", p, "x", 1)
+    assert comp.continue_final and comp.messages[-1] == {"role": "assistant", "content": "Hello Ann Lee! I will call "}
+    sw = mode_request(s, "start_with", p, 'Start with: "{prefix}"', 1)
+    assert sw.messages[-1]["content"].endswith('Start with: "Hello Ann Lee! I will call"')
+
+
+def test_candidate_answer_rules():
+    s = build_samples([conversation()])[1]
+    assert candidate_answer(s, "completion", "you soon.") == "Hello Ann Lee! I will call you soon."
+    assert candidate_answer(s, "completion", "  ") is None
+    assert candidate_answer(s, "chat", "  Sure.\n") == "Sure."
+    assert candidate_answer(s, "start_with", "hello  ann lee! i will call you.") is not None
+    assert candidate_answer(s, "start_with", "Hi there.") is None
+
+
+class ScriptedGenerator:
+    """Answers with a phone number in chat mode and PII-free text otherwise (a deterministic generator)."""
+
+    name = "scripted"
+
+    def __init__(self):
+        self.calls = 0
+
+    def generate(self, requests: list[CandidateRequest]) -> list[str]:
+        self.calls += len(requests)
+        out = []
+        for r in requests:
+            if r.continue_final:
+                out.append("you when it suits you.")
+            elif "(Do not use any personal data" in r.messages[-1]["content"]:
+                out.append(f"I can help with that without details ({r.seed % 3}).")
+            else:
+                out.append("Call me at 555-777-1234.")
+        return out
+
+
+@pytest.fixture()
+def corpus_dir(tmp_path) -> Path:
+    d = tmp_path / "corpus"
+    save_corpus(d, synthesize_corpus(16, seed=5), {"generator": "test"})
+    split_corpus(d, 0.25, seed=0)
+    return d
+
+
+def test_build_pairs_verifies_and_writes_both_variants(corpus_dir, tmp_path):
+    out = tmp_path / "pairs"
+    cfg = PairsConfig(candidate=CandidateConfig(modes=("chat", "nudge"), candidates=2, max_tries=2))
+    gen = ScriptedGenerator()
+    stats = build_preference_pairs(corpus_dir, gen, out, cfg, detector=build_detector("patterns"), progress=False)
+    rows = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
+    test_ids = set(json.loads((corpus_dir / "split.json").read_text())["test"])
+    assert rows and not {r["conversation_id"] for r in rows} & test_ids  # train split only
+    assert stats["with_chosen"] == stats["samples"] and stats["failed"] == 0
+    assert stats["by_mode"]["chat"]["rejection_rate"] == 1.0 and stats["by_mode"]["nudge"]["rejection_rate"] == 0.0
+    for r in rows:
+        assert r["chosen"][0]["role"] == "assistant" and "555-777" not in r["chosen"][0]["content"]
+        assert r["prompt"][-1]["role"] == "user"
+    originals = [r for r in rows if r["rejected_source"] == "original"]
+    from_candidates = [r for r in rows if r["rejected_source"] == "candidate:chat"]
+    assert originals and from_candidates
+    assert all(r["rejected"][0]["content"] == "Call me at 555-777-1234." for r in from_candidates)
+    cfg_rows = [json.loads(x) for x in (out / "pairs_cfg.jsonl").read_text().splitlines()]
+    assert len(cfg_rows) == 2 * len(rows)
+    pos, neg = cfg_rows[0], cfg_rows[1]
+    assert pos["prompt"][0]["content"] == PromptConfig().positive and pos["chosen"] == rows[0]["chosen"]
+    assert neg["prompt"][0]["content"] == PromptConfig().negative
+    assert neg["chosen"] == rows[0]["rejected"] and neg["rejected"] == rows[0]["chosen"]
+    # rerun: everything comes from the cache
+    calls = gen.calls
+    build_preference_pairs(corpus_dir, gen, out, cfg, detector=build_detector("patterns"), progress=False)
+    assert gen.calls == calls
+
+
+def test_samples_without_pii_free_candidate_are_reported(corpus_dir, tmp_path):
+    out = tmp_path / "pairs"
+    cfg = PairsConfig(candidate=CandidateConfig(modes=("chat",), candidates=1, max_tries=3))
+    gen = ScriptedGenerator()
+    stats = build_preference_pairs(corpus_dir, gen, out, cfg, detector=build_detector("patterns"), progress=False)
+    failed = [json.loads(x) for x in (out / "failed.jsonl").read_text().splitlines()]
+    assert stats["pairs"] == 0 and len(failed) == stats["samples"] > 0
+    assert failed[0]["tries"] == 3 and failed[0]["reasons"] == {"pii": 3}
+    assert gen.calls == 3 * stats["samples"]
+
+
+def test_other_settings_in_the_same_dir_are_refused(corpus_dir, tmp_path):
+    out = tmp_path / "pairs"
+    det = build_detector("patterns")
+    build_preference_pairs(corpus_dir, ScriptedGenerator(), out,
+                           PairsConfig(candidate=CandidateConfig(modes=("nudge",))), detector=det, progress=False)
+    with pytest.raises(UnleakError, match="other settings"):
+        build_preference_pairs(corpus_dir, ScriptedGenerator(), out,
+                               PairsConfig(candidate=CandidateConfig(modes=("chat",))), detector=det, progress=False)
+
+
+def test_local_generator_samples_with_the_generator_prompt(tiny_model_dir):
+    from unleak.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    gen = LocalCandidateGenerator(load_model(str(tiny_model_dir)), tok, CandidateConfig(max_new_tokens=6))
+    gen.decoder.eos_ids = set()
+    msgs = [{"role": "system", "content": "x"}, {"role": "user", "content": "Hello there"}]
+    reqs = [CandidateRequest(msgs, False, 1), CandidateRequest(msgs, False, 2), CandidateRequest(msgs, False, 1),
+            CandidateRequest(msgs + [{"role": "assistant", "content": "Sure"}], True, 1)]
+    texts = gen.generate(reqs)
+    assert texts[0] == texts[2] and texts[0] != texts[1]  # seeded, order kept
+    enc = gen.decoder.encode(GenerationRequest(messages=msgs, guidance=GuidanceConfig(guidance_scale=1.0)))
+    assert PromptConfig().generator in tok.decode(enc.pos)
+
+
+def _stub_openai_app(seen: list):
+    app = FastAPI()
+    state = {"n": 0}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        state["n"] += 1
+        if state["n"] == 1:  # the first call fails: the client must retry
+            return JSONResponse({"error": {"message": "busy", "type": "server_error"}}, status_code=503)
+        seen.append({"body": body, "auth": request.headers.get("authorization")})
+        last = body["messages"][-1]["content"]
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": f"echo:{last[-12:]}"}}]}
+
+    return app
+
+
+def test_openai_generator_against_a_live_stub_server(monkeypatch):
+    seen: list = []
+    monkeypatch.setenv("UNLEAK_TEST_KEY", "sk-test-123")
+    with live_server(_stub_openai_app(seen)) as url:
+        gen = OpenAICandidateGenerator("stub-model", base_url=f"{url}/v1", api_key_env="UNLEAK_TEST_KEY",
+                                       config=CandidateConfig(max_new_tokens=9), concurrency=2, max_retries=3)
+        msgs = [{"role": "user", "content": "tell me something"}]
+        texts = gen.generate([CandidateRequest(msgs, False, 7),
+                              CandidateRequest(msgs + [{"role": "assistant", "content": "Well"}], True, 8)])
+    assert texts == ["echo:me something", "echo:Well"]
+    assert len(seen) == 2 and all(s["auth"] == "Bearer sk-test-123" for s in seen)
+    bodies = sorted((s["body"] for s in seen), key=lambda b: b["seed"])
+    assert bodies[0]["max_tokens"] == 9 and bodies[0]["temperature"] == 0.7
+    assert "continue_final_message" not in bodies[0]
+    assert bodies[1]["continue_final_message"] is True and bodies[1]["add_generation_prompt"] is False
+
+
+def test_openai_generator_needs_a_key(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    with pytest.raises(UnleakError, match=r"\$NO_SUCH_KEY"):
+        OpenAICandidateGenerator("m", api_key_env="NO_SUCH_KEY")
+
+
+def test_cfg_variant_swaps_under_the_negative_prompt():
+    pair = {"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+            "chosen": [{"role": "assistant", "content": "c"}], "rejected": [{"role": "assistant", "content": "r"}]}
+    pos, neg = cfg_variant([pair], PromptConfig(positive="P", negative="N"))
+    assert pos["prompt"] == [{"role": "system", "content": "P"}, {"role": "user", "content": "u"}]
+    assert (pos["chosen"][0]["content"], pos["rejected"][0]["content"]) == ("c", "r")
+    assert neg["prompt"][0]["content"] == "N"
+    assert (neg["chosen"][0]["content"], neg["rejected"][0]["content"]) == ("r", "c")
+
+
+def test_killed_build_resumes_without_duplicates(corpus_dir, tmp_path, tiny_model_dir):
+    """`unleak pairs build` killed with -9 mid-run continues from its cache on rerun."""
+    out = tmp_path / "pairs"
+    cmd = [sys.executable, "-m", "unleak.cli", "pairs", "build", "--corpus", str(corpus_dir), "--out", str(out),
+           "--model", str(tiny_model_dir), "--modes", "chat,completion", "--candidates", "2", "--max-tries", "1",
+           "--max-new-tokens", "24", "--batch-size", "2", "--limit", "12"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    cache = out / "candidates.cache.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not cache.is_file() or len(cache.read_text().splitlines()) < 4):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = len(cache.read_text().splitlines())
+    assert 4 <= partial < 48, "the run should have been killed mid-way"
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    keys = [json.loads(x)["key"] for x in cache.read_text().splitlines()]
+    stats = json.loads((out / "stats.json").read_text())
+    expected = sum(m["candidates"] for m in stats["by_mode"].values())
+    assert len(keys) == len(set(keys)) == expected
+    assert sum(1 for _ in (out / "samples.jsonl").open()) == stats["samples"] == 12
+    shown = subprocess.run([sys.executable, "-m", "unleak.cli", "pairs", "stats", str(out)],
+                           capture_output=True, text=True)
+    assert shown.returncode == 0 and json.loads(shown.stdout.splitlines()[-1])["pairs"] == stats["pairs"]
+
+
+def test_pairs_train_with_trl_orpo_and_dpo(corpus_dir, tmp_path, tiny_model_dir):
+    """The CFG pairs load with `datasets` and train unmodified with TRL's ORPO and DPO trainers."""
+    import datasets
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    from unleak.models import load_tokenizer
+
+    out = tmp_path / "pairs"
+    build_preference_pairs(corpus_dir, ScriptedGenerator(), out,
+                           PairsConfig(candidate=CandidateConfig(modes=("nudge",), candidates=1)),
+                           detector=build_detector("patterns"), progress=False)
+    ds = datasets.load_dataset("json", data_files=str(out / "pairs_cfg.jsonl"), split="train").select(range(4))
+    tok = load_tokenizer(str(tiny_model_dir))
+    common = dict(max_steps=1, per_device_train_batch_size=2, report_to=[], bf16=False, use_cpu=True,
+                  max_length=512, save_strategy="no")
+    for trainer_cls, cfg in ((ORPOTrainer, ORPOConfig(output_dir=str(tmp_path / "o"), **common)),
+                             (DPOTrainer, DPOConfig(output_dir=str(tmp_path / "d"), **common))):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        result = trainer_cls(model=model, args=cfg, train_dataset=ds, processing_class=tok).train()
+        assert result.global_step == 1 and result.training_loss == result.training_loss  # ran, not NaN
