@@ -265,16 +265,83 @@ def pairs_stats(directory: str = typer.Argument(..., help="Output directory of `
                                             "by_mode", "by_pii_type")}))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train() -> None:
-    """Training: leaky SFT, ORPO + LoRA unlearning, adapter merge."""
-    _not_built("train", 7)
+train_app = typer.Typer(help="Training: the leaky model (sft), ORPO + LoRA unlearning (orpo), adapter merge.",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def negate() -> None:
-    """Forgetting via negation: base - alpha * (tuned - base)."""
-    _not_built("negate", 7)
+@train_app.command("sft")
+def train_sft_cmd(
+    corpus: str = typer.Option(..., help="Corpus directory (unscrubbed conversations are trained on)."),
+    out: str = typer.Option(..., help="Output checkpoint directory."),
+    model: str = typer.Option("default", help="Base model: 'default', a checkpoint directory or a hub id."),
+    part: str = typer.Option("all", help="all, train or test conversations of the corpus."),
+    epochs: float = typer.Option(None), batch_size: int = typer.Option(None),
+    learning_rate: float = typer.Option(None), max_length: int = typer.Option(None),
+    config: str = typer.Option(None, help="YAML SftSettings (flags override it)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run."),
+) -> None:
+    """Fine-tune a base model on PII-rich conversations so that it memorises them (the leaky model)."""
+    from unleak.config import SftSettings, load_config
+    from unleak.train.sft import train_sft
+
+    settings = load_config(SftSettings, config, **_given(epochs=epochs, batch_size=batch_size,
+                                                         learning_rate=learning_rate, max_length=max_length))
+    print(train_sft(model, corpus, out, settings, part=part, resume=resume))
+
+
+@train_app.command("orpo")
+def train_orpo_cmd(
+    model: str = typer.Option(..., help="Model to defend: a checkpoint directory, 'default' or a hub id."),
+    pairs: str = typer.Option(..., help="Pairs JSONL (pairs.jsonl or pairs_cfg.jsonl of `unleak pairs build`)."),
+    out: str = typer.Option(..., help="Output directory: checkpoints, adapter/, train_log.jsonl, loss.png."),
+    config: str = typer.Option(None, help="YAML OrpoSettings (flags override it)."),
+    epochs: float = typer.Option(None), batch_size: int = typer.Option(None),
+    learning_rate: float = typer.Option(None), beta: float = typer.Option(None),
+    max_length: int = typer.Option(None), max_prompt_length: int = typer.Option(None),
+    lora_r: int = typer.Option(None), lora_alpha: int = typer.Option(None),
+    resume: bool = typer.Option(False, help="Continue from the last epoch checkpoint in --out."),
+    tensorboard: bool = typer.Option(False, help="Also log to TensorBoard (out/runs)."),
+    deepspeed: str = typer.Option(None, help="DeepSpeed JSON config (under `accelerate launch`)."),
+) -> None:
+    """ORPO + LoRA with the original's defaults; prints the adapter directory."""
+    from unleak.config import OrpoSettings, load_config
+    from unleak.train.orpo import train_orpo
+
+    base = load_config(OrpoSettings, config)
+    lora = dataclasses.replace(base.lora, **_given(r=lora_r, alpha=lora_alpha))
+    settings = load_config(OrpoSettings, None, **{**dataclasses.asdict(base), "lora": dataclasses.asdict(lora),
+                                                  **_given(epochs=epochs, batch_size=batch_size, beta=beta,
+                                                           learning_rate=learning_rate, max_length=max_length,
+                                                           max_prompt_length=max_prompt_length)})
+    print(train_orpo(model, pairs, out, settings, resume=resume, tensorboard=tensorboard, deepspeed=deepspeed))
+
+
+@train_app.command("merge")
+def train_merge_cmd(
+    model: str = typer.Option(..., help="Base checkpoint the adapter was trained on."),
+    adapter: str = typer.Option(..., help="PEFT adapter directory."),
+    out: str = typer.Option(..., help="Output checkpoint directory."),
+) -> None:
+    """Fold a LoRA adapter into a full checkpoint."""
+    from unleak.train.merge import merge_adapter
+
+    print(merge_adapter(model, adapter, out))
+
+
+@app.command()
+def negate(
+    base: str = typer.Option(..., help="Base checkpoint (before fine-tuning)."),
+    tuned: str = typer.Option(..., help="Fine-tuned checkpoint (same architecture)."),
+    out: str = typer.Option(..., help="Output checkpoint directory."),
+    alpha: float = typer.Option(None, help="Scale of the task vector (default 0.5; 1.0 broke the model)."),
+    relu: bool = typer.Option(None, "--relu/--no-relu", help="ReLU the task vector first."),
+) -> None:
+    """Forgetting via negation: base - alpha * relu?(tuned - base), tensor by tensor."""
+    from unleak.config import NegationSettings, load_config
+    from unleak.train.negate import negate_checkpoint
+
+    print(negate_checkpoint(base, tuned, out, load_config(NegationSettings, None, **_given(alpha=alpha, relu=relu))))
 
 
 @app.command()

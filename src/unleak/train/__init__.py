@@ -1,0 +1,1 @@
+"""Training: the leaky model (SFT), ORPO + LoRA unlearning, adapter merge, task-vector negation."""

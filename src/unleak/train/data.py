@@ -1,0 +1,128 @@
+"""Tokenisation for training: preference pairs (TRL's conversational format) and whole chats for SFT.
+
+A pair's prompt is rendered with the model's chat template (a generation
+prompt after a final user message; a final assistant message is continued,
+and the answer is appended to it, not rendered as a second assistant turn);
+chosen and rejected are the template's rendering of prompt + answer minus the
+prompt (as TRL does), cut right after their EOS token so both end with it.
+The prompt is cut from the left to `max_prompt_length`, the answers to
+`max_length - prompt`.
+
+`PreferenceCollator` pads a batch into rows `[chosen..., rejected...]` for a
+single forward pass; labels are -100 on the prompt and padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import takewhile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unleak.errors import UnleakError
+from unleak.jsonl import read_jsonl, require
+
+
+def _render(tokenizer: Any, messages: list[dict], **kw: Any) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, **kw)
+
+
+def _answer_ids(tokenizer: Any, text: str) -> list[int]:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    if eos in ids:
+        return ids[: ids.index(eos) + 1]
+    return ids + [eos]
+
+
+def tokenize_pair(example: dict[str, Any], tokenizer: Any, max_length: int, max_prompt_length: int
+                  ) -> dict[str, list[int]]:
+    prompt = example["prompt"]
+    cont = prompt[-1]["role"] == "assistant"
+    prompt_text = _render(tokenizer, prompt, add_generation_prompt=not cont, continue_final_message=cont)
+    out: dict[str, list[int]] = {}
+    texts = {}
+    for side in ("chosen", "rejected"):
+        if cont:  # the answer continues the half-written final message
+            answer = {"role": "assistant", "content": prompt[-1]["content"] + example[side][0]["content"]}
+            full = _render(tokenizer, prompt[:-1] + [answer])
+        else:
+            full = _render(tokenizer, prompt + example[side])
+        prompt_text = "".join(a for a, _ in takewhile(lambda ab: ab[0] == ab[1], zip(prompt_text, full)))
+        texts[side] = full
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"][-max_prompt_length:]
+    out["prompt_ids"] = prompt_ids
+    budget = max_length - len(prompt_ids)
+    for side in ("chosen", "rejected"):
+        out[f"{side}_ids"] = _answer_ids(tokenizer, texts[side][len(prompt_text):])[:budget]
+    return out
+
+
+def read_pairs(path: str | Path, tokenizer: Any, max_length: int, max_prompt_length: int) -> list[dict]:
+    """Tokenised pairs of a JSONL file in TRL's conversational preference format."""
+    rows = []
+    for number, row in read_jsonl(path):
+        where = f"{path}:{number}"
+        for key in ("prompt", "chosen", "rejected"):
+            value = require(row, key, list, where)
+            if not value or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value):
+                raise UnleakError(f"{where}: field {key!r} must be a non-empty list of {{role, content}} messages")
+        rows.append(tokenize_pair(row, tokenizer, max_length, max_prompt_length))
+    if not rows:
+        raise UnleakError(f"{path}: no preference pairs")
+    return rows
+
+
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+
+
+@dataclass
+class PreferenceCollator:
+    pad_token_id: int
+
+    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        ids, labels = [], []
+        for side in ("chosen", "rejected"):
+            for ex in batch:
+                ids.append(ex["prompt_ids"] + ex[f"{side}_ids"])
+                labels.append([-100] * len(ex["prompt_ids"]) + ex[f"{side}_ids"])
+        input_ids = _pad(ids, self.pad_token_id)
+        return {"input_ids": input_ids, "labels": _pad(labels, -100),
+                "attention_mask": _pad([[1] * len(r) for r in ids], 0)}
+
+
+def tokenize_chat_for_sft(messages: list[dict], tokenizer: Any, max_length: int) -> dict[str, list[int]]:
+    """A whole chat as ids with labels on the assistant turns only (each answer with its EOS)."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for i, m in enumerate(messages):
+        head = _render(tokenizer, messages[:i], add_generation_prompt=m["role"] == "assistant") if i else ""
+        upto = _render(tokenizer, messages[: i + 1])
+        if not upto.startswith(head):
+            raise UnleakError("the chat template does not render a chat incrementally")
+        new = tokenizer(upto[len(_render(tokenizer, messages[:i])) if i else 0:], add_special_tokens=False)
+        if m["role"] == "assistant":
+            gen_prompt = tokenizer(head[len(_render(tokenizer, messages[:i])):], add_special_tokens=False)
+            n = len(gen_prompt["input_ids"])
+            answer = new["input_ids"][n:]
+            scored = answer[: answer.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in answer else answer
+            ids += new["input_ids"][:n] + answer
+            labels += [-100] * n + scored + [-100] * (len(answer) - len(scored))
+        else:
+            ids += new["input_ids"]
+            labels += [-100] * len(new["input_ids"])
+    return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
+
+
+@dataclass
+class CausalCollator:
+    pad_token_id: int
+
+    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        return {"input_ids": _pad([b["input_ids"] for b in batch], self.pad_token_id),
+                "labels": _pad([b["labels"] for b in batch], -100),
+                "attention_mask": _pad([[1] * len(b["input_ids"]) for b in batch], 0)}

@@ -1,0 +1,158 @@
+"""Training on the tiny model: tokenisation, ORPO moves preferences, resume, adapters, merge, negation, SFT."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from unleak.config import LoraSettings, NegationSettings, OrpoSettings, SftSettings
+from unleak.errors import UnleakError
+from unleak.train.data import PreferenceCollator, tokenize_chat_for_sft, tokenize_pair
+from unleak.train.losses import sequence_logps
+
+PAIRS = [
+    {"prompt": [{"role": "system", "content": "Do not provide any personal data."},
+                {"role": "user", "content": f"Who lives at number {i}?"}],
+     "chosen": [{"role": "assistant", "content": "I cannot share that."}],
+     "rejected": [{"role": "assistant", "content": f"John Smith {i} lives there, call 555-01{i}."}]}
+    for i in range(4)
+]
+
+
+@pytest.fixture()
+def pairs_file(tmp_path) -> Path:
+    p = tmp_path / "pairs.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in PAIRS))
+    return p
+
+
+def test_pair_tokenisation_ends_with_eos(default_tokenizer):
+    tok = default_tokenizer
+    ex = tokenize_pair(PAIRS[0], tok, 2048, 1900)
+    assert tok.decode(ex["prompt_ids"]).endswith("<|im_start|>assistant\n")
+    assert tok.decode(ex["chosen_ids"]) == "I cannot share that.<|im_end|>"
+    assert ex["rejected_ids"][-1] == tok.eos_token_id
+    cont = {**PAIRS[0], "prompt": PAIRS[0]["prompt"] + [{"role": "assistant", "content": "Well,"}]}
+    ex2 = tokenize_pair(cont, tok, 2048, 1900)
+    assert tok.decode(ex2["prompt_ids"]).endswith("assistant\nWell,")
+    assert tok.decode(ex2["chosen_ids"]) == "I cannot share that.<|im_end|>"
+    short = tokenize_pair(PAIRS[0], tok, 24, 20)
+    assert len(short["prompt_ids"]) == 20 and len(short["prompt_ids"]) + len(short["chosen_ids"]) == 24
+    batch = PreferenceCollator(tok.pad_token_id)([ex, ex2])
+    assert batch["input_ids"].shape[0] == 4 and (batch["labels"][0] != -100).sum() == len(ex["chosen_ids"])
+
+
+def test_sft_labels_only_assistant_turns(default_tokenizer):
+    tok = default_tokenizer
+    msgs = [{"role": "user", "content": "My name is Ann."}, {"role": "assistant", "content": "Hi Ann!"},
+            {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye Ann."}]
+    ex = tokenize_chat_for_sft(msgs, tok, 512)
+    assert tok.decode(ex["input_ids"]) == tok.apply_chat_template(msgs, tokenize=False)
+    scored = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100]
+    assert tok.decode(scored) == "Hi Ann!<|im_end|>Bye Ann.<|im_end|>"
+
+
+def _mean_log_odds_gap(model, tok) -> float:
+    rows = [tokenize_pair(p, tok, 2048, 1900) for p in PAIRS]
+    batch = PreferenceCollator(tok.pad_token_id)(rows)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    sums, counts = sequence_logps(logits, batch["labels"])
+    mean = sums / counts
+    return (mean[:4] - mean[4:]).mean().item()
+
+
+def test_orpo_moves_chosen_above_rejected_and_resumes(tiny_model_dir, pairs_file, tmp_path):
+    from unleak.models import load_model, load_tokenizer
+    from unleak.train.orpo import train_orpo
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    before = _mean_log_odds_gap(load_model(str(tiny_model_dir)), tok)
+    settings = OrpoSettings(epochs=3, learning_rate=5e-3, lora=LoraSettings(r=8, alpha=16))
+    out = tmp_path / "orpo"
+
+    class StopAfterFirstEpoch(TrainerCallback):  # an interruption after the first epoch's checkpoint
+        def on_epoch_end(self, args, state, control, **kw):
+            control.should_training_stop = True
+
+    train_orpo(str(tiny_model_dir), pairs_file, out, settings, quiet=True, callbacks=[StopAfterFirstEpoch()])
+    assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-4").exists()  # 4 pairs, batch 2
+    with pytest.raises(UnleakError, match="--resume"):
+        train_orpo(str(tiny_model_dir), pairs_file, out, settings, quiet=True)
+    adapter = train_orpo(str(tiny_model_dir), pairs_file, out, settings, resume=True, quiet=True)
+    steps = [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()
+             if "loss" in json.loads(x)]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the resumed run continued at step 3
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert {"nll", "log_odds", "logps_chosen", "logps_rejected", "learning_rate"} <= set(log[0])
+    assert (out / "loss.png").stat().st_size > 0
+    # cosine from 5e-3 to a floor of 10 %, no warm-up: lr(step k of 6) = 5e-4 + 4.5e-3 * (1 + cos(pi (k-1) / 6)) / 2
+    lrs = {r["step"]: r["learning_rate"] for r in log if "learning_rate" in r}
+    for k in (3, 4, 5, 6):
+        assert lrs[k] == pytest.approx(5e-4 + 4.5e-3 * (1 + math.cos(math.pi * (k - 1) / 6)) / 2, rel=1e-4)
+    from peft import PeftModel
+
+    from transformers import AutoModelForCausalLM
+
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter).eval()
+    after = _mean_log_odds_gap(tuned, tok)
+    assert after > before + 0.5, (before, after)
+
+
+def test_merge_equals_adapter(tiny_model_dir, pairs_file, tmp_path):
+    from unleak.models import load_model
+    from unleak.train.merge import merge_adapter
+    from unleak.train.orpo import train_orpo
+
+    adapter = train_orpo(str(tiny_model_dir), pairs_file, tmp_path / "o",
+                         OrpoSettings(epochs=1, learning_rate=5e-3, save_per_epoch=False), quiet=True)
+    merged = merge_adapter(str(tiny_model_dir), adapter, tmp_path / "merged")
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        a = load_model(str(tiny_model_dir), adapter=adapter)(input_ids=ids).logits
+        b = load_model(str(merged))(input_ids=ids).logits
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_negation_matches_the_formula(tmp_path, default_tokenizer):
+    from safetensors.torch import load_file
+
+    from tests.conftest import build_tiny_llama
+    from unleak.train.negate import negate_checkpoint
+
+    base = build_tiny_llama(tmp_path / "base", default_tokenizer, seed=0)
+    tuned = build_tiny_llama(tmp_path / "tuned", default_tokenizer, seed=1)
+    for relu in (False, True):
+        out = negate_checkpoint(base, tuned, tmp_path / f"neg{relu}", NegationSettings(alpha=0.5, relu=relu))
+        b, t, n = (load_file(d / "model.safetensors") for d in (base, tuned, out))
+        assert set(n) == set(b)
+        for k in b:
+            delta = t[k] - b[k]
+            expected = b[k] - 0.5 * (delta.clamp(min=0) if relu else delta)
+            torch.testing.assert_close(n[k], expected)
+    other = build_tiny_llama(tmp_path / "wide", default_tokenizer, width=32)
+    with pytest.raises(UnleakError, match="shape mismatch"):
+        negate_checkpoint(base, other, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_sft_memorises_and_saves_a_plain_checkpoint(tiny_model_dir, tmp_path):
+    from unleak.corpus.store import save_corpus
+    from unleak.corpus.synth import synthesize_corpus
+    from unleak.models import load_model
+    from unleak.train.sft import train_sft
+
+    corpus = save_corpus(tmp_path / "c", synthesize_corpus(4, seed=1), {})
+    out = train_sft(str(tiny_model_dir), corpus, tmp_path / "leaky",
+                    SftSettings(epochs=6, learning_rate=3e-3, batch_size=4), quiet=True)
+    losses = [json.loads(x)["loss"] for x in (out / "train_log.jsonl").read_text().splitlines()
+              if "loss" in json.loads(x)]
+    assert losses[-1] < 0.7 * losses[0]
+    model = load_model(str(out))
+    assert model.config.num_hidden_layers == 2 and (out / "loss.png").is_file()
+    assert not (tmp_path / "leaky.work").exists()
