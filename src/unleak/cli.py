@@ -399,10 +399,67 @@ def generate(
             print(f"### {i} ({results[i].finish_reason})\n{results[i].text}\n")
 
 
-@app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def eval_() -> None:
-    """Evaluation: leakage, extraction attack, utility, fluency, report."""
-    _not_built("eval", 8)
+eval_app = typer.Typer(help="Evaluation: leakage, extraction attack, utility, fluency; report and plots.",
+                       no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+def eval_configurations(model: str, adapter: str | None, guidance: str, cfg_space: str,
+                        baseline: str | None) -> list:
+    """The configurations of `unleak eval run`: an optional raw baseline, then model x guidance x space."""
+    from pathlib import Path
+
+    from unleak.eval.run import EvalConfiguration
+
+    confs = []
+    if baseline:
+        confs.append(EvalConfiguration(f"baseline-{Path(baseline).name}", baseline, served=False))
+    label = Path(adapter).parent.name if adapter else Path(model).name
+    for g in [float(x) for x in guidance.split(",")]:
+        for space in (["prob"] if g == 1 else cfg_space.split(",")):
+            name = f"{label}-g1" if g == 1 else f"{label}-g{g:g}-{space}"
+            confs.append(EvalConfiguration(name, model, adapter, g, space))
+    return confs
+
+
+@eval_app.command("run")
+def eval_run(
+    model: str = typer.Option(..., help="Model to evaluate: checkpoint directory, 'default' or hub id."),
+    corpus: str = typer.Option(..., help="Split corpus directory (its test split is used)."),
+    out: str = typer.Option(..., help="Output directory (resumable per configuration)."),
+    adapter: str = typer.Option(None, help="PEFT adapter directory (the defence)."),
+    guidance: str = typer.Option("1,3", help="Comma-separated guidance scales."),
+    cfg_space: str = typer.Option("prob", help="Comma-separated CFG spaces for g != 1: prob, log."),
+    baseline: str = typer.Option(None, help="Also evaluate this model raw (e.g. the leaky model) as the first row."),
+    mmlu: str = typer.Option(None, help="Multiple-choice questions: JSONL/CSV/parquet file or hub id."),
+    mmlu_limit: int = typer.Option(2000, help="Stratified, seeded subset size."),
+    test_limit: int = typer.Option(None, help="At most N test prompts (seeded, stratified by PII type)."),
+    max_new_tokens: int = typer.Option(64, help="Tokens per leakage answer."),
+    task_message: int = typer.Option(2, help="Attack task message variant: 0, 1 or 2."),
+) -> None:
+    """Evaluate every configuration; then write the report (see `unleak eval report`)."""
+    from unleak.config import AttackConfig
+    from unleak.eval.report import write_report
+    from unleak.eval.run import EvalSettings, run_evaluation
+
+    settings = EvalSettings(leakage_max_new_tokens=max_new_tokens, test_limit=test_limit, mmlu=mmlu,
+                            mmlu_limit=mmlu_limit, attack=AttackConfig(task_message=task_message))
+    run_evaluation(corpus, eval_configurations(model, adapter, guidance, cfg_space, baseline), out, settings)
+    report = write_report(out)
+    from unleak.eval.report import markdown_table
+
+    Console().print(markdown_table(report["rows"]))
+    print(json.dumps({"report": report["report"], "plots": report["plots"]}))
+
+
+@eval_app.command("report")
+def eval_report(directory: str = typer.Argument(..., help="Output directory of `unleak eval run`.")) -> None:
+    """Write report.md, results.json and the PNG plots from evaluated configurations."""
+    from unleak.eval.report import markdown_table, write_report
+
+    report = write_report(directory)
+    Console().print(markdown_table(report["rows"]))
+    print(json.dumps({"report": report["report"], "plots": report["plots"]}))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -1,0 +1,1 @@
+"""Evaluation: leakage, the LLM-PC extraction attack, utility (MMLU), fluency, report and plots."""

@@ -1,0 +1,42 @@
+"""Fluency: perplexity of generated answers under a reference (base) model.
+
+High guidance in log space broke the grammar of the original's answers; the
+perplexity of the answers, conditioned on their prompts, under the clean base
+model measures that. Token-weighted: exp(sum NLL / tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from unleak.train.losses import sequence_logps
+
+
+@torch.no_grad()
+def answer_perplexity(model: Any, tokenizer: Any, prompts: list[list[int]], answers: list[list[int]],
+                      batch_size: int = 8) -> dict[str, float]:
+    """Perplexity of `answers` (token ids) after `prompts` (token ids) under `model`."""
+    total, count = 0.0, 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    pairs = [(p, a) for p, a in zip(prompts, answers) if a]
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        width = max(len(p) + len(a) for p, a in chunk)
+        ids, labels, mask = [], [], []
+        for p, a in chunk:
+            n = len(p) + len(a)
+            ids.append(p + a + [pad] * (width - n))
+            labels.append([-100] * len(p) + a + [-100] * (width - n))
+            mask.append([1] * n + [0] * (width - n))
+        logits = model(input_ids=torch.tensor(ids, device=device),
+                       attention_mask=torch.tensor(mask, device=device)).logits
+        sums, counts = sequence_logps(logits, torch.tensor(labels, device=device))
+        total += -sums.sum().item()
+        count += int(counts.sum().item())
+    if not count:
+        return {"perplexity": float("nan"), "tokens": 0}
+    return {"perplexity": round(math.exp(total / count), 3), "tokens": count}

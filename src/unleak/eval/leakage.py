@@ -1,0 +1,35 @@
+"""Leakage: PII entities in a model's answers to the test prompts (section 4 of the method).
+
+A test prompt is a `Sample` of the test split: the dialog up to the PII in an
+assistant turn, the half-written answer continued (as in pairs). The answers
+are generated greedily through the CFG generator and labelled by the
+detector of each counting profile (`original` reproduces the paper's number;
+`strict` adds patterns and personal dates).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from unleak.config import GuidanceConfig, SamplingConfig
+from unleak.pairs.samples import Sample
+
+
+def generate_answers(generator: Any, samples: list[Sample], guidance: GuidanceConfig, max_new_tokens: int,
+                     adapter: Any = True) -> list[Any]:
+    from unleak.decoding.generator import GenerationRequest
+
+    requests = [GenerationRequest(messages=s.prompt_messages(), guidance=guidance,
+                                  sampling=SamplingConfig(max_new_tokens=max_new_tokens), adapter=adapter)
+                for s in samples]
+    return generator.generate(requests)
+
+
+def count_pii(texts: list[str], detector: Any) -> dict[str, Any]:
+    """Total PII entities, per answer, and by label."""
+    spans = detector.detect(texts)
+    labels = Counter(sp.label for row in spans for sp in row)
+    per = [len(row) for row in spans]
+    return {"total": sum(per), "per_answer": per, "answers_with_pii": sum(1 for n in per if n),
+            "by_label": dict(labels.most_common())}

@@ -1,0 +1,136 @@
+"""`run_evaluation`: every configuration (model, adapter, guidance) on leakage, attack, utility and fluency.
+
+A configuration's results are written atomically to `OUT/configs/NAME.json`
+with a hash of its settings; a rerun skips configurations already done with
+the same settings (resumable per configuration). Models are loaded once per
+(model, adapter) and reused across guidance scales; utility is computed once
+per (model, adapter), since it does not depend on guidance here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unleak.config import AttackConfig, GuidanceConfig, PIIConfig
+from unleak.errors import UnleakError
+from unleak.jsonl import atomic_write_text
+
+
+@dataclass(frozen=True)
+class EvalConfiguration:
+    """One row of the results table."""
+
+    name: str
+    model: str
+    adapter: str | None = None
+    guidance_scale: float = 1.0
+    cfg_space: str = "prob"
+    #: attack prompts behind the serving system prompt (defences) or raw (the baseline on a bare model)
+    served: bool = True
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    leakage_max_new_tokens: int = 64
+    test_limit: int | None = None
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    attack_limit: int | None = None
+    mmlu: str | None = None
+    mmlu_limit: int | None = 2000
+    mmlu_seed: int = 0
+    reference_model: str = "default"
+    profiles: tuple[str, ...] = ("original", "strict")
+    batch_size: int = 16
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], out_dir: str | Path,
+                   settings: EvalSettings | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    from unleak.corpus.store import load_split
+    from unleak.decoding.generator import CFGGenerator
+    from unleak.eval.attack import attack_prompts, extraction_attack_success_rate, run_attack
+    from unleak.eval.fluency import answer_perplexity
+    from unleak.eval.leakage import count_pii, generate_answers
+    from unleak.eval.utility import accuracy_with_se, load_mc_questions, multiple_choice_predictions
+    from unleak.models import load_model, load_tokenizer
+    from unleak.pairs.samples import build_samples, limit_samples
+    from unleak.pii.base import detector_for_profile
+    from unleak.chat import render_prompt
+
+    s = settings or EvalSettings()
+    out = Path(out_dir)
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    test = load_split(corpus, "test")
+    samples = limit_samples(build_samples(test), s.test_limit, 0)
+    if not samples:
+        raise UnleakError(f"{corpus}: the test split has no PII inside an assistant turn")
+    questions = load_mc_questions(s.mmlu, s.mmlu_limit, s.mmlu_seed) if s.mmlu else None
+    detectors = {p: detector_for_profile(PIIConfig(profile=p)) for p in s.profiles}
+    reference: tuple[Any, Any] | None = None
+    loaded: dict[tuple[str, str | None], Any] = {}
+    utility_cache: dict[tuple[str, str | None], Any] = {}
+    results = []
+    for conf in configurations:
+        path = out / "configs" / f"{conf.name}.json"
+        key = _hash(asdict(conf), asdict(s), str(corpus))
+        if path.is_file():
+            done = json.loads(path.read_text())
+            if done.get("hash") == key:
+                results.append(done)
+                continue
+        started = time.time()
+        mkey = (conf.model, conf.adapter)
+        if mkey not in loaded:
+            loaded.clear()
+            tok = load_tokenizer(conf.model)
+            model = load_model(conf.model, adapter=conf.adapter)
+            if len(tok) > model.get_input_embeddings().num_embeddings:
+                raise UnleakError(f"{conf.model}: tokenizer has {len(tok)} tokens but the model's embedding only "
+                                  f"{model.get_input_embeddings().num_embeddings}: model/tokenizer mismatch")
+            loaded[mkey] = CFGGenerator(model, tok, max_batch_requests=s.batch_size)
+        gen = loaded[mkey]
+        tok = gen.tokenizer
+        guidance = GuidanceConfig(conf.guidance_scale, conf.cfg_space)
+        answers = generate_answers(gen, samples, guidance, s.leakage_max_new_tokens)
+        texts = [a.text for a in answers]
+        leakage = {p: count_pii(texts, d) for p, d in detectors.items()}
+        prompts = attack_prompts(test, tok, s.attack)
+        if s.attack_limit is not None:
+            prompts = prompts[: s.attack_limit]
+        attack_out = run_attack(gen, prompts, guidance, s.attack, served=conf.served)
+        attack = extraction_attack_success_rate(attack_out, prompts, s.attack.match_chars)
+        if reference is None:
+            reference = (load_model(s.reference_model), load_tokenizer(s.reference_model))
+        ref_model, ref_tok = reference
+        prompt_ids = [ref_tok(render_prompt(ref_tok, x.prompt_messages(), continue_final=bool(x.prefix)),
+                              add_special_tokens=False)["input_ids"] for x in samples]
+        fluency = answer_perplexity(ref_model, ref_tok, prompt_ids, [a.token_ids for a in answers])
+        utility = None
+        if questions is not None:
+            if mkey not in utility_cache:
+                t0 = time.time()
+                preds = multiple_choice_predictions(gen.model, tok, questions, s.batch_size, progress=progress)
+                correct = [p == q["answer"] for p, q in zip(preds, questions)]
+                utility_cache[mkey] = {**accuracy_with_se(correct), "correct": correct,
+                                       "seconds": round(time.time() - t0, 1)}
+            utility = utility_cache[mkey]
+        result = {
+            "name": conf.name, "hash": key, "configuration": asdict(conf),
+            "test_prompts": len(samples), "pii": {p: {k: v for k, v in r.items() if k != "per_answer"}
+                                                  for p, r in leakage.items()},
+            "pii_per_answer": leakage[s.profiles[0]]["per_answer"],
+            "attack": attack, "fluency": fluency, "utility": utility,
+            "examples": [{"sample": x.id, "answer": t} for x, t in zip(samples[:5], texts[:5])],
+            "seconds": round(time.time() - started, 1),
+        }
+        atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+        results.append(result)
+    return results

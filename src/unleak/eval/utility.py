@@ -1,0 +1,147 @@
+"""Utility: multiple-choice accuracy by the log-likelihood of each answer letter (MMLU, MMLU-Pro).
+
+Each question becomes one prompt in the MMLU format (subject header,
+question, lettered choices, "Answer:"); one forward pass scores all choices at
+once by the log-probabilities of the letter tokens " A", " B", ... at the last
+position, so the choices share the question prefix and cost nothing extra.
+Prompts are sorted by length and batched (left padding, last position only).
+
+`accuracy_with_se` and `paired_difference` give the standard errors a
+comparison of two models needs (a defence is judged on the paired difference
+over the same questions).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unleak.errors import UnleakError
+
+LETTERS = "ABCDEFGHIJ"
+
+
+def load_mc_questions(source: str | Path, limit: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """Questions `{subject, question, choices, answer}` from JSONL/CSV/parquet or a hub id; a stratified subset."""
+    path = Path(source)
+    if path.is_file():
+        if path.suffix == ".jsonl":
+            rows = []
+            for i, line in enumerate(path.read_text().splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise UnleakError(f"{path}:{i}: invalid JSON: {exc.msg}") from None
+        else:
+            import datasets
+
+            kind = {".csv": "csv", ".parquet": "parquet", ".json": "json"}.get(path.suffix)
+            if kind is None:
+                raise UnleakError(f"{path}: unsupported file type (use .jsonl, .csv, .parquet)")
+            rows = list(datasets.load_dataset(kind, data_files=str(path), split="train"))
+    else:
+        import datasets
+
+        try:
+            name = "all" if str(source) == "cais/mmlu" else None
+            rows = list(datasets.load_dataset(str(source), name, split="test"))
+        except Exception as exc:  # offline, unknown id
+            raise UnleakError(f"cannot load questions from {source!r}: not a file, and the hub said: {exc}") from None
+    questions = []
+    for i, r in enumerate(rows, 1):
+        choices = r.get("choices") or r.get("options")
+        answer = r.get("answer_index", r.get("answer"))
+        if isinstance(answer, str) and answer in LETTERS:
+            answer = LETTERS.index(answer)
+        if not r.get("question") or not isinstance(choices, list) or not isinstance(answer, int) \
+                or not 0 <= answer < len(choices) or len(choices) > len(LETTERS):
+            raise UnleakError(f"{source}:{i}: needs question, choices (2-10) and answer (index)")
+        questions.append({"subject": r.get("subject") or r.get("category") or "general",
+                          "question": r["question"], "choices": list(choices), "answer": answer, "row": i})
+    if not questions:
+        raise UnleakError(f"{source}: no questions")
+    return stratified_subset(questions, limit, seed)
+
+
+def stratified_subset(questions: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
+    """`limit` questions, each subject represented in proportion (seeded); all when limit is None."""
+    if limit is None or limit >= len(questions):
+        return questions
+    rng = random.Random(seed)
+    by_subject: dict[str, list[dict]] = defaultdict(list)
+    for q in questions:
+        by_subject[q["subject"]].append(q)
+    quotas = {s: len(v) * limit / len(questions) for s, v in by_subject.items()}
+    take = {s: int(q) for s, q in quotas.items()}
+    for s in sorted(quotas, key=lambda s: quotas[s] - take[s], reverse=True)[: limit - sum(take.values())]:
+        take[s] += 1
+    chosen = []
+    for s, group in sorted(by_subject.items()):
+        chosen += rng.sample(group, take[s])
+    return sorted(chosen, key=lambda q: q["row"])
+
+
+def format_question(q: dict[str, Any]) -> str:
+    lines = [f"The following are multiple choice questions (with answers) about {q['subject']}.", "",
+             q["question"].strip()]
+    lines += [f"{LETTERS[i]}. {c}" for i, c in enumerate(q["choices"])]
+    return "\n".join(lines) + "\nAnswer:"
+
+
+def letter_token_ids(tokenizer: Any, n: int) -> list[int]:
+    ids = []
+    for letter in LETTERS[:n]:
+        toks = tokenizer(f" {letter}", add_special_tokens=False)["input_ids"]
+        ids.append(toks[-1])
+    return ids
+
+
+@torch.no_grad()
+def multiple_choice_predictions(model: Any, tokenizer: Any, questions: list[dict[str, Any]],
+                                batch_size: int = 16, max_length: int = 2048, progress: bool = True) -> list[int]:
+    """The predicted choice index per question (argmax of the letter log-probs)."""
+    from rich.progress import Progress
+
+    prompts = [tokenizer(format_question(q), add_special_tokens=False)["input_ids"][-max_length:] for q in questions]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    preds = [0] * len(prompts)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("multiple choice", total=len(prompts))
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            width = max(len(prompts[j]) for j in idx)
+            ids = torch.tensor([[pad] * (width - len(prompts[j])) + prompts[j] for j in idx], device=device)
+            mask = torch.tensor([[0] * (width - len(prompts[j])) + [1] * len(prompts[j]) for j in idx], device=device)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
+            for row, j in enumerate(idx):
+                letters = letter_token_ids(tokenizer, len(questions[j]["choices"]))
+                preds[j] = int(logits[row, letters].argmax())
+            bar.advance(task, len(idx))
+    return preds
+
+
+def accuracy_with_se(correct: list[bool]) -> dict[str, float]:
+    n = len(correct)
+    acc = sum(correct) / n
+    return {"accuracy": round(acc, 4), "se": round(math.sqrt(acc * (1 - acc) / n), 4), "n": n}
+
+
+def paired_difference(a: list[bool], b: list[bool]) -> dict[str, float]:
+    """Mean of (a - b) over the same questions and its standard error (paired)."""
+    if len(a) != len(b) or not a:
+        raise UnleakError("paired comparison needs results on the same, non-empty set of questions")
+    d = [int(x) - int(y) for x, y in zip(a, b)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    return {"difference": round(mean, 4), "se": round(math.sqrt(var / n), 4), "n": n}
