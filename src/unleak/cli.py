@@ -468,10 +468,41 @@ def serve() -> None:
     _not_built("serve", 9)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def demo() -> None:
-    """Run every stage end to end on the embedded default."""
-    _not_built("demo", 10)
+@app.command()
+def demo(
+    out: str = typer.Option("runs/demo", help="Output directory (stages are cached here)."),
+    quick: bool = typer.Option(False, help="Tiny sizes, a few minutes (numbers not meaningful)."),
+    full: bool = typer.Option(False, help="Also ORPO on the plain pairs and the negation route."),
+    model: str = typer.Option(None, help="Base model (default: the embedded SmolLM2-135M-Instruct)."),
+    conversations: int = typer.Option(None, help="Synthetic conversations."),
+    seed: int = typer.Option(None, help="Corpus seed."),
+    sft_epochs: float = typer.Option(None, help="Epochs of the leaky model's fine-tuning."),
+    pairs_limit: int = typer.Option(None, help="Train samples to build pairs from."),
+    orpo_epochs: float = typer.Option(None, help="ORPO epochs (the original: 3)."),
+    guidance: str = typer.Option(None, help="Comma-separated guidance scales besides 1 (default 3)."),
+    test_limit: int = typer.Option(None, help="Test prompts for leakage (0 = all)."),
+    mmlu: str = typer.Option(None, help="MMLU file (default: ../shared/data/mmlu/mmlu_test.jsonl if present)."),
+    mmlu_limit: int = typer.Option(None, help="MMLU questions (stratified subset)."),
+) -> None:
+    """Run every stage end to end on the embedded default and print the Table-1-style summary."""
+    from unleak.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.quick() if quick else DemoConfig()
+    changes: dict = _given(model=model, conversations=conversations, seed=seed, mmlu=mmlu, mmlu_limit=mmlu_limit)
+    if full:
+        changes["full"] = True
+    if sft_epochs is not None:
+        changes["sft"] = dataclasses.replace(cfg.sft, epochs=sft_epochs)
+    if orpo_epochs is not None:
+        changes["orpo"] = dataclasses.replace(cfg.orpo, epochs=orpo_epochs)
+    if pairs_limit is not None:
+        changes["pairs"] = dataclasses.replace(cfg.pairs, limit=pairs_limit)
+    if guidance is not None:
+        changes["guidance"] = tuple(float(g) for g in guidance.split(","))
+    if test_limit is not None:
+        changes["test_limit"] = test_limit or None
+    result = run_demo(dataclasses.replace(cfg, **changes), out)
+    print(json.dumps({"report": result["report"], "times": result["times"]}))
 
 
 def main() -> None:

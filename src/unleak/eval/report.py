@@ -24,8 +24,9 @@ def load_results(out_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in files]
 
 
-def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    base = results[0]
+def summary_rows(results: list[dict[str, Any]], reference: str | None = None) -> list[dict[str, Any]]:
+    """One row per configuration; utility differences are paired against `reference` (default: the first)."""
+    base = next((r for r in results if r["name"] == reference), results[0])
     rows = []
     for r in results:
         c = r["configuration"]
@@ -51,7 +52,7 @@ def _fmt(v: Any, pct: bool = False) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = "| configuration | utility % (± SE) | Δ utility vs first (± SE) | PII count (original) | " \
+    head = "| configuration | utility % (± SE) | Δ utility (± SE) | PII count (original) | " \
            "PII count (strict) | attack ASR % (hits/attempts) | answer perplexity |"
     lines = [head, "|" + " --- |" * 7]
     for r in rows:
@@ -117,15 +118,17 @@ def plot_tradeoff(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
     return out_png
 
 
-def write_report(out_dir: str | Path, title: str = "unleak evaluation", preamble: str = "") -> dict[str, Any]:
+def write_report(out_dir: str | Path, title: str = "unleak evaluation", preamble: str = "",
+                 reference: str | None = None) -> dict[str, Any]:
     out = Path(out_dir)
     results = load_results(out)
-    rows = summary_rows(results)
+    rows = summary_rows(results, reference)
+    ref = reference if any(r["name"] == reference for r in results) else results[0]["name"]
     plots = [p for p in (plot_guidance(rows, out / "guidance.png"), plot_tradeoff(rows, out / "tradeoff.png")) if p]
     n = rows[0]["test_prompts"]
     md = [f"# {title}", "", preamble, "",
           f"Test prompts: {n} (test split, never seen in training). Utility: multiple-choice accuracy by "
-          "letter log-likelihood; Δ is the paired difference to the first row over the same questions.", "",
+          f"letter log-likelihood; Δ is the paired difference to `{ref}` over the same questions.", "",
           markdown_table(rows)]
     md += [f"![{p.stem}]({p.name})" for p in plots]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")

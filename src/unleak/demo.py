@@ -1,0 +1,198 @@
+"""The end-to-end demo on the embedded default: corpus → leaky model → pairs → ORPO + LoRA → evaluation → report.
+
+`run_demo(DemoConfig(...), out_dir)` runs the stages in order. Each stage
+writes into its own directory under `out_dir` and a `stage.json` with the hash
+of its settings and of the stages it depends on: a rerun reuses finished
+stages, an interrupted stage resumes where its own machinery allows (pairs'
+candidate cache, evaluation per configuration), and a changed setting reruns
+only the stages downstream of it.
+
+1. corpus: synthetic PII-rich conversations, split by conversation;
+2. leaky: full fine-tune of the base model on **all** conversations (the
+   attacker later holds the scrubbed test conversations, as in the challenge);
+3. pairs: plain and CFG-variant preference pairs from the **train** split, the
+   clean base model as generator;
+4. orpo: ORPO + LoRA on the leaky model with the CFG-variant pairs;
+5. eval: on the **test** split: base, leaky, defended at g = 1 and with
+   guidance in both spaces; utility on an MMLU subset; answer perplexity;
+6. report: report.md, results.json, PNGs and the Table-1-style summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from unleak.config import CandidateConfig, LoraSettings, OrpoSettings, PairsConfig, SftSettings
+from unleak.errors import UnleakError
+from unleak.jsonl import atomic_write_text
+
+console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes and budgets of the demo; the defaults fit a 2-core CPU in about half an hour."""
+
+    model: str = "default"
+    conversations: int = 60
+    seed: int = 0
+    test_fraction: float = 0.25
+    sft: SftSettings = field(default_factory=lambda: SftSettings(epochs=3, max_length=384))
+    pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
+        candidate=CandidateConfig(modes=("nudge", "completion"), candidates=1, max_new_tokens=64, max_tries=2),
+        pii_candidates_as_rejected=False, limit=48))
+    orpo: OrpoSettings = field(default_factory=lambda: OrpoSettings(epochs=1, max_length=512,
+                                                                      max_prompt_length=384))
+    #: also train ORPO on the plain pairs and run the negation route
+    full: bool = False
+    guidance: tuple[float, ...] = (3.0,)
+    cfg_spaces: tuple[str, ...] = ("prob", "log")
+    test_limit: int | None = 30
+    leakage_max_new_tokens: int = 48
+    attack_limit: int | None = 48
+    mmlu: str | None = None
+    mmlu_limit: int = 100
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> DemoConfig:
+        """A few minutes end to end (used by the integration test); numbers are not meaningful."""
+        base = cls(
+            conversations=16, sft=SftSettings(epochs=1, max_length=256),
+            pairs=PairsConfig(candidate=CandidateConfig(modes=("nudge",), candidates=1, max_new_tokens=24,
+                                                        max_tries=1), pii_candidates_as_rejected=False, limit=4),
+            orpo=OrpoSettings(epochs=1, max_length=320, max_prompt_length=256, lora=LoraSettings(r=8, alpha=16)),
+            cfg_spaces=("prob",), test_limit=4, leakage_max_new_tokens=16, attack_limit=6, mmlu_limit=8)
+        return dataclasses.replace(base, **overrides)
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Stages:
+    """Runs stages once per settings hash, recording wall times."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.times: dict[str, float] = {}
+        self.hashes: dict[str, str] = {}
+
+    def run(self, name: str, settings: Any, after: tuple[str, ...], work: Callable[[Path], Any],
+            number: int, total: int) -> Path:
+        d = self.out / name
+        key = _hash(name, settings, [self.hashes[a] for a in after])
+        self.hashes[name] = key
+        stamp = d / "stage.json"
+        if stamp.is_file() and json.loads(stamp.read_text()).get("hash") == key:
+            self.times[name] = json.loads(stamp.read_text()).get("seconds", 0.0)
+            console.print(f"[green]✓[/green] stage {number}/{total} {name}: cached ({d})")
+            return d
+        if stamp.is_file():
+            shutil.rmtree(d)  # finished with other settings: rebuild (an unfinished stage resumes instead)
+        console.rule(f"stage {number}/{total}: {name}")
+        started = time.time()
+        work(d)
+        self.times[name] = round(time.time() - started, 1)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(stamp, json.dumps({"hash": key, "seconds": self.times[name]}) + "\n")
+        console.print(f"[green]✓[/green] {name} done in {self.times[name]:.0f} s")
+        return d
+
+
+def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo") -> dict[str, Any]:
+    from unleak.corpus.store import corpus_stats, load_corpus, save_corpus, split_corpus
+    from unleak.corpus.synth import synthesize_corpus
+    from unleak.eval.report import markdown_table, write_report
+    from unleak.eval.run import EvalConfiguration, EvalSettings, run_evaluation
+    from unleak.models import resolve_model_path
+    from unleak.pairs.build import build_preference_pairs
+    from unleak.pairs.generators import build_generator
+    from unleak.train.negate import negate_checkpoint
+    from unleak.train.orpo import train_orpo
+    from unleak.train.sft import train_sft
+
+    c = config or DemoConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = resolve_model_path(c.model)
+    stages = _Stages(out)
+    total = 6
+    started = time.time()
+
+    corpus = stages.run("corpus", [c.conversations, c.seed, c.test_fraction], (), lambda d: (
+        save_corpus(d, synthesize_corpus(c.conversations, seed=c.seed),
+                    {"generator": "unleak.corpus.synth", "seed": c.seed, "n": c.conversations}),
+        split_corpus(d, c.test_fraction, seed=c.seed)), 1, total)
+    stats = corpus_stats(load_corpus(corpus))
+    console.print(f"corpus: {stats['conversations']} conversations, {stats['pii_occurrences']} PII occurrences")
+
+    leaky = stages.run("leaky", [base, dataclasses.asdict(c.sft)], ("corpus",),
+                       lambda d: train_sft(base, corpus, d, c.sft, part="all", quiet=True), 2, total)
+
+    def make_pairs(d: Path) -> None:
+        generator = build_generator("local", base, c.pairs.candidate)
+        s = build_preference_pairs(corpus, generator, d, c.pairs)
+        console.print(f"pairs: {s['samples']} samples, {s['with_chosen']} with a PII-free answer "
+                      f"({s['chosen_rate']:.1%}), {s['pairs']} pairs, {s['pairs_cfg']} CFG pairs")
+
+    pairs = stages.run("pairs", [base, dataclasses.asdict(c.pairs)], ("corpus",), make_pairs, 3, total)
+    if not (pairs / "pairs.jsonl").read_text().strip():
+        raise UnleakError(f"{pairs}: no PII-free candidate was found; raise --pairs-limit or candidates")
+
+    def make_orpo(d: Path) -> None:
+        train_orpo(str(leaky), pairs / "pairs_cfg.jsonl", d / "cfg", c.orpo, quiet=True, resume=True)
+        if c.full:
+            train_orpo(str(leaky), pairs / "pairs.jsonl", d / "plain", c.orpo, quiet=True, resume=True)
+            negate_checkpoint(base, leaky, d / "negated")
+
+    orpo = stages.run("orpo", [dataclasses.asdict(c.orpo), c.full], ("leaky", "pairs"), make_orpo, 4, total)
+    adapter = str(orpo / "cfg" / "adapter")
+
+    confs = [EvalConfiguration("base", base, served=False), EvalConfiguration("leaky", str(leaky), served=False)]
+    if c.full:
+        confs += [EvalConfiguration("negated", str(orpo / "negated"), served=False),
+                  EvalConfiguration("orpo-plain-g1", str(leaky), str(orpo / "plain" / "adapter"))]
+    confs.append(EvalConfiguration("orpo-cfg-g1", str(leaky), adapter))
+    for g in c.guidance:
+        for space in c.cfg_spaces:
+            confs.append(EvalConfiguration(f"orpo-cfg-g{g:g}-{space}", str(leaky), adapter, g, space))
+    mmlu = c.mmlu or _shared_mmlu()
+    settings = EvalSettings(leakage_max_new_tokens=c.leakage_max_new_tokens, test_limit=c.test_limit,
+                            attack_limit=c.attack_limit, mmlu=mmlu, mmlu_limit=c.mmlu_limit, reference_model=base)
+
+    evaluation = stages.run("eval", [[dataclasses.asdict(x) for x in confs], dataclasses.asdict(settings)],
+                            ("leaky", "orpo"), lambda d: run_evaluation(corpus, confs, d, settings), 5, total)
+    times = {**stages.times, "total": round(time.time() - started, 1)}
+    preamble = (f"Model: {c.model} ({base}); corpus: {stats['conversations']} synthetic conversations, seed "
+                f"{c.seed}, test fraction {c.test_fraction}; SFT {c.sft.epochs:g} epochs; pairs from "
+                f"{c.pairs.limit or 'all'} train samples, modes {', '.join(c.pairs.candidate.modes)}; ORPO "
+                f"{c.orpo.epochs:g} epoch(s), beta {c.orpo.beta}, LoRA r{c.orpo.lora.r}; MMLU subset "
+                f"{c.mmlu_limit if mmlu else 'not run (no file)'}. Wall times (s): "
+                + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) + ".")
+    console.rule("stage 6/6: report")
+    report = write_report(evaluation, title="unleak demo", preamble=preamble, reference="leaky")
+    shutil.copy(evaluation / "report.md", out / "report.md")
+    for p in report["plots"]:
+        shutil.copy(p, out / Path(p).name)
+    shutil.copy(evaluation / "results.json", out / "results.json")
+    Console().print(markdown_table(report["rows"]))
+    return {"report": str(out / "report.md"), "rows": report["rows"], "times": times}
+
+
+def _shared_mmlu() -> str | None:
+    """The MMLU file of ../shared/data when this checkout sits next to it; None otherwise."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        candidate = root.parent / "shared" / "data" / "mmlu" / "mmlu_test.jsonl"
+        if candidate.is_file():
+            return str(candidate)
+    return None
