@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -29,11 +28,6 @@ app = typer.Typer(
 models_app = typer.Typer(help="Prepare and inspect base models (the embedded default or any HF model).",
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")
-
-
-def _not_built(stage: str, issue: int) -> NoReturn:
-    console.print(f"[red]unleak {stage}: this stage is not built yet (tracked in issue #{issue}).[/red]")
-    raise typer.Exit(3)
 
 
 # --- models -----------------------------------------------------------------
@@ -462,10 +456,35 @@ def eval_report(directory: str = typer.Argument(..., help="Output directory of `
     print(json.dumps({"report": report["report"], "plots": report["plots"]}))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def serve() -> None:
+@app.command()
+def serve(
+    policies: str = typer.Option(..., help="Policy YAML: API keys -> guidance, adapter, max tokens."),
+    model: str = typer.Option("default", help="'default', a checkpoint directory or a hub id."),
+    adapter: list[str] = typer.Option([], help="NAME=DIR of a PEFT adapter to load (repeatable)."),
+    host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
+    max_batch: int = typer.Option(16, help="Requests decoded together."),
+    max_queue: int = typer.Option(64, help="Waiting requests before 429."),
+    device: str = typer.Option(None), dtype: str = typer.Option(None),
+) -> None:
     """OpenAI-compatible server with guidance and adapter policies per API key."""
-    _not_built("serve", 9)
+    import logging
+
+    import uvicorn
+
+    from unleak.serve.app import build_server_generator, create_app
+    from unleak.serve.policies import load_policies
+
+    adapters = {}
+    for item in adapter:
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory:
+            raise UnleakError(f"--adapter {item!r}: expected NAME=DIR")
+        adapters[name] = directory
+    policy_set = load_policies(policies, set(adapters))  # validated before the model loads
+    generator = build_server_generator(model, adapters, device, dtype, max_batch)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    app = create_app(generator, policy_set, model_name=model, max_batch=max_batch, max_queue=max_queue)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
 
 
 @app.command()

@@ -1,0 +1,1 @@
+"""OpenAI-compatible serving with guidance and adapter policies per traffic source."""

@@ -1,0 +1,187 @@
+"""The OpenAI-compatible HTTP app: `/v1/chat/completions` (plain and SSE streaming), `/v1/models`, `/health`.
+
+`create_app(generator, policies, model_name)` builds a FastAPI app around a
+`Batcher`. The caller's API key (`Authorization: Bearer ...`) selects a
+`Policy`: guidance scale and space, adapter (or none) and token budget.
+`guidance_scale` / `cfg_space` in the body (the `openai` client's
+`extra_body`) are honoured only when the policy allows overriding (else 403).
+Errors use OpenAI's JSON shape: 401 unknown key, 403 override refused, 422
+malformed body, 429 queue full, 400 a request the generator refuses.
+
+Privacy by default: prompts and completions are never logged; a log line
+carries request id, policy, token counts and latency.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from unleak.config import GuidanceConfig, SamplingConfig
+from unleak.decoding.generator import CFGGenerator, GenerationRequest, GenerationResult
+from unleak.errors import UnleakError
+from unleak.serve.batcher import Batcher, QueueFull
+from unleak.serve.policies import Policy, PolicySet
+
+log = logging.getLogger("unleak.serve")
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(0.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1)
+    guidance_scale: float | None = Field(None, gt=0, le=50)
+    cfg_space: Literal["log", "prob"] | None = None
+
+
+def _error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}},
+                        status_code=status)
+
+
+def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "unleak", max_batch: int = 16,
+               max_queue: int = 64) -> FastAPI:
+    app = FastAPI(title="unleak", version="1")
+    batcher = Batcher(generator, max_batch=max_batch, max_queue=max_queue)
+    app.state.batcher = batcher
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        return _error(422, f"invalid request: {where}: {first.get('msg', 'malformed body')}",
+                      "invalid_request_error", "invalid_body")
+
+    def policy_of(request: Request) -> Policy | None:
+        auth = request.headers.get("authorization", "")
+        return policies.for_key(auth[7:].strip() if auth.lower().startswith("bearer ") else None)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "queued": batcher.jobs.qsize()}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Any:
+        if policy_of(request) is None:
+            return _error(401, "invalid or missing API key", "invalid_request_error", "invalid_api_key")
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
+                                            "owned_by": "unleak"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        policy = policy_of(request)
+        if policy is None:
+            return _error(401, "invalid or missing API key", "invalid_request_error", "invalid_api_key")
+        if (body.guidance_scale is not None or body.cfg_space is not None) and not policy.allow_override:
+            return _error(403, f"policy {policy.name!r} does not allow overriding guidance", "permission_error",
+                          "override_not_allowed")
+        try:
+            guidance = GuidanceConfig(body.guidance_scale or policy.guidance_scale,
+                                      body.cfg_space or policy.cfg_space)  # type: ignore[arg-type]
+            stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+            wanted = body.max_completion_tokens or body.max_tokens or policy.max_tokens
+            sampling = SamplingConfig(max_new_tokens=min(wanted, policy.max_tokens), temperature=body.temperature,
+                                      top_p=body.top_p, seed=body.seed, stop=stop)
+        except UnleakError as exc:
+            return _error(400, str(exc), "invalid_request_error")
+        gen_request = GenerationRequest(messages=[m.model_dump() for m in body.messages], guidance=guidance,
+                                        sampling=sampling, adapter=policy.adapter or False)
+        rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        started = time.time()
+        try:
+            events = batcher.submit(gen_request)
+        except QueueFull:
+            log.info("request %s policy=%s rejected: queue full", rid, policy.name)
+            return _error(429, "server busy: request queue is full, retry later", "rate_limit_error",
+                          "queue_full")
+        name = body.model or model_name
+
+        def finish_log(result: GenerationResult) -> None:
+            log.info("request %s policy=%s prompt_tokens=%d completion_tokens=%d latency_ms=%d", rid, policy.name,
+                     result.prompt_tokens, result.completion_tokens, 1000 * (time.time() - started))
+
+        if body.stream:
+            async def sse() -> Any:
+                def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
+                    row = {"id": rid, "object": "chat.completion.chunk", "created": int(started), "model": name,
+                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                    if usage:
+                        row["usage"] = usage
+                    return f"data: {json.dumps(row)}\n\n"
+
+                yield chunk({"role": "assistant", "content": ""})
+                while True:
+                    kind, payload = await events.get()
+                    if kind == "event":
+                        yield chunk({"content": payload})
+                    elif kind == "error":
+                        err = {"error": {"message": str(payload), "type": "invalid_request_error"}}
+                        yield f"data: {json.dumps(err)}\n\n"
+                        break
+                    else:
+                        finish_log(payload)
+                        yield chunk({}, payload.finish_reason, _usage(payload))
+                        break
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(sse(), media_type="text/event-stream")
+
+        while True:
+            kind, payload = await events.get()
+            if kind == "error":
+                return _error(400, str(payload), "invalid_request_error")
+            if kind == "done":
+                break
+        result: GenerationResult = payload
+        finish_log(result)
+        return {"id": rid, "object": "chat.completion", "created": int(started), "model": name,
+                "choices": [{"index": 0, "finish_reason": result.finish_reason,
+                             "message": {"role": "assistant", "content": result.text}}],
+                "usage": _usage(result)}
+
+    return app
+
+
+def _usage(result: GenerationResult) -> dict[str, int]:
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens}
+
+
+def build_server_generator(model: str, adapters: dict[str, str], device: str | None = None,
+                           dtype: str | None = None, max_batch: int = 16) -> CFGGenerator:
+    """The model with every named adapter loaded once (PEFT), switched per request without reloading."""
+    from unleak.models import load_model, load_tokenizer
+
+    net = load_model(model, device=device, dtype=dtype)
+    if adapters:
+        from peft import PeftModel
+
+        items = list(adapters.items())
+        first_name, first_dir = items[0]
+        net = PeftModel.from_pretrained(net, first_dir, adapter_name=first_name)
+        for name, directory in items[1:]:
+            net.load_adapter(directory, adapter_name=name)
+        net.eval()
+    return CFGGenerator(net, load_tokenizer(model), max_batch_requests=max_batch)

@@ -1,0 +1,191 @@
+"""The OpenAI-compatible server, tested with the real `openai` client against a live uvicorn (tiny model)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+import openai
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from unleak.config import GuidanceConfig, SamplingConfig
+from unleak.decoding.generator import GenerationRequest
+from unleak.errors import UnleakError
+from unleak.serve.app import build_server_generator, create_app
+from unleak.serve.policies import key_hash, policies_from_dict
+from tests.live_server import live_server
+
+POLICIES = {
+    "policies": {
+        "public": {"adapter": "unleak", "guidance_scale": 3.0, "cfg_space": "prob", "max_tokens": 12},
+        "internal": {"adapter": None, "guidance_scale": 1.0, "allow_override": True, "max_tokens": 12},
+    },
+    "keys": {"sk-public": "public"},
+    "key_hashes": {key_hash("sk-internal"): "internal"},
+}
+MSGS = [{"role": "user", "content": "Tell me about my neighbour."}]
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, tmp_path_factory):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    import torch
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    out = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model_dir, adapter_dir):
+    gen = build_server_generator(str(tiny_model_dir), {"unleak": str(adapter_dir)}, max_batch=8)
+    gen.eos_ids = set()  # random weights: decode the full budget
+    return gen
+
+
+@pytest.fixture(scope="module")
+def server(generator):
+    app = create_app(generator, policies_from_dict(POLICIES, {"unleak"}), model_name="tiny")
+    with live_server(app) as url:
+        yield url
+
+
+def client(url: str, key: str = "sk-public", **kw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, **kw)
+
+
+def direct(generator, adapter, g=1.0, space="prob", max_new=12) -> str:
+    req = GenerationRequest(messages=MSGS, guidance=GuidanceConfig(g, space),
+                            sampling=SamplingConfig(max_new_tokens=max_new), adapter=adapter)
+    return generator.generate([req])[0].text
+
+
+def test_plain_completion_follows_the_policy(server, generator):
+    resp = client(server).chat.completions.create(model="tiny", messages=MSGS, max_tokens=50)
+    assert resp.choices[0].message.content == direct(generator, "unleak", 3.0)  # policy: adapter, g=3
+    assert resp.usage.completion_tokens == 12  # capped by the policy's max_tokens
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + 12
+
+
+def test_adapter_switch_per_policy_changes_the_output(server, generator):
+    internal = client(server, "sk-internal").chat.completions.create(model="tiny", messages=MSGS, max_tokens=8)
+    assert internal.choices[0].message.content == direct(generator, False, 1.0, max_new=8)
+    public = client(server).chat.completions.create(model="tiny", messages=MSGS, max_tokens=8)
+    assert public.choices[0].message.content != internal.choices[0].message.content
+
+
+def test_streaming_adds_up_to_the_plain_answer(server, generator):
+    stream = client(server).chat.completions.create(model="tiny", messages=MSGS, stream=True, max_tokens=12)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == direct(generator, "unleak", 3.0)
+    assert chunks[-1].choices[0].finish_reason == "length" and len(chunks) > 3
+
+
+def test_extra_body_guidance_only_where_allowed(server, generator):
+    resp = client(server, "sk-internal").chat.completions.create(
+        model="tiny", messages=MSGS, max_tokens=6, extra_body={"guidance_scale": 2.0, "cfg_space": "log"})
+    assert resp.choices[0].message.content == direct(generator, False, 2.0, "log", max_new=6)
+    with pytest.raises(openai.PermissionDeniedError):
+        client(server).chat.completions.create(model="tiny", messages=MSGS, extra_body={"guidance_scale": 1.0})
+
+
+def test_unknown_or_missing_key_is_401(server):
+    with pytest.raises(openai.AuthenticationError) as info:
+        client(server, "sk-nope").chat.completions.create(model="tiny", messages=MSGS)
+    assert info.value.body["code"] == "invalid_api_key"
+    r = httpx.post(f"{server}/v1/chat/completions", json={"messages": MSGS})
+    assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_request_error"
+    assert httpx.get(f"{server}/v1/models", headers={"Authorization": "Bearer sk-public"}).json()["data"][0]["id"] \
+        == "tiny"
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+
+
+def test_malformed_body_is_422(server):
+    r = httpx.post(f"{server}/v1/chat/completions", headers={"Authorization": "Bearer sk-public"},
+                   json={"messages": "hello"})
+    assert r.status_code == 422 and "messages" in r.json()["error"]["message"]
+    with pytest.raises(openai.UnprocessableEntityError):
+        client(server).chat.completions.create(model="tiny", messages=[{"role": "wizard", "content": "x"}])
+
+
+def test_saturated_queue_answers_429(generator):
+    app = create_app(generator, policies_from_dict(POLICIES, {"unleak"}), max_batch=1, max_queue=1)
+    with live_server(app) as url:
+        async def burst():
+            c = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-public", max_retries=0)
+            calls = [c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=12) for _ in range(8)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        results = asyncio.run(burst())
+    limited = [r for r in results if isinstance(r, openai.RateLimitError)]
+    served = [r for r in results if not isinstance(r, Exception)]
+    assert limited and served and len(limited) + len(served) == 8
+
+
+def test_requests_arriving_together_decode_together(generator):
+    app = create_app(generator, policies_from_dict(POLICIES, {"unleak"}), max_batch=8)
+    with live_server(app) as url:
+        async def burst():
+            c = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-public", max_retries=0)
+            return await asyncio.gather(*[c.chat.completions.create(model="tiny", messages=MSGS, max_tokens=12)
+                                          for _ in range(6)])
+
+        answers = asyncio.run(burst())
+        assert max(app.state.batcher.batch_sizes) > 1
+    assert len({a.choices[0].message.content for a in answers}) == 1  # greedy: batching does not change output
+
+
+def test_logs_carry_no_content(server, caplog):
+    secret = "my SSN is 078-05-1120"
+    with caplog.at_level(logging.INFO, logger="unleak.serve"):
+        client(server).chat.completions.create(model="tiny", messages=[{"role": "user", "content": secret}])
+    lines = [r.getMessage() for r in caplog.records if r.name == "unleak.serve"]
+    assert lines and all("078-05" not in x and "policy=public" in x for x in lines)
+
+
+def test_policy_file_is_validated():
+    with pytest.raises(UnleakError, match=r"policies.public: unknown field 'adaptr'"):
+        policies_from_dict({"policies": {"public": {"adaptr": "x"}}, "keys": {"k": "public"}})
+    with pytest.raises(UnleakError, match=r"policies.public: adapter 'unleak' is not loaded"):
+        policies_from_dict({"policies": {"public": {"adapter": "unleak"}}, "keys": {"k": "public"}})
+    with pytest.raises(UnleakError, match="unknown policy 'nope'"):
+        policies_from_dict({"policies": {"public": {}}, "keys": {"k": "nope"}})
+    with pytest.raises(UnleakError, match="guidance_scale must be > 0"):
+        policies_from_dict({"policies": {"public": {"guidance_scale": 0}}, "keys": {"k": "public"}})
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                       max_size=3), max_leaves=8)
+bodies = st.fixed_dictionaries({}, optional={
+    "messages": st.one_of(json_values, st.lists(st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "system", "assistant", "x"]), "content": st.text(max_size=20)}),
+        max_size=3)),
+    "max_tokens": st.one_of(st.integers(-2, 4), json_values),
+    "temperature": st.one_of(st.floats(-1, 3, allow_nan=False), json_values),
+    "top_p": st.one_of(st.floats(-1, 2, allow_nan=False), json_values),
+    "stop": json_values, "stream": st.booleans(), "seed": st.one_of(st.integers(), json_values),
+    "n": st.integers(0, 3), "guidance_scale": st.one_of(st.floats(-1, 60, allow_nan=False), json_values),
+    "cfg_space": st.one_of(st.sampled_from(["log", "prob", "x"]), json_values),
+})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=bodies)
+def test_fuzzed_bodies_never_cause_server_errors(server, body):
+    if isinstance(body.get("max_tokens"), int) and body["max_tokens"] > 4:
+        body["max_tokens"] = 4
+    r = httpx.post(f"{server}/v1/chat/completions", headers={"Authorization": "Bearer sk-internal"}, json=body,
+                   timeout=60)
+    assert r.status_code < 500, (body, r.text)
+    if r.status_code != 200:
+        assert "error" in r.json()
