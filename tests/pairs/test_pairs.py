@@ -24,7 +24,7 @@ from unleak.pairs.build import build_preference_pairs, candidate_answer, cfg_var
 from unleak.pairs.generators import CandidateRequest, LocalCandidateGenerator, OpenAICandidateGenerator
 from unleak.pairs.samples import build_samples, limit_samples
 from unleak.pii import build_detector
-from tests.live_server import live_server
+from unleak.serve.background import live_server
 
 
 def conversation() -> Conversation:

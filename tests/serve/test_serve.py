@@ -16,7 +16,7 @@ from unleak.decoding.generator import GenerationRequest
 from unleak.errors import UnleakError
 from unleak.serve.app import build_server_generator, create_app
 from unleak.serve.policies import key_hash, policies_from_dict
-from tests.live_server import live_server
+from unleak.serve.background import live_server
 
 POLICIES = {
     "policies": {

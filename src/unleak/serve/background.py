@@ -1,4 +1,4 @@
-"""A real uvicorn server on 127.0.0.1 in a background thread, for tests that talk HTTP."""
+"""Run an ASGI app with uvicorn on 127.0.0.1 in a background thread (tests, benchmarks, notebooks)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,35 @@
+"""The end-to-end demo in its --quick form on the embedded default (slow: a few minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from unleak.demo import DemoConfig, run_demo
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_caches_and_reruns_only_what_changed(tmp_path, default_model_dir):
+    out = tmp_path / "demo"
+    cfg = DemoConfig.quick(mmlu_limit=8)
+    result = run_demo(cfg, out)
+    names = [r["configuration"] for r in result["rows"]]
+    assert names == ["base", "leaky", "orpo-cfg-g1", "orpo-cfg-g3-prob"]
+    report = (out / "report.md").read_text()
+    assert "| leaky |" in report and "Wall times" in report
+    assert json.loads((out / "results.json").read_text())["rows"][1]["configuration"] == "leaky"
+    assert (out / "pairs" / "pairs_cfg.jsonl").read_text().strip()
+    assert (out / "orpo" / "cfg" / "adapter" / "adapter_config.json").is_file()
+    stamps = {s: (out / s / "stage.json").stat().st_mtime_ns for s in ("corpus", "leaky", "pairs", "orpo", "eval")}
+
+    run_demo(cfg, out)  # everything cached
+    assert {s: (out / s / "stage.json").stat().st_mtime_ns for s in stamps} == stamps
+
+    run_demo(dataclasses.replace(cfg, test_limit=3), out)  # an evaluation setting: only eval reruns
+    after = {s: (out / s / "stage.json").stat().st_mtime_ns for s in stamps}
+    assert {s: after[s] for s in ("corpus", "leaky", "pairs", "orpo")} == \
+        {s: stamps[s] for s in ("corpus", "leaky", "pairs", "orpo")}
+    assert after["eval"] != stamps["eval"]
+    assert json.loads((out / "results.json").read_text())["rows"][0]["test_prompts"] == 3
