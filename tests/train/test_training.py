@@ -156,3 +156,19 @@ def test_sft_memorises_and_saves_a_plain_checkpoint(tiny_model_dir, tmp_path):
     model = load_model(str(out))
     assert model.config.num_hidden_layers == 2 and (out / "loss.png").is_file()
     assert not (tmp_path / "leaky.work").exists()
+
+
+def test_orpo_runs_under_accelerate_launch(tiny_model_dir, pairs_file, tmp_path):
+    """The same command under `accelerate launch` (what multi-GPU / DeepSpeed users run)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "acc"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines",
+           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "unleak.cli", "train", "orpo",
+           "--model", str(tiny_model_dir), "--pairs", str(pairs_file), "--out", str(out), "--epochs", "1"]
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "checkpoint-2").is_dir()
