@@ -172,3 +172,18 @@ def test_orpo_runs_under_accelerate_launch(tiny_model_dir, pairs_file, tmp_path)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "adapter" / "adapter_config.json").is_file() and (out / "checkpoint-2").is_dir()
+
+
+def test_sft_can_freeze_the_embeddings(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from unleak.corpus.store import save_corpus
+    from unleak.corpus.synth import synthesize_corpus
+    from unleak.train.sft import train_sft
+
+    corpus = save_corpus(tmp_path / "c", synthesize_corpus(2, seed=1), {})
+    out = train_sft(str(tiny_model_dir), corpus, tmp_path / "frozen",
+                    SftSettings(epochs=1, learning_rate=3e-3, train_embeddings=False), quiet=True)
+    before, after = load_file(tiny_model_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    torch.testing.assert_close(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
+    assert not torch.equal(after["model.layers.0.mlp.up_proj.weight"], before["model.layers.0.mlp.up_proj.weight"])

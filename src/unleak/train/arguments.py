@@ -26,7 +26,8 @@ def training_arguments(out_dir: str | Path, *, epochs: float, batch_size: int, l
                        min_lr_ratio: float, warmup_steps: int = 0, gradient_accumulation_steps: int = 1,
                        optimizer: str = "adamw_torch", save_per_epoch: bool = True, seed: int = 0,
                        gradient_checkpointing: bool | None = None, tensorboard: bool = False,
-                       deepspeed: str | None = None, max_steps: int = -1, logging_steps: int = 1) -> Any:
+                       deepspeed: str | None = None, max_steps: int = -1, logging_steps: int = 1,
+                       group_by_length: bool = False) -> Any:
     from transformers import TrainingArguments
 
     on_gpu = torch.cuda.is_available()
@@ -53,4 +54,6 @@ def training_arguments(out_dir: str | Path, *, epochs: float, batch_size: int, l
         use_cpu=not on_gpu,
         disable_tqdm=False,
         deepspeed=deepspeed,
+        # batches of similar lengths waste less compute on padding
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
     )

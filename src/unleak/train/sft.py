@@ -41,9 +41,13 @@ def train_sft(model: str, corpus: str | Path, out_dir: str | Path, settings: Sft
     work = out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     net = load_model(model, trainable=True, dtype="bf16" if use_bf16() else "fp32")
+    if not s.train_embeddings:
+        net.get_input_embeddings().weight.requires_grad_(False)
+        net.get_output_embeddings().weight.requires_grad_(False)
     args = training_arguments(work, epochs=s.epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
                               min_lr_ratio=s.min_lr_ratio, warmup_steps=s.warmup_steps, seed=s.seed,
-                              save_per_epoch=s.save_per_epoch or resume, max_steps=max_steps)
+                              save_per_epoch=s.save_per_epoch or resume, max_steps=max_steps,
+                              group_by_length=True)
     trainer = Trainer(model=net, args=args, train_dataset=data, data_collator=CausalCollator(tokenizer.pad_token_id),
                       callbacks=[JsonlLogCallback(work / "train_log.jsonl", quiet=quiet)])
     trainer.train(resume_from_checkpoint=bool(resume and any(work.glob("checkpoint-*"))) or None)
