@@ -272,6 +272,7 @@ def train_sft_cmd(
     part: str = typer.Option("all", help="all, train or test conversations of the corpus."),
     epochs: float = typer.Option(None), batch_size: int = typer.Option(None),
     learning_rate: float = typer.Option(None), max_length: int = typer.Option(None),
+    loss_on: str = typer.Option(None, help="assistant (default) or all: which turns carry the loss."),
     config: str = typer.Option(None, help="YAML SftSettings (flags override it)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run."),
 ) -> None:
@@ -279,7 +280,7 @@ def train_sft_cmd(
     from unleak.config import SftSettings, load_config
     from unleak.train.sft import train_sft
 
-    settings = load_config(SftSettings, config, **_given(epochs=epochs, batch_size=batch_size,
+    settings = load_config(SftSettings, config, **_given(epochs=epochs, batch_size=batch_size, loss_on=loss_on,
                                                          learning_rate=learning_rate, max_length=max_length))
     print(train_sft(model, corpus, out, settings, part=part, resume=resume))
 

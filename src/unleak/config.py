@@ -197,9 +197,16 @@ class SftSettings:
     max_length: int = 512
     seed: int = 0
     save_per_epoch: bool = False
+    #: which tokens carry the loss: "assistant" turns (a chat fine-tune) or "all" turns (the whole
+    #: conversation text, so PII disclosed in user turns is memorised too, as the attack assumes)
+    loss_on: Literal["assistant", "all"] = "assistant"
     #: train the (tied) input embeddings / LM head too; freezing them makes a CPU step ~20 % faster
     #: and the transformer layers still memorise
     train_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.loss_on not in ("assistant", "all"):
+            raise UnleakError(f"loss_on must be 'assistant' or 'all', got {self.loss_on!r}")
 
 
 @dataclass(frozen=True)

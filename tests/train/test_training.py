@@ -55,6 +55,8 @@ def test_sft_labels_only_assistant_turns(default_tokenizer):
     assert tok.decode(ex["input_ids"]) == tok.apply_chat_template(msgs, tokenize=False)
     scored = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100]
     assert tok.decode(scored) == "Hi Ann!<|im_end|>Bye Ann.<|im_end|>"
+    everything = tokenize_chat_for_sft(msgs, tok, 512, loss_on="all")
+    assert everything["labels"] == everything["input_ids"] == ex["input_ids"]
 
 
 def _mean_log_odds_gap(model, tok) -> float:

@@ -95,8 +95,9 @@ class PreferenceCollator:
                 "attention_mask": _pad([[1] * len(r) for r in ids], 0)}
 
 
-def tokenize_chat_for_sft(messages: list[dict], tokenizer: Any, max_length: int) -> dict[str, list[int]]:
-    """A whole chat as ids with labels on the assistant turns only (each answer with its EOS)."""
+def tokenize_chat_for_sft(messages: list[dict], tokenizer: Any, max_length: int, loss_on: str = "assistant"
+                          ) -> dict[str, list[int]]:
+    """A whole chat as ids with labels on the assistant turns (each answer with its EOS), or on every token."""
     ids: list[int] = []
     labels: list[int] = []
     for i, m in enumerate(messages):
@@ -115,6 +116,8 @@ def tokenize_chat_for_sft(messages: list[dict], tokenizer: Any, max_length: int)
         else:
             ids += new["input_ids"]
             labels += [-100] * len(new["input_ids"])
+    if loss_on == "all":
+        labels = list(ids)
     return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
 
 

@@ -1,8 +1,9 @@
 """The leaky stand-in model: full fine-tuning of a base model on unscrubbed PII-rich conversations.
 
 `train_sft(model, corpus, out_dir)` trains with loss on the assistant turns
-(`data.tokenize_chat_for_sft`) so the model memorises the answers and the
-PII they repeat, like the challenge's model. The result is a plain checkpoint
+(`data.tokenize_chat_for_sft`; `loss_on="all"` for the whole conversation
+text) so the model memorises the answers and the PII they repeat, like the
+challenge's model. The result is a plain checkpoint
 directory (weights + tokenizer), loadable by `unleak.models.load_model` and
 by transformers, written atomically.
 """
@@ -34,7 +35,7 @@ def train_sft(model: str, corpus: str | Path, out_dir: str | Path, settings: Sft
         raise UnleakError(f"{out} already holds a model; choose another --out")
     conversations = load_corpus(corpus) if part == "all" else load_split(corpus, part)
     tokenizer = load_tokenizer(model)
-    data = [tokenize_chat_for_sft(c.messages(), tokenizer, s.max_length) for c in conversations]
+    data = [tokenize_chat_for_sft(c.messages(), tokenizer, s.max_length, s.loss_on) for c in conversations]
     data = [d for d in data if any(x != -100 for x in d["labels"])]
     if not data:
         raise UnleakError(f"{corpus}: no assistant turns to train on")
