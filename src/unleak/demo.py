@@ -44,30 +44,34 @@ class DemoConfig:
     """Sizes and budgets of the demo; the defaults fit a 2-core CPU in about half an hour."""
 
     model: str = "default"
-    conversations: int = 60
+    conversations: int = 50
     seed: int = 0
     test_fraction: float = 0.25
-    sft: SftSettings = field(default_factory=lambda: SftSettings(epochs=3, max_length=384))
+    #: the whole conversation carries the loss, so PII first disclosed in user turns is memorised too
+    #: (what the extraction attack probes); frozen embeddings make a CPU step ~20 % cheaper
+    sft: SftSettings = field(default_factory=lambda: SftSettings(epochs=3, max_length=384, loss_on="all",
+                                                                 train_embeddings=False))
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
         candidate=CandidateConfig(modes=("nudge", "completion"), candidates=1, max_new_tokens=64, max_tries=2),
-        pii_candidates_as_rejected=False, limit=48))
-    orpo: OrpoSettings = field(default_factory=lambda: OrpoSettings(epochs=1, max_length=512,
+        pii_candidates_as_rejected=False, limit=40))
+    #: one epoch on a CPU budget, so a higher lr than the original's 1e-4 (3 epochs, far more pairs)
+    orpo: OrpoSettings = field(default_factory=lambda: OrpoSettings(epochs=1, learning_rate=3e-4, max_length=512,
                                                                       max_prompt_length=384))
     #: also train ORPO on the plain pairs and run the negation route
     full: bool = False
     guidance: tuple[float, ...] = (3.0,)
     cfg_spaces: tuple[str, ...] = ("prob", "log")
-    test_limit: int | None = 30
-    leakage_max_new_tokens: int = 48
-    attack_limit: int | None = 48
+    test_limit: int | None = 24
+    leakage_max_new_tokens: int = 40
+    attack_limit: int | None = 32
     mmlu: str | None = None
-    mmlu_limit: int = 100
+    mmlu_limit: int = 60
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
         """A few minutes end to end (used by the integration test); numbers are not meaningful."""
         base = cls(
-            conversations=16, sft=SftSettings(epochs=1, max_length=256),
+            conversations=16, sft=SftSettings(epochs=1, max_length=256, loss_on="all", train_embeddings=False),
             pairs=PairsConfig(candidate=CandidateConfig(modes=("nudge",), candidates=1, max_new_tokens=24,
                                                         max_tries=1), pii_candidates_as_rejected=False, limit=4),
             orpo=OrpoSettings(epochs=1, max_length=320, max_prompt_length=256, lora=LoraSettings(r=8, alpha=16)),

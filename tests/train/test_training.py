@@ -41,6 +41,12 @@ def test_pair_tokenisation_ends_with_eos(default_tokenizer):
     ex2 = tokenize_pair(cont, tok, 2048, 1900)
     assert tok.decode(ex2["prompt_ids"]).endswith("assistant\nWell,")
     assert tok.decode(ex2["chosen_ids"]) == "I cannot share that.<|im_end|>"
+    shared = {**PAIRS[0], "chosen": [{"role": "assistant", "content": "Sure, the number is private."}],
+              "rejected": [{"role": "assistant", "content": "Sure, the number is 555-0101."}]}
+    ex3 = tokenize_pair(shared, tok, 2048, 1900)  # the shared start joins the prompt
+    assert tok.decode(ex3["prompt_ids"]).endswith("<|im_start|>assistant\nSure, the number is")
+    assert tok.decode(ex3["chosen_ids"]) == " private.<|im_end|>"
+    assert tok.decode(ex3["rejected_ids"]).startswith(" 5")
     short = tokenize_pair(PAIRS[0], tok, 24, 20)
     assert len(short["prompt_ids"]) == 20 and len(short["prompt_ids"]) + len(short["chosen_ids"]) == 24
     batch = PreferenceCollator(tok.pad_token_id)([ex, ex2])

@@ -16,11 +16,14 @@
    swapped), `failed.jsonl` (samples without a PII-free candidate),
    `samples.jsonl`, `stats.json`.
 
-Pairs are whole assistant answers after the dialog. A completion-mode
-candidate becomes the answer `prefix + continuation`, so it is chosen only if
-that whole answer is PII-free: a prefix that already holds PII never enters a
-chosen answer. (A prompt ending in a half-written assistant message is not a
-format TRL's trainers tokenise correctly.)
+Pairs are whole assistant answers after the dialog (a prompt ending in a
+half-written assistant message is a format TRL's trainers tokenise as two
+turns). A completion-mode candidate becomes the answer `prefix +
+continuation` against the original `prefix + target`; its continuation is
+what must be PII-free (the prefix is the user's own dialog, like the prompt).
+unleak's trainer moves the shared leading tokens of chosen and rejected into
+the prompt, so such a pair trains the continuation of the half-written answer
+exactly as the original's samples do.
 """
 
 from __future__ import annotations
@@ -60,6 +63,11 @@ class Candidate:
     @property
     def key(self) -> str:
         return f"{self.sample_id}/{self.mode}/{self.attempt}/{self.k}"
+
+    @property
+    def checked_text(self) -> str:
+        """What the detector must find PII-free: the continuation in completion mode, else the whole answer."""
+        return self.text if self.mode == "completion" else (self.answer or "")
 
     @property
     def chosen(self) -> bool:
@@ -178,7 +186,7 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
             cand.answer = candidate_answer(by_id[cand.sample_id], cand.mode, cand.text)
             round_cands.append(cand)
         usable = [c for c in round_cands if c.answer is not None]
-        for cand, spans in zip(usable, detector.detect([c.answer for c in usable])):
+        for cand, spans in zip(usable, detector.detect([c.checked_text for c in usable])):
             cand.pii = [sp.as_dict() for sp in spans]
         for cand in round_cands:
             candidates[cand.sample_id].append(cand)

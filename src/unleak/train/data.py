@@ -5,6 +5,9 @@ prompt after a final user message; a final assistant message is continued,
 and the answer is appended to it, not rendered as a second assistant turn);
 chosen and rejected are the template's rendering of prompt + answer minus the
 prompt (as TRL does), cut right after their EOS token so both end with it.
+Tokens that chosen and rejected share at their start move into the prompt: a
+pair `prefix + clean continuation` vs `prefix + PII` is then trained exactly as
+the original's "half-written answer" samples (prompt = dialog + prefix).
 The prompt is cut from the left to `max_prompt_length`, the answers to
 `max_length - prompt`.
 
@@ -52,11 +55,19 @@ def tokenize_pair(example: dict[str, Any], tokenizer: Any, max_length: int, max_
             full = _render(tokenizer, prompt + example[side])
         prompt_text = "".join(a for a, _ in takewhile(lambda ab: ab[0] == ab[1], zip(prompt_text, full)))
         texts[side] = full
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"][-max_prompt_length:]
-    out["prompt_ids"] = prompt_ids
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    chosen = _answer_ids(tokenizer, texts["chosen"][len(prompt_text):])
+    rejected = _answer_ids(tokenizer, texts["rejected"][len(prompt_text):])
+    # The leading tokens both answers share carry no preference: they join the prompt, so the
+    # loss starts where the answers part (a half-written answer's continuation, as in the original).
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    prompt_ids = (prompt_ids + chosen[:shared])[-max_prompt_length:]
     budget = max_length - len(prompt_ids)
-    for side in ("chosen", "rejected"):
-        out[f"{side}_ids"] = _answer_ids(tokenizer, texts[side][len(prompt_text):])[:budget]
+    out["prompt_ids"] = prompt_ids
+    out["chosen_ids"] = chosen[shared:][:budget]
+    out["rejected_ids"] = rejected[shared:][:budget]
     return out
 
 
