@@ -127,7 +127,7 @@ def write_report(out_dir: str | Path, title: str = "unleak evaluation", preamble
     plots = [p for p in (plot_guidance(rows, out / "guidance.png"), plot_tradeoff(rows, out / "tradeoff.png")) if p]
     n = rows[0]["test_prompts"]
     md = [f"# {title}", "", preamble, "",
-          f"Test prompts: {n} (test split, never seen in training). Utility: multiple-choice accuracy by "
+          f"Test prompts: {n} (test split: never used to build the defence). Utility: multiple-choice accuracy by "
           f"letter log-likelihood; Δ is the paired difference to `{ref}` over the same questions.", "",
           markdown_table(rows)]
     md += [f"![{p.stem}]({p.name})" for p in plots]
