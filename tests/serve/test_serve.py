@@ -163,7 +163,7 @@ def test_policy_file_is_validated():
         policies_from_dict({"policies": {"public": {"guidance_scale": 0}}, "keys": {"k": "public"}})
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
                                                                                        max_size=3), max_leaves=8)
 bodies = st.fixed_dictionaries({}, optional={
