@@ -19,14 +19,13 @@ import json
 import statistics
 import tempfile
 import time
-from collections import defaultdict
 
 import torch
 
 from unleak.config import OrpoSettings
 from unleak.models import load_model, load_tokenizer, prepare_default_model
 from unleak.train.data import PreferenceCollator, tokenize_pair
-from unleak.train.orpo import OrpoTrainer, lora_model
+from unleak.train.orpo import lora_model, orpo_batch_loss
 
 
 def make_pairs() -> list[dict]:
@@ -45,14 +44,11 @@ def time_ours(repeats: int, pairs: list[dict]) -> dict[str, float]:
     model.train()
     batch = PreferenceCollator(tok.pad_token_id)([tokenize_pair(p, tok, 2048, 1900) for p in pairs])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    trainer = OrpoTrainer.__new__(OrpoTrainer)  # only the loss: no data loaders or accelerator needed
-    trainer.beta, trainer._metrics = 0.1, defaultdict(list)
-
     def plain() -> None:
         model(**batch).loss.backward()
 
     def orpo() -> None:
-        OrpoTrainer.compute_loss(trainer, model, batch).backward()
+        orpo_batch_loss(model, batch, beta=0.1)[0].loss.backward()
 
     times: dict[str, list[float]] = {"plain": [], "orpo": []}
     for name, fn in (("plain", plain), ("orpo", orpo)):  # warm-up

@@ -21,7 +21,6 @@ only the stages downstream of it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import time
@@ -32,7 +31,7 @@ from typing import Any
 
 from rich.console import Console
 
-from unleak.config import CandidateConfig, LoraSettings, OrpoSettings, PairsConfig, SftSettings
+from unleak.config import CandidateConfig, LoraSettings, OrpoSettings, PairsConfig, SftSettings, settings_hash
 from unleak.errors import UnleakError
 from unleak.jsonl import atomic_write_text
 
@@ -79,10 +78,6 @@ class DemoConfig:
         return dataclasses.replace(base, **overrides)
 
 
-def _hash(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()[:16]
-
-
 class _Stages:
     """Runs stages once per settings hash, recording wall times."""
 
@@ -94,7 +89,7 @@ class _Stages:
     def run(self, name: str, settings: Any, after: tuple[str, ...], work: Callable[[Path], Any],
             number: int, total: int) -> Path:
         d = self.out / name
-        key = _hash(name, settings, [self.hashes[a] for a in after])
+        key = settings_hash(name, settings, [self.hashes[a] for a in after])
         self.hashes[name] = key
         stamp = d / "stage.json"
         if stamp.is_file() and json.loads(stamp.read_text()).get("hash") == key:

@@ -204,9 +204,12 @@ class CFGGenerator:
 
     def stream(self, requests: Sequence[GenerationRequest]) -> Iterator[StreamEvent]:
         """Decode, yielding text deltas as they come; a final event per request carries its result."""
-        encoded = [self.encode(r) for r in requests]
+        return self.stream_encoded([self.encode(r) for r in requests])
+
+    def stream_encoded(self, encoded: Sequence[_Encoded]) -> Iterator[StreamEvent]:
+        """`stream` for requests already passed through `encode` (e.g. validated one by one by a server)."""
         for start in range(0, len(encoded), self.max_batch_requests):
-            chunk = encoded[start:start + self.max_batch_requests]
+            chunk = list(encoded[start:start + self.max_batch_requests])
             yield from self._decode_batch(chunk, offset=start)
 
     def _decode_batch(self, encoded: list[_Encoded], offset: int) -> Iterator[StreamEvent]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from unleak.train.data import CausalCollator
 from unleak.train.losses import sequence_logps
 
 
@@ -21,20 +22,13 @@ def answer_perplexity(model: Any, tokenizer: Any, prompts: list[list[int]], answ
     """Perplexity of `answers` (token ids) after `prompts` (token ids) under `model`."""
     total, count = 0.0, 0
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collate = CausalCollator(pad)
     device = next(model.parameters()).device
-    pairs = [(p, a) for p, a in zip(prompts, answers) if a]
-    for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i:i + batch_size]
-        width = max(len(p) + len(a) for p, a in chunk)
-        ids, labels, mask = [], [], []
-        for p, a in chunk:
-            n = len(p) + len(a)
-            ids.append(p + a + [pad] * (width - n))
-            labels.append([-100] * len(p) + a + [-100] * (width - n))
-            mask.append([1] * n + [0] * (width - n))
-        logits = model(input_ids=torch.tensor(ids, device=device),
-                       attention_mask=torch.tensor(mask, device=device)).logits
-        sums, counts = sequence_logps(logits, torch.tensor(labels, device=device))
+    rows = [{"input_ids": p + a, "labels": [-100] * len(p) + a} for p, a in zip(prompts, answers) if a]
+    for i in range(0, len(rows), batch_size):
+        batch = {k: v.to(device) for k, v in collate(rows[i:i + batch_size]).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        sums, counts = sequence_logps(logits, batch["labels"])
         total += -sums.sum().item()
         count += int(counts.sum().item())
     if not count:

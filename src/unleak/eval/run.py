@@ -9,14 +9,13 @@ per (model, adapter), since it does not depend on guidance here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unleak.config import AttackConfig, GuidanceConfig, PIIConfig
+from unleak.config import AttackConfig, GuidanceConfig, PIIConfig, settings_hash
 from unleak.errors import UnleakError
 from unleak.jsonl import atomic_write_text
 
@@ -48,10 +47,6 @@ class EvalSettings:
     batch_size: int = 16
 
 
-def _hash(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], out_dir: str | Path,
                    settings: EvalSettings | None = None, progress: bool = True) -> list[dict[str, Any]]:
     from unleak.corpus.store import load_split
@@ -74,13 +69,14 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
         raise UnleakError(f"{corpus}: the test split has no PII inside an assistant turn")
     questions = load_mc_questions(s.mmlu, s.mmlu_limit, s.mmlu_seed) if s.mmlu else None
     detectors = {p: detector_for_profile(PIIConfig(profile=p)) for p in s.profiles}
-    reference: tuple[Any, Any] | None = None
+    reference: tuple[Any, Any, list[list[int]]] | None = None  # model, tokenizer, test prompt ids
+    attack_sets: dict[str, list[Any]] = {}  # attack prompts per tokenizer (model path)
     loaded: dict[tuple[str, str | None], Any] = {}
     utility_cache: dict[tuple[str, str | None], Any] = {}
     results = []
     for conf in configurations:
         path = out / "configs" / f"{conf.name}.json"
-        key = _hash(asdict(conf), asdict(s), str(corpus))
+        key = settings_hash(asdict(conf), asdict(s), str(corpus))
         if path.is_file():
             done = json.loads(path.read_text())
             if done.get("hash") == key:
@@ -102,16 +98,17 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
         answers = generate_answers(gen, samples, guidance, s.leakage_max_new_tokens)
         texts = [a.text for a in answers]
         leakage = {p: count_pii(texts, d) for p, d in detectors.items()}
-        prompts = attack_prompts(test, tok, s.attack)
-        if s.attack_limit is not None:
-            prompts = prompts[: s.attack_limit]
+        if conf.model not in attack_sets:
+            attack_sets[conf.model] = attack_prompts(test, tok, s.attack)[: s.attack_limit]
+        prompts = attack_sets[conf.model]
         attack_out = run_attack(gen, prompts, guidance, s.attack, served=conf.served)
         attack = extraction_attack_success_rate(attack_out, prompts, s.attack.match_chars)
         if reference is None:
-            reference = (load_model(s.reference_model), load_tokenizer(s.reference_model))
-        ref_model, ref_tok = reference
-        prompt_ids = [ref_tok(render_prompt(ref_tok, x.prompt_messages(), continue_final=bool(x.prefix)),
-                              add_special_tokens=False)["input_ids"] for x in samples]
+            ref_tok = load_tokenizer(s.reference_model)
+            reference = (load_model(s.reference_model), ref_tok,
+                         [ref_tok(render_prompt(ref_tok, x.prompt_messages(), continue_final=bool(x.prefix)),
+                                  add_special_tokens=False)["input_ids"] for x in samples])
+        ref_model, ref_tok, prompt_ids = reference
         fluency = answer_perplexity(ref_model, ref_tok, prompt_ids, [a.token_ids for a in answers])
         utility = None
         if questions is not None:

@@ -114,6 +114,7 @@ def multiple_choice_predictions(model: Any, tokenizer: Any, questions: list[dict
     preds = [0] * len(prompts)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    letters = {n: letter_token_ids(tokenizer, n) for n in {len(q["choices"]) for q in questions}}
     with Progress(disable=not progress) as bar:
         task = bar.add_task("multiple choice", total=len(prompts))
         for i in range(0, len(order), batch_size):
@@ -124,8 +125,7 @@ def multiple_choice_predictions(model: Any, tokenizer: Any, questions: list[dict
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
             for row, j in enumerate(idx):
-                letters = letter_token_ids(tokenizer, len(questions[j]["choices"]))
-                preds[j] = int(logits[row, letters].argmax())
+                preds[j] = int(logits[row, letters[len(questions[j]["choices"])]].argmax())
             bar.advance(task, len(idx))
     return preds
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from unleak.chat import Message, with_system_prompt
-from unleak.config import PairsConfig, PromptConfig
+from unleak.config import PairsConfig, PromptConfig, settings_hash
 from unleak.corpus.store import SPLIT, load_split
 from unleak.errors import UnleakError
 from unleak.jsonl import append_jsonl, atomic_write_jsonl, atomic_write_text
@@ -135,10 +135,9 @@ def _read_cache(path: Path) -> dict[str, str]:
     return cache
 
 
-def _fingerprint(config: PairsConfig, generator: CandidateGenerator, corpus_dir: Path) -> str:
+def _fingerprint(config: PairsConfig, generator: CandidateGenerator, corpus_dir: Path, prompts: PromptConfig) -> str:
     split = (corpus_dir / SPLIT).read_text() if (corpus_dir / SPLIT).is_file() else ""
-    blob = json.dumps([asdict(config.candidate), generator.name, split, asdict(PromptConfig())], default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return settings_hash(asdict(config.candidate), generator.name, split, asdict(prompts))
 
 
 def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator, out_dir: str | Path,
@@ -152,7 +151,7 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
     if not samples:
         raise UnleakError(f"{corpus_dir}: the train split has no PII inside an assistant turn")
     out.mkdir(parents=True, exist_ok=True)
-    fingerprint = _fingerprint(config, generator, corpus_dir)
+    fingerprint = _fingerprint(config, generator, corpus_dir, prompts)
     fp_file = out / "fingerprint"
     if fp_file.is_file() and fp_file.read_text().strip() != fingerprint:
         raise UnleakError(f"{out}: holds candidates made with other settings (generator, modes, split); "

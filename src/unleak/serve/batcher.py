@@ -68,10 +68,10 @@ class Batcher:
         def send(job: _Job, item: tuple[str, Any]) -> None:
             job.loop.call_soon_threadsafe(job.events.put_nowait, item)
 
-        valid = []
+        valid, encoded = [], []
         for job in batch:  # a request the generator refuses fails alone, not its whole batch
             try:
-                self.generator.encode(job.request)
+                encoded.append(self.generator.encode(job.request))
                 valid.append(job)
             except Exception as exc:
                 send(job, ("error", exc))
@@ -79,7 +79,7 @@ class Batcher:
         if not batch:
             return
         try:
-            for event in self.generator.stream([j.request for j in batch]):
+            for event in self.generator.stream_encoded(encoded):
                 job = batch[event.index]
                 if event.text:
                     send(job, ("event", event.text))

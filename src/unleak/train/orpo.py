@@ -29,7 +29,18 @@ from transformers import Trainer
 
 from unleak.config import OrpoSettings
 from unleak.errors import UnleakError
-from unleak.train.losses import orpo_loss, sequence_logps
+from unleak.train.losses import OrpoLossOutput, orpo_loss, sequence_logps
+
+
+def orpo_batch_loss(model: Any, inputs: dict[str, torch.Tensor], beta: float) -> tuple[OrpoLossOutput, Any]:
+    """ORPO over a `PreferenceCollator` batch: one forward over `[chosen..., rejected...]` rows."""
+    labels = inputs["labels"]
+    outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    sums, counts = sequence_logps(outputs.logits, labels)
+    half = labels.shape[0] // 2
+    mean_logps = sums / counts.clamp(min=1)
+    nll = -sums[:half].sum() / counts[:half].sum().clamp(min=1)
+    return orpo_loss(mean_logps[:half], mean_logps[half:], nll, beta), outputs
 
 
 class OrpoTrainer(Trainer):
@@ -42,13 +53,7 @@ class OrpoTrainer(Trainer):
 
     def compute_loss(self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
-        labels = inputs["labels"]
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        sums, counts = sequence_logps(outputs.logits, labels)
-        half = labels.shape[0] // 2
-        mean_logps = sums / counts.clamp(min=1)
-        nll = -sums[:half].sum() / counts[:half].sum().clamp(min=1)
-        out = orpo_loss(mean_logps[:half], mean_logps[half:], nll, self.beta)
+        out, outputs = orpo_batch_loss(model, inputs, self.beta)
         m = self._metrics
         m["nll"].append(out.nll.item())
         m["odds_ratio_loss"].append(out.odds_ratio_loss.item())
@@ -96,7 +101,8 @@ def train_orpo(model: str, pairs_file: str | Path, out_dir: str | Path, settings
         (out / "train_log.jsonl").unlink(missing_ok=True)
     (out / "settings.json").write_text(json.dumps(
         {**dataclasses.asdict(s), "model": str(model), "pairs": str(pairs_file)}, indent=2, default=str))
-    peft_model = lora_model(load_model(model, trainable=True, dtype="bf16" if _bf16() else "fp32"), s)
+    # the frozen base in the hardware's dtype (bf16 on capable GPUs, as the original); PEFT keeps LoRA in fp32
+    peft_model = lora_model(load_model(model, trainable=True), s)
     args = training_arguments(out, epochs=s.epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
                               min_lr_ratio=s.min_lr_ratio, warmup_steps=s.warmup_steps,
                               gradient_accumulation_steps=s.gradient_accumulation_steps, optimizer=s.optimizer,
@@ -116,8 +122,3 @@ def train_orpo(model: str, pairs_file: str | Path, out_dir: str | Path, settings
     plot_loss_curve(out / "train_log.jsonl", out / "loss.png", keys=("loss", "nll", "odds_ratio_loss"))
     return adapter
 
-
-def _bf16() -> bool:
-    from unleak.train.arguments import use_bf16
-
-    return use_bf16()
