@@ -82,18 +82,31 @@ def test_bad_question_files(tmp_path):
 
 
 def test_batched_mc_equals_one_by_one(tiny_model_dir, tmp_path):
-    from unleak.eval.utility import letter_token_ids
+    """Prefix-shared, batched scoring == each prompt scored alone without cache."""
+    from unleak.eval.utility import letter_token_ids, multiple_choice_letter_logprobs
     from unleak.models import load_model, load_tokenizer
 
     tok, model = load_tokenizer(str(tiny_model_dir)), load_model(str(tiny_model_dir))
-    qs = [{"subject": "s", "question": "q" * (i + 1) + "?", "choices": ["a", "b", "c", "dd" * i], "answer": 0}
-          for i in range(6)]
+    qs = [{"subject": "s" if i % 3 else "other subject", "question": "q" * (i + 1) + "?",
+           "choices": ["a", "b", "c", "dd" * i], "answer": 0} for i in range(9)]
+    qs.append({"subject": "alone", "question": "x?", "choices": ["a", "b", "c", "d"], "answer": 0})
+    scores = multiple_choice_letter_logprobs(model, tok, qs, batch_size=4, progress=False)
     batched = multiple_choice_predictions(model, tok, qs, batch_size=4, progress=False)
-    for q, pred in zip(qs, batched):
+    for q, pred, got in zip(qs, batched, scores):
         ids = torch.tensor([tok(format_question(q), add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
-            logits = model(input_ids=ids).logits[0, -1]
-        assert pred == int(logits[letter_token_ids(tok, 4)].argmax())
+            logits = model(input_ids=ids).logits[0, -1].float()
+        want = torch.log_softmax(logits, -1)[letter_token_ids(tok, 4)]
+        assert torch.allclose(torch.tensor(got), want, atol=1e-4), (q["subject"], got, want.tolist())
+        assert pred == int(want.argmax())
+
+
+def test_common_prefix_leaves_one_token():
+    from unleak.eval.utility import _common_prefix
+
+    assert _common_prefix([[1, 2, 3], [1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert _common_prefix([[1, 2, 3], [1, 2, 3]]) == 2
+    assert _common_prefix([[7], [7, 8]]) == 0
 
 
 def test_full_evaluation_and_report(tiny_model_dir, tmp_path):
