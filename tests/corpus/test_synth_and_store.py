@@ -33,6 +33,17 @@ def test_shape_types_roles_and_recurring_identities():
     assert len(SITUATIONS) >= 12
 
 
+def test_context_before_the_first_pii_identifies_the_conversation():
+    """What a memorising model can be attacked with: the text in front of the first value."""
+    convs = synthesize_corpus(300, 0)
+    contexts = []
+    for c in convs:
+        first = min((o for o in c.pii), key=lambda o: (o.turn, o.start))
+        contexts.append(c.turns[first.turn].text[:first.start])
+    assert len(set(contexts)) >= 0.97 * len(convs)
+    assert all(len(x.split()) >= 6 for x in contexts)
+
+
 def test_spans_are_exact_and_scrubbing_uses_consistent_placeholders():
     for c in synthesize_corpus(40, 2):
         for o in c.pii:

@@ -4,7 +4,11 @@
 the Llama-3.1 default system turn) across everyday situations (moving, health,
 work, family, travel, finance, legal, education, tech support, shopping,
 events, insurance, pets, housing). Users disclose personal data and assistants
-repeat it inside their answers, like the challenge data. Values come from
+repeat it inside their answers, like the challenge data. Every dialog opens
+with its own PII-free circumstances (a fact composed from word lists), so, as
+in real chats, the context before a value identifies the conversation: a
+model that memorises its training data can then be attacked with the scrubbed
+context, as the LLM-PC attack does. Values come from
 Faker in several English locales; a pool of recurring identities (about one
 per three conversations) makes person -> attribute links memorisable. Each
 exchange is drawn from several phrasings per situation and composed with
@@ -161,6 +165,71 @@ SITUATIONS: dict[str, list[tuple[list[str], list[str]]]] = {
           "Register it under {name}, {email}, {address}."]),
     ],
 }
+# Each situation: facts about the user's circumstances, without personal data. One opens every dialog,
+# filled from the word lists below, so every conversation has its own context before its first PII,
+# as real chats do: that is what lets a model memorise which values follow which conversation (and
+# what the extraction attack exploits).
+DETAILS: dict[str, list[str]] = {
+    "moving": ["We still have {n} boxes to unpack and a {color} sofa that does not fit the stairs.",
+               "Our {pet} hates the car and the drive is about {n} hours.",
+               "The new place has a {color} door, a tiny garden and a {item} the last tenants left."],
+    "health": ["I have been sleeping badly for {n} weeks and I drink too much {drink}.",
+               "Since I started {hobby} my knee hurts after about {n} minutes.",
+               "My {pet} wakes me up at night and I am tired all the time."],
+    "work": ["I have been on the {team} team for {n} months and my desk is next to the {item}.",
+             "Our office moved to the {floor} floor and the {item} is broken again.",
+             "I spend {n} hours a week in meetings about the {project} project."],
+    "family": ["We have a {color} minivan, a {pet} and {n} grandchildren between us.",
+               "Everyone in the family plays {game} and we argue about it for hours.",
+               "Last summer we spent {n} days at a cabin with no {item}."],
+    "travel": ["I am bringing a {color} suitcase, my {item} and about {n} books.",
+               "I have never been on a plane longer than {n} hours and I get nervous.",
+               "I want to try {food} and go {hobby} while I am there."],
+    "finance": ["I have {n} subscriptions and my {item} cost more than I planned.",
+                "I am saving for a {color} {vehicle} and I keep overspending on {food}.",
+                "My budget spreadsheet has {n} tabs and none of them add up."],
+    "legal": ["The flat had a {color} stain on the carpet that was there before me.",
+              "I waited {n} days and the {item} in the hallway is still broken.",
+              "My {pet} was allowed in the contract, and now they complain about it."],
+    "education": ["I studied {subject} for {n} years and I love {hobby}.",
+                  "The course has {n} modules and the one on {subject} scares me.",
+                  "I am the first in my family to study {subject}."],
+    "tech": ["My {item} is {n} years old and the {color} light keeps blinking.",
+             "It started after I installed a {game} update about {n} days ago.",
+             "I work from home on a {color} laptop that freezes every {n} minutes."],
+    "shopping": ["I ordered a {color} {item} and {n} packs of {food}.",
+                 "The parcel was a gift: a {item} for someone who loves {hobby}.",
+                 "It is the {n}th order this year that arrives late."],
+    "events": ["We expect about {n} guests and the theme is {color} and gold.",
+               "The venue has a {item} and a dance floor for {n} people.",
+               "Half the guests love {game}, so we want a quiz about it."],
+    "insurance": ["My {color} {vehicle} is {n} years old and the bumper is gone.",
+                  "It was raining, a {pet} ran across the road and I braked hard.",
+                  "The other driver had a {item} on the roof that fell off."],
+    "pets": ["The {pet} is {n} years old, {color}, and answers to a whistle.",
+             "It ran off after a {item} fell and made a loud noise.",
+             "It eats only {food} and sleeps on a {color} blanket."],
+}
+WORDS: dict[str, tuple[str, ...]] = {
+    "color": ("red", "blue", "green", "yellow", "purple", "orange", "grey", "white", "black", "teal", "navy",
+              "beige", "pink", "brown"),
+    "pet": ("dog", "cat", "parrot", "rabbit", "hamster", "tortoise", "ferret", "guinea pig", "greyhound",
+            "spaniel", "kitten", "puppy"),
+    "item": ("piano", "fridge", "printer", "bicycle", "treadmill", "coffee machine", "fish tank", "router",
+             "washing machine", "bookshelf", "microwave", "heater", "lamp", "speaker"),
+    "drink": ("coffee", "tea", "cola", "energy drinks", "wine", "juice"),
+    "hobby": ("running", "climbing", "swimming", "cycling", "hiking", "dancing", "tennis", "yoga", "rowing",
+              "gardening", "painting", "surfing"),
+    "team": ("sales", "design", "support", "finance", "data", "marketing", "legal", "logistics", "research"),
+    "floor": ("second", "third", "fifth", "seventh", "ninth", "top", "ground"),
+    "project": ("billing", "migration", "onboarding", "mobile app", "warehouse", "rebranding", "audit"),
+    "game": ("chess", "bridge", "poker", "Scrabble", "football", "cricket", "darts", "trivia", "video games"),
+    "food": ("sushi", "tacos", "curry", "dumplings", "pasta", "oysters", "cheese", "chocolate", "noodles"),
+    "vehicle": ("hatchback", "van", "scooter", "pickup", "estate car", "camper", "motorbike"),
+    "subject": ("chemistry", "history", "statistics", "nursing", "architecture", "economics", "biology", "law",
+                "music", "physics", "accounting", "linguistics"),
+}
+DETAIL_LEADS = ("", "", "Some context: ", "Background: ", "For context, ", "So, ", "Okay. ")
 GREETINGS = ("", "", "Hi! ", "Hello, ", "Hey there. ", "Good morning! ", "Quick question: ", "Hi again. ")
 CLOSINGS = ("", "", " Thanks!", " Thank you so much.", " Any advice?", " Please keep it short.")
 OPENINGS = ("", "", "Of course. ", "Sure! ", "Certainly. ", "Happy to help. ", "Good question. ")
@@ -217,8 +286,19 @@ def _fill(template: str, values: dict[str, str]) -> tuple[str, list[tuple[str, i
     return "".join(out), spans
 
 
+def _detail(situation: str, rng: random.Random) -> str:
+    """A PII-free fact about the user's circumstances, filled from the word lists."""
+    template = rng.choice(DETAILS[situation])
+    filled = SLOT.sub(lambda m: str(rng.randint(2, 60)) if m.group(1) == "n" else rng.choice(WORDS[m.group(1)]),
+                      template)
+    lead = rng.choice(DETAIL_LEADS)
+    return lead + (filled[0].lower() + filled[1:] if lead.endswith(", ") else filled)
+
+
 def synthesize_conversation(conv_id: str, identity: Identity, rng: random.Random, fakers: dict) -> Conversation:
-    situation = SITUATIONS[rng.choice(sorted(SITUATIONS))]
+    name = rng.choice(sorted(SITUATIONS))
+    situation = SITUATIONS[name]
+    detail = _detail(name, rng)
     values = dict(identity.values, date=_event_date(rng, fakers))
     n_exchanges = rng.choice([1, 2, 2, 3])
     exchanges = [situation[0]] + [situation[1]] * (n_exchanges - 1)
@@ -230,7 +310,8 @@ def synthesize_conversation(conv_id: str, identity: Identity, rng: random.Random
         ui = rng.choice(choices)
         used_user.add(ui)
         ai = ui if ui < len(assistants) else rng.randrange(len(assistants))  # the answer to that question
-        for role, template in (("user", rng.choice(GREETINGS) * (k == 0) + users[ui] + rng.choice(CLOSINGS)),
+        opener = (rng.choice(GREETINGS) + detail + " ") if k == 0 else ""
+        for role, template in (("user", opener + users[ui] + rng.choice(CLOSINGS)),
                                ("assistant", rng.choice(OPENINGS) + assistants[ai] + rng.choice(FOLLOW_UPS))):
             text, spans = _fill(template, values)
             raw.append((len(turns), spans))
