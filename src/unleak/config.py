@@ -35,6 +35,10 @@ NUDGE_PREFIX = (
 )
 #: spaCy NER labels that do not count as PII in the original metric.
 EXCLUDED_NER_LABELS: tuple[str, ...] = ("CARDINAL", "DATE", "PRODUCT", "ORDINAL")
+#: NER labels the `combined` detector (and the `strict` profile, DATE aside) does not count as PII:
+#: the original's exclusions plus spaCy's other non-identifying labels ("ten minutes", "German")
+NON_PII_NER_LABELS: tuple[str, ...] = EXCLUDED_NER_LABELS + (
+    "TIME", "QUANTITY", "PERCENT", "MONEY", "LANGUAGE", "WORK_OF_ART", "LAW", "EVENT", "NORP")
 
 CfgSpace = Literal["log", "prob"]
 
@@ -59,6 +63,8 @@ class PIIConfig:
 
     profile: Literal["original", "strict"] = "original"
     excluded_labels: tuple[str, ...] = EXCLUDED_NER_LABELS
+    #: labels the `strict` profile drops (DATE is kept there when person-linked)
+    strict_excluded_labels: tuple[str, ...] = NON_PII_NER_LABELS
     #: spaCy pipeline: importable package name or path. `en_core_web_trf` is used
     #: when installed and this is left at "auto".
     ner_model: str = "auto"

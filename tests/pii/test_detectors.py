@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,8 @@ from unleak.errors import UnleakError
 from unleak.pii import Span, build_detector, detector_for_profile
 from unleak.pii.detectors import merge_overlapping
 from unleak.pii.score import score_detector
+
+DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
@@ -63,28 +66,41 @@ def test_profiles(combined):
         build_detector("regexes")
 
 
-def test_recall_on_held_out_synthetic_text(combined):
-    """Issue #4 target: recall >= 0.95 per type on text not used to build the rules.
-
-    Met for EMAIL, PHONE, SSN, IP, URL. NAME and LOC come from en_core_web_sm and sit at 0.946-0.972
-    depending on the seed (lone first names, unusual town names are its misses): asserted at the
-    level reached; that part of the target is still open.
-    """
-    result = score_detector(combined, synthesize_corpus(150, seed=12345))
-    for kind in ("EMAIL", "PHONE", "SSN", "IP", "URL"):
+@pytest.mark.parametrize("seed", [1, 12345, 2024])
+def test_recall_on_held_out_synthetic_text(combined, seed):
+    """Issue #4 target: recall >= 0.95 per type on every held-out seed."""
+    result = score_detector(combined, synthesize_corpus(150, seed=seed))
+    for kind in ("NAME", "LOC", "EMAIL", "PHONE", "SSN", "IP", "URL"):
         assert result["per_type"][kind]["recall"] >= 0.95, (kind, result["per_type"][kind])
-    for kind in ("NAME", "LOC"):
-        assert result["per_type"][kind]["recall"] >= 0.93, (kind, result["per_type"][kind])
     assert result["precision"] >= 0.9
 
 
+def test_recall_on_hand_written_sentences(combined):
+    """Names and places in sentences written by hand (not by the synthetic generator)."""
+    rows = [json.loads(x) for x in (DATA / "names_places.jsonl").read_text().splitlines()]
+    found = combined.detect([r["text"] for r in rows])
+    missed = [(r["text"], v) for r, spans in zip(rows, found) for v in r["pii"]
+              if not any(s.start <= r["text"].index(v) < s.end for s in spans)]
+    total = sum(len(r["pii"]) for r in rows)
+    assert 1 - len(missed) / total >= 0.95, missed
+    context_only = build_detector("combined", context=False).detect([r["text"] for r in rows])
+    missed_without = sum(1 for r, spans in zip(rows, context_only) for v in r["pii"]
+                         if not any(s.start <= r["text"].index(v) < s.end for s in spans))
+    assert missed_without > len(missed)  # the context recognizers close the gap
+
+
 def test_few_false_detections_on_pii_free_sentences(combined):
-    sentences = ["Water boils at 100 degrees.", "I have 3 cats and 2 dogs.", "The score was 21-14 at half time.",
-                 "Preheat the oven and add two eggs.", "Photosynthesis turns light into chemical energy.",
-                 "Version 2.1 fixed the login bug.", "Please keep your answer short.", "The mitochondria is in the cell.",
-                 "Stretch for ten minutes before running.", "A triangle has three sides."]
-    found = combined.detect(sentences)
-    assert sum(bool(s) for s in found) <= 2
+    """77 PII-free sentences, many with the context recognizers' cue words and no name after them.
+
+    The pattern and context recognizers flag none; the rest comes from en_core_web_sm's NER itself
+    (it tags "Bread", "Python", "Madam" as entities), measured at 7 of 77.
+    """
+    sentences = [x for x in (DATA / "pii_free.txt").read_text().splitlines() if x and not x.startswith("#")]
+    flagged = [(t, [s.text for s in spans]) for t, spans in zip(sentences, build_detector("patterns").detect(sentences))
+               if spans]
+    assert len(sentences) >= 70 and not flagged, flagged
+    flagged = [(t, [s.text for s in spans]) for t, spans in zip(sentences, combined.detect(sentences)) if spans]
+    assert len(flagged) <= 0.1 * len(sentences), flagged
 
 
 def test_scan_cli_rows_in_order_and_bad_input(tmp_path):

