@@ -144,13 +144,16 @@ def pii_scan(
     field: str = typer.Option("text", help="Field holding the text."),
     detector: str = typer.Option("combined", help="combined, ner or patterns."),
     summary: bool = typer.Option(False, help="Print counts by label."),
+    workers: int = typer.Option(0, help="Processes for the combined detector (0: one per CPU core)."),
 ) -> None:
     """Detect PII in a text field of every row."""
+    import os
+
     from unleak.pii import build_detector
     from unleak.pii.scan import read_texts, scan_file
 
     read_texts(in_file, field)  # validate before loading any model
-    counts = scan_file(build_detector(detector), in_file, out, field)
+    counts = scan_file(build_detector(detector, workers=workers or os.cpu_count() or 1), in_file, out, field)
     if summary:
         print(json.dumps({"total": sum(counts.values()), "by_label": dict(counts.most_common())}))
 
@@ -501,6 +504,7 @@ def demo(
     orpo_epochs: float = typer.Option(None, help="ORPO epochs (the original: 3)."),
     guidance: str = typer.Option(None, help="Comma-separated guidance scales besides 1 (default 3)."),
     test_limit: int = typer.Option(None, help="Test prompts for leakage (0 = all)."),
+    attack_limit: int = typer.Option(None, help="Extraction-attack prompts (0 = every placeholder of the test split)."),
     mmlu: str = typer.Option(None, help="MMLU file (default: ../shared/data/mmlu/mmlu_test.jsonl if present)."),
     mmlu_limit: int = typer.Option(None, help="MMLU questions (stratified subset)."),
 ) -> None:
@@ -521,6 +525,8 @@ def demo(
         changes["guidance"] = tuple(float(g) for g in guidance.split(","))
     if test_limit is not None:
         changes["test_limit"] = test_limit or None
+    if attack_limit is not None:
+        changes["attack_limit"] = attack_limit or None
     result = run_demo(dataclasses.replace(cfg, **changes), out)
     print(json.dumps({"report": result["report"], "times": result["times"]}))
 

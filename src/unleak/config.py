@@ -69,6 +69,8 @@ class PIIConfig:
     #: when installed and this is left at "auto".
     ner_model: str = "auto"
     batch_size: int = 64
+    #: processes for the `combined` detector on large batches (forked; 1 = in-process)
+    workers: int = 1
 
 
 @dataclass(frozen=True)

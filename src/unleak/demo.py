@@ -43,16 +43,20 @@ class DemoConfig:
     """Sizes and budgets of the demo; the defaults fit a 2-core CPU in about half an hour."""
 
     model: str = "default"
-    conversations: int = 50
+    conversations: int = 40
     seed: int = 0
     test_fraction: float = 0.25
     #: the whole conversation carries the loss, so PII first disclosed in user turns is memorised too
-    #: (what the extraction attack probes); frozen embeddings make a CPU step ~20 % cheaper
-    sft: SftSettings = field(default_factory=lambda: SftSettings(epochs=3, max_length=384, loss_on="all",
+    #: (what the extraction attack probes); frozen embeddings make a CPU step ~20 % cheaper. A high lr
+    #: and small batches stand in for the many epochs a really leaky model saw: measured on 40
+    #: conversations, 4 epochs at 1e-3 (batch 2) reached attack ASR 6.8 % (5/73) where 3 epochs at
+    #: 5e-4 on 50 reached 2.0 % (2/98)
+    sft: SftSettings = field(default_factory=lambda: SftSettings(epochs=4, batch_size=2, learning_rate=1e-3,
+                                                                 max_length=384, loss_on="all",
                                                                  train_embeddings=False))
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
         candidate=CandidateConfig(modes=("nudge", "completion"), candidates=1, max_new_tokens=64, max_tries=2),
-        pii_candidates_as_rejected=False, limit=40))
+        pii_candidates_as_rejected=False, limit=32))
     #: one epoch on a CPU budget, so a higher lr than the original's 1e-4 (3 epochs, far more pairs)
     orpo: OrpoSettings = field(default_factory=lambda: OrpoSettings(epochs=1, learning_rate=3e-4, max_length=512,
                                                                       max_prompt_length=384))
@@ -62,7 +66,8 @@ class DemoConfig:
     cfg_spaces: tuple[str, ...] = ("prob", "log")
     test_limit: int | None = 24
     leakage_max_new_tokens: int = 40
-    attack_limit: int | None = 32
+    #: every placeholder of the test split (about 70 with the defaults)
+    attack_limit: int | None = None
     mmlu: str | None = None
     mmlu_limit: int = 60
 

@@ -120,3 +120,10 @@ def test_scan_cli_rows_in_order_and_bad_input(tmp_path):
                               "--out", str(tmp_path / "o2.jsonl")], capture_output=True, text=True, timeout=120)
         assert res.returncode == 2 and message in res.stderr, res.stderr
         assert not (tmp_path / "o2.jsonl").exists()
+
+
+def test_forked_workers_give_the_same_spans_in_order(combined):
+    texts = [t.text for c in synthesize_corpus(30, seed=9) for t in c.turns if t.role != "system"]
+    texts += ["", "no pii here", "Email me at ann@site.org"]
+    parallel = build_detector("combined", nlp=combined.ner.nlp, workers=2)
+    assert len(texts) >= 64 and parallel.detect(texts) == combined.detect(texts)

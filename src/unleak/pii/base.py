@@ -79,7 +79,7 @@ def detector_for_profile(config: PIIConfig | None = None) -> Detector:
     if config.profile == "strict":
         return build_detector("combined", model=config.ner_model, batch_size=config.batch_size,
                               excluded_labels=tuple(x for x in config.strict_excluded_labels if x != "DATE"),
-                              personal_dates_only=True)
+                              personal_dates_only=True, workers=config.workers)
     raise UnleakError(f"unknown PII profile {config.profile!r}")
 
 

@@ -9,7 +9,8 @@
   Presidio's NLP engine, so no second spaCy model is loaded; plus the context
   recognizers of `unleak.pii.context` (names and places by their cue words:
   "my son Ellis", "moved to Ballarat"), which catch what a small NER misses.
-- `combined`: the union of both; overlapping spans merge into one. NER labels
+- `combined`: the union of both; overlapping spans merge into one; with
+  `workers > 1` large batches are split over forked processes. NER labels
   that do not identify anyone (TIME, QUANTITY, MONEY, NORP...; config
   `NON_PII_NER_LABELS`) are dropped on top of the original's exclusions.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+from collections.abc import Callable
 from typing import Any
 
 from unleak.config import EXCLUDED_NER_LABELS, NON_PII_NER_LABELS
@@ -149,18 +151,55 @@ class CombinedDetector:
 
     def __init__(self, model: str = "auto", excluded_labels: tuple[str, ...] = NON_PII_NER_LABELS,
                  batch_size: int = 64, personal_dates_only: bool = False, nlp: Any = None,
-                 min_score: float = 0.3, context: bool = True, **_: Any) -> None:
+                 min_score: float = 0.3, context: bool = True, workers: int = 1, **_: Any) -> None:
         self.ner = SpacyNERDetector(model, excluded_labels, batch_size, nlp=nlp)
         self.patterns = PresidioPatternDetector(min_score=min_score, context=context)
         self.personal_dates_only = personal_dates_only
+        self.workers = workers
 
     def detect(self, texts: list[str]) -> list[list[Span]]:
+        if self.workers > 1 and len(texts) >= 32 * self.workers:
+            return detect_in_processes(self._detect, texts, self.workers)
+        return self._detect(texts)
+
+    def _detect(self, texts: list[str]) -> list[list[Span]]:
         out = []
         for text, ner, pat in zip(texts, self.ner.detect(texts), self.patterns.detect(texts)):
             if self.personal_dates_only:
                 ner = [s for s in ner if s.label != "DATE" or _personal_date(text, s, ner)]
             out.append([Span(s.start, s.end, s.label, s.text, self.name) for s in merge_overlapping(ner + pat)])
         return out
+
+
+_FORKED: Callable[[list[str]], list[list[Span]]] | None = None
+
+
+def _detect_chunk(chunk: list[str]) -> list[list[Span]]:
+    assert _FORKED is not None
+    return _FORKED(chunk)
+
+
+def detect_in_processes(detect: Callable[[list[str]], list[list[Span]]], texts: list[str], workers: int
+                        ) -> list[list[Span]]:
+    """Run `detect` over chunks of `texts` in `workers` forked processes; results in input order.
+
+    Forked children share the loaded spaCy pipeline and recognizers copy-on-write, so a pool costs
+    milliseconds, not a model load. Where fork is unavailable this runs in-process.
+    """
+    import multiprocessing
+
+    global _FORKED
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return detect(texts)
+    size = max(16, -(-len(texts) // (workers * 4)))
+    chunks = [texts[i:i + size] for i in range(0, len(texts), size)]
+    _FORKED = detect
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_detect_chunk, chunks)
+    finally:
+        _FORKED = None
+    return [spans for part in parts for spans in part]
 
 
 def _personal_date(text: str, date: Span, spans: list[Span]) -> bool:
