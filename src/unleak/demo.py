@@ -40,7 +40,7 @@ console = Console(stderr=True)
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes and budgets of the demo; the defaults fit a 2-core CPU in about half an hour."""
+    """Sizes and budgets of the demo; the defaults take about 35 minutes on a 2-core CPU."""
 
     model: str = "default"
     conversations: int = 40
