@@ -57,8 +57,10 @@ class DemoConfig:
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
         candidate=CandidateConfig(modes=("nudge", "completion"), candidates=1, max_new_tokens=64, max_tries=2),
         pii_candidates_as_rejected=False, limit=32))
-    #: one epoch on a CPU budget, so a higher lr than the original's 1e-4 (3 epochs, far more pairs)
-    orpo: OrpoSettings = field(default_factory=lambda: OrpoSettings(epochs=1, learning_rate=3e-4, max_length=512,
+    #: one epoch on a CPU budget, so a higher lr than the original's 1e-4 (3 epochs, far more pairs);
+    #: measured on the default leaky model and pairs: lr 3e-4 left test PII 30 and attack hits 8/73 at
+    #: g = 1 (leaky: 33, 5/73), lr 1e-3 brought them to 23 and 1/73 in the same time
+    orpo: OrpoSettings = field(default_factory=lambda: OrpoSettings(epochs=1, learning_rate=1e-3, max_length=512,
                                                                       max_prompt_length=384))
     #: also train ORPO on the plain pairs and run the negation route
     full: bool = False
