@@ -117,17 +117,6 @@ def _common_prefix(seqs: list[list[int]]) -> int:
     return max(n, 0)
 
 
-def _batches_sharing_prefix(prompts: list[list[int]], keys: list[str], batch_size: int, share: bool = True):
-    """(prefix length, indices) batches: prompts grouped by key, sorted by length within a group."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, k in enumerate(keys):
-        groups[k].append(i)
-    for k in sorted(groups):
-        idx = sorted(groups[k], key=lambda i: len(prompts[i]))
-        shared = _common_prefix([prompts[i] for i in idx]) if share and len(idx) > 1 else 0
-        yield shared, [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
-
-
 @torch.no_grad()
 def multiple_choice_letter_logprobs(model: Any, tokenizer: Any, questions: list[dict[str, Any]],
                                     batch_size: int = 16, max_length: int = 2048,
@@ -154,29 +143,31 @@ def multiple_choice_letter_logprobs(model: Any, tokenizer: Any, questions: list[
     config = getattr(model, "config", None)
     with Progress(disable=not progress) as bar:
         task = bar.add_task("multiple choice", total=len(prompts))
-        for shared, batches in _batches_sharing_prefix(prompts, [""] * len(prompts), batch_size, share_prefix):
-            prefix_cache = None
-            if shared:
-                head = torch.tensor([prompts[batches[0][0]][:shared]], device=device)
-                first = model(input_ids=head, cache=DynamicCache(config=config), use_cache=True, logits_to_keep=1)
-                prefix_cache = first.cache if getattr(first, "cache", None) is not None else first.past_key_values
-            for idx in batches:
-                rest = [prompts[j][shared:] for j in idx]
-                width = max(len(r) for r in rest)
-                ids = torch.tensor([[pad] * (width - len(r)) + r for r in rest], device=device)
-                mask = torch.tensor([[1] * shared + [0] * (width - len(r)) + [1] * len(r) for r in rest], device=device)
-                pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-                kwargs: dict[str, Any] = {}
-                if prefix_cache is not None:
-                    cache = copy.deepcopy(prefix_cache)
-                    cache.batch_repeat_interleave(len(idx))
-                    kwargs = {"cache": cache, "use_cache": True}
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1,
-                               **kwargs).logits[:, -1].float()
-                logp = torch.log_softmax(logits, dim=-1)
-                for row, j in enumerate(idx):
-                    out[j] = logp[row, letters[len(questions[j]["choices"])]].tolist()
-                bar.advance(task, len(idx))
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        shared = _common_prefix(prompts) if share_prefix and len(prompts) > 1 else 0
+        prefix_cache = None
+        if shared:
+            head = torch.tensor([prompts[batches[0][0]][:shared]], device=device)
+            first = model(input_ids=head, cache=DynamicCache(config=config), use_cache=True, logits_to_keep=1)
+            prefix_cache = first.cache if getattr(first, "cache", None) is not None else first.past_key_values
+        for idx in batches:
+            rest = [prompts[j][shared:] for j in idx]
+            width = max(len(r) for r in rest)
+            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rest], device=device)
+            mask = torch.tensor([[1] * shared + [0] * (width - len(r)) + [1] * len(r) for r in rest], device=device)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+            kwargs: dict[str, Any] = {}
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(idx))
+                kwargs = {"cache": cache, "use_cache": True}
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1,
+                           **kwargs).logits[:, -1].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            for row, j in enumerate(idx):
+                out[j] = logp[row, letters[len(questions[j]["choices"])]].tolist()
+            bar.advance(task, len(idx))
     return out
 
 

@@ -77,10 +77,15 @@ DISCOURSE = (
     "Congratulations", "Welcome", "Cheers", "Regards", "Best", "Sincerely", "Love", "Hi", "Hello", "Hey", "Dear",
     "Morning", "Evening", "Bye", "Goodbye", "Fine", "Right", "True", "Exactly", "Correct", "Agreed", "Honestly",
 )
+def _none_of(*lists: tuple[str, ...]) -> str:
+    """A look-ahead refusing any of the words in `lists` as the next whole word."""
+    return rf"(?!(?:{'|'.join(w for words in lists for w in words)})\b)"
+
+
 #: one capitalised word (with inner hyphen/apostrophe: O'Neil, Smith-Jones, McDonald), up to three of them
 _WORD = r"(?:[A-Z]'[A-Z][a-z]+|[A-Z][a-z]*[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*|[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)*)"
 _TITLE = r"(?:(?:Dr|Mr|Mrs|Ms|Mx|Prof)\.?\s+)?"
-_NAME = rf"(?!(?:{'|'.join(NOT_NAMES)})\b){_WORD}(?:\s+(?!(?:{'|'.join(NOT_NAMES)})\b){_WORD}){{0,2}}"
+_NAME = rf"{_none_of(NOT_NAMES)}{_WORD}(?:\s+{_none_of(NOT_NAMES)}{_WORD}){{0,2}}"
 
 
 def _alt(words: tuple[str, ...]) -> str:
@@ -101,7 +106,7 @@ def person_patterns() -> list[tuple[str, str, float]]:
                 rf"(?i:{_alt(RELATIONS)})(?:,|\s+is|\s+was)?\s+{_TITLE})")
     intro = rf"(?<=(?:^|[\s(\"'])(?:{_alt(INTRODUCTIONS)})\s+{_TITLE})"
     salute = rf"(?<=(?:^|[\n.!?]\s*|\s)(?:{_alt(SALUTATIONS)})\s+{_TITLE})"
-    not_word = rf"(?!(?:{'|'.join(NOT_NAMES + DISCOURSE)})\b)(?![A-Za-z]+ly\b)"
+    not_word = _none_of(NOT_NAMES, DISCOURSE) + r"(?![A-Za-z]+ly\b)"
     title = r"(?<=\b(?:Dr|Mr|Mrs|Ms|Mx|Prof)\.?\s+)"
     vocative_start = rf"(?<=(?:^|[.!?:]\s+)){not_word}{_WORD}(?=,\s+[a-z])"
     after_reply = (rf"(?<=\b(?:Sure|Okay|OK|Ok|Yes|No|Well|Thanks|Thank you|Right|Sorry|Of course|Good luck|"
@@ -125,7 +130,7 @@ def location_patterns() -> list[tuple[str, str, float]]:
              rf"\s+(?:{_alt(PLACE_PREPOSITIONS)})\s+)")
     town = r"(?<=\b(?i:the\s+(?:town|city|village|suburb|county|state|region|province)\s+of)\s+)"
     from_to = rf"(?<=\bfrom\s+{_NAME}\s+to\s+)"
-    not_word = rf"(?!(?:{'|'.join(NOT_NAMES + NOT_PLACES)})\b)"
+    not_word = _none_of(NOT_NAMES, NOT_PLACES)
     preposition = rf"(?<=\b(?:in|near|around|outside|across)\s+){not_word}{_NAME}\b"
     return [("place verb + place", moved + _NAME + r"\b", 0.5), ("town of + place", town + _NAME + r"\b", 0.6),
             ("from X to + place", from_to + _NAME + r"\b", 0.5), ("preposition + place", preposition, 0.35)]
