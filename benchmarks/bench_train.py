@@ -6,10 +6,12 @@ corpus (rows [chosen, chosen, rejected, rejected]), in one run, alternating:
 
 - plain: `model(input_ids, labels).loss.backward()` + AdamW step;
 - orpo: `OrpoTrainer.compute_loss` (one forward, the pure ORPO loss) + backward + AdamW step;
+- orpo_shared: the same with each prompt run once and both answers on its KV cache (the default);
 - trl: one optimizer step of `trl.experimental.orpo.ORPOTrainer` with its default
   config (bf16, gradient checkpointing as TRL sets them) on the same 2 pairs.
 
-Last line: JSON with `orpo_over_plain` (target <= 1.15) and `speedup_vs_trl_defaults`.
+Last line: JSON with `orpo_over_plain` (target <= 1.15), `shared_prompt_speedup` and
+`speedup_vs_trl_defaults`.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ def time_ours(repeats: int, pairs: list[dict]) -> dict[str, float]:
     tok = load_tokenizer("default")
     model = lora_model(load_model("default", trainable=True, dtype="fp32"), OrpoSettings())
     model.train()
-    batch = PreferenceCollator(tok.pad_token_id)([tokenize_pair(p, tok, 2048, 1900) for p in pairs])
+    rows = [tokenize_pair(p, tok, 2048, 1900) for p in pairs]
+    batch = PreferenceCollator(tok.pad_token_id)(rows)
+    shared_batch = PreferenceCollator(tok.pad_token_id, share_prompt=True)(rows)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     def plain() -> None:
         model(**batch).loss.backward()
@@ -50,12 +54,16 @@ def time_ours(repeats: int, pairs: list[dict]) -> dict[str, float]:
     def orpo() -> None:
         orpo_batch_loss(model, batch, beta=0.1)[0].loss.backward()
 
-    times: dict[str, list[float]] = {"plain": [], "orpo": []}
-    for name, fn in (("plain", plain), ("orpo", orpo)):  # warm-up
+    def orpo_shared() -> None:
+        orpo_batch_loss(model, shared_batch, beta=0.1)[0].loss.backward()
+
+    fns = (("plain", plain), ("orpo", orpo), ("orpo_shared", orpo_shared))
+    times: dict[str, list[float]] = {name: [] for name, _ in fns}
+    for name, fn in fns:  # warm-up
         fn()
         opt.zero_grad()
     for _ in range(repeats):
-        for name, fn in (("plain", plain), ("orpo", orpo)):
+        for name, fn in fns:
             t = time.perf_counter()
             fn()
             opt.step()
@@ -102,12 +110,15 @@ def main() -> None:
     torch.manual_seed(0)
     pairs = make_pairs()
     ours = time_ours(args.repeats, pairs)
-    print(f"{ours['tokens']} tokens per step; plain LoRA fwd+bwd {ours['plain']:.2f} s, ORPO {ours['orpo']:.2f} s")
+    print(f"{ours['tokens']} tokens per step; plain LoRA fwd+bwd {ours['plain']:.2f} s, ORPO {ours['orpo']:.2f} s, "
+          f"ORPO with the shared prompt forward {ours['orpo_shared']:.2f} s")
     trl = None if args.skip_trl else time_trl(pairs)
     if trl is not None:
         print(f"TRL ORPOTrainer step with its defaults: {trl:.2f} s")
     print(json.dumps({"bench": "train", "tokens": ours["tokens"], "plain_s": round(ours["plain"], 3),
                       "orpo_s": round(ours["orpo"], 3), "orpo_over_plain": round(ours["orpo"] / ours["plain"], 3),
+                      "orpo_shared_s": round(ours["orpo_shared"], 3),
+                      "shared_prompt_speedup": round(ours["orpo"] / ours["orpo_shared"], 3),
                       "trl_defaults_s": None if trl is None else round(trl, 2),
                       "speedup_vs_trl_defaults": None if trl is None else round(trl / ours["orpo"], 2)}))
 

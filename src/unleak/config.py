@@ -182,6 +182,8 @@ class OrpoSettings:
     save_per_epoch: bool = True
     seed: int = 0
     lora: LoraSettings = field(default_factory=LoraSettings)
+    #: run each prompt once and both answers on its KV cache (same loss; off under gradient checkpointing)
+    share_prompt: bool = True
 
     def __post_init__(self) -> None:
         if self.max_prompt_length >= self.max_length:

@@ -112,6 +112,42 @@ def test_orpo_moves_chosen_above_rejected_and_resumes(tiny_model_dir, pairs_file
     assert after > before + 0.5, (before, after)
 
 
+def test_shared_prompt_forward_equals_the_concatenated_one(tiny_model_dir, default_tokenizer):
+    """Prompts of different lengths, answers of different lengths: same loss and LoRA gradients."""
+    from unleak.models import load_model
+    from unleak.train.orpo import lora_model, orpo_batch_loss
+
+    tok = default_tokenizer
+    long_prompt = {**PAIRS[1], "prompt": PAIRS[1]["prompt"] + [
+        {"role": "assistant", "content": "Let me check the records for you, one moment. The tenant is"}]}
+    rows = [tokenize_pair(PAIRS[0], tok, 2048, 1900), tokenize_pair(long_prompt, tok, 2048, 1900)]
+    assert len({len(r["prompt_ids"]) for r in rows}) == 2 and len(rows[0]["chosen_ids"]) != len(rows[0]["rejected_ids"])
+    torch.manual_seed(0)
+    model = lora_model(load_model(str(tiny_model_dir), trainable=True), OrpoSettings(lora=LoraSettings(r=4, alpha=8)))
+    for name, param in model.named_parameters():  # LoRA B starts at zero; make the adapter matter
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    model.train()  # LoRA dropout 0.01 would make two forwards differ
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+    def loss_and_grads(share: bool):
+        model.zero_grad()
+        out, _ = orpo_batch_loss(model, PreferenceCollator(tok.pad_token_id, share_prompt=share)(rows), beta=0.1)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return out, grads
+
+    whole, g_whole = loss_and_grads(False)
+    shared, g_shared = loss_and_grads(True)
+    for field in ("loss", "nll", "chosen_logps", "rejected_logps", "log_odds"):
+        torch.testing.assert_close(getattr(shared, field), getattr(whole, field), rtol=1e-4, atol=1e-5)
+    assert g_whole.keys() == g_shared.keys() and len(g_whole) > 0
+    for name in g_whole:
+        torch.testing.assert_close(g_shared[name], g_whole[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
 def test_merge_equals_adapter(tiny_model_dir, pairs_file, tmp_path):
     from unleak.models import load_model
     from unleak.train.merge import merge_adapter

@@ -12,7 +12,10 @@ The prompt is cut from the left to `max_prompt_length`, the answers to
 `max_length - prompt`.
 
 `PreferenceCollator` pads a batch into rows `[chosen..., rejected...]` for a
-single forward pass; labels are -100 on the prompt and padding.
+single forward pass; labels are -100 on the prompt and padding. With
+`share_prompt=True` it instead returns the prompts once (left-padded) and the
+answers as rows `[chosen 0, rejected 0, chosen 1, ...]` (right-padded), for a
+forward that runs each prompt once and both answers on its KV cache.
 """
 
 from __future__ import annotations
@@ -91,11 +94,23 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows])
 
 
+def _left_pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([[value] * (width - len(r)) + r for r in rows])
+
+
 @dataclass
 class PreferenceCollator:
     pad_token_id: int
+    share_prompt: bool = False
 
     def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        if self.share_prompt:
+            answers = [ex[f"{side}_ids"] for ex in batch for side in ("chosen", "rejected")]
+            return {"prompt_ids": _left_pad([ex["prompt_ids"] for ex in batch], self.pad_token_id),
+                    "prompt_mask": _left_pad([[1] * len(ex["prompt_ids"]) for ex in batch], 0),
+                    "answer_ids": _pad(answers, self.pad_token_id), "answer_labels": _pad(answers, -100),
+                    "answer_mask": _pad([[1] * len(a) for a in answers], 0)}
         ids, labels = [], []
         for side in ("chosen", "rejected"):
             for ex in batch:

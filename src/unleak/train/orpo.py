@@ -13,6 +13,13 @@ whose prompt ends in a half-written answer is tokenised wrongly there. This
 subclass does one forward over `[chosen..., rejected...]` rows and
 nothing else, so an ORPO step costs what a plain LoRA step on the same tokens
 costs; as a `Trainer` it runs unchanged under `accelerate launch` / DeepSpeed.
+
+With `OrpoSettings.share_prompt` (the default unless gradient checkpointing is
+on, which disables the KV cache) each prompt runs once: its KV cache, still
+part of the autograd graph, is repeated for the chosen and the rejected
+answer, which then run on it, and logits are computed for answer tokens only.
+The loss and gradients are those of the concatenated forward (tested); the
+step runs on ~40 % fewer tokens for the demo's pairs (prompts ~4x the answers).
 """
 
 from __future__ import annotations
@@ -32,8 +39,42 @@ from unleak.errors import UnleakError
 from unleak.train.losses import OrpoLossOutput, orpo_loss, sequence_logps
 
 
+def shared_prompt_logps(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """Summed answer log-probs and token counts for a `PreferenceCollator(share_prompt=True)` batch.
+
+    The left-padded prompts run once (positions counted from their first real
+    token); their cache is repeated per answer row and the right-padded answers
+    continue from each prompt's true length. The first answer token is scored
+    by the prompt's last logits, the rest by the answers' own.
+    """
+    prompt_mask = inputs["prompt_mask"]
+    prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    first = model(input_ids=inputs["prompt_ids"], attention_mask=prompt_mask, position_ids=prompt_pos,
+                  use_cache=True, logits_to_keep=1)
+    per_prompt = inputs["answer_ids"].shape[0] // prompt_mask.shape[0]
+    cache = first.cache if getattr(first, "cache", None) is not None else first.past_key_values
+    cache.batch_repeat_interleave(per_prompt)
+    answer_mask = inputs["answer_mask"]
+    mask = torch.cat([prompt_mask.repeat_interleave(per_prompt, 0), answer_mask], dim=1)
+    start = prompt_mask.sum(-1, keepdim=True).repeat_interleave(per_prompt, 0)
+    pos = start + torch.arange(answer_mask.shape[1], device=start.device)
+    outputs = model(input_ids=inputs["answer_ids"], attention_mask=mask, position_ids=pos, cache=cache,
+                    use_cache=True)
+    logits = torch.cat([first.logits[:, -1:].repeat_interleave(per_prompt, 0), outputs.logits], dim=1)
+    labels = inputs["answer_labels"]
+    labels = torch.cat([torch.full_like(labels[:, :1], -100), labels], dim=1)
+    sums, counts = sequence_logps(logits, labels)
+    return sums, counts, outputs
+
+
 def orpo_batch_loss(model: Any, inputs: dict[str, torch.Tensor], beta: float) -> tuple[OrpoLossOutput, Any]:
-    """ORPO over a `PreferenceCollator` batch: one forward over `[chosen..., rejected...]` rows."""
+    """ORPO over a `PreferenceCollator` batch: one forward over `[chosen..., rejected...]` rows, or the
+    prompts once and the `[chosen 0, rejected 0, ...]` answers on their cache (`share_prompt`)."""
+    if "prompt_ids" in inputs:
+        sums, counts, outputs = shared_prompt_logps(model, inputs)
+        mean_logps = sums / counts.clamp(min=1)
+        nll = -sums[0::2].sum() / counts[0::2].sum().clamp(min=1)
+        return orpo_loss(mean_logps[0::2], mean_logps[1::2], nll, beta), outputs
     labels = inputs["labels"]
     outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
     sums, counts = sequence_logps(outputs.logits, labels)
@@ -108,8 +149,10 @@ def train_orpo(model: str, pairs_file: str | Path, out_dir: str | Path, settings
                               gradient_accumulation_steps=s.gradient_accumulation_steps, optimizer=s.optimizer,
                               save_per_epoch=s.save_per_epoch, seed=s.seed, tensorboard=tensorboard,
                               deepspeed=deepspeed, max_steps=max_steps)
+    # gradient checkpointing turns the KV cache off, which the shared prompt forward needs
+    share = s.share_prompt and not args.gradient_checkpointing
     trainer = OrpoTrainer(model=peft_model, args=args, train_dataset=data,
-                          data_collator=PreferenceCollator(tokenizer.pad_token_id), beta=s.beta,
+                          data_collator=PreferenceCollator(tokenizer.pad_token_id, share_prompt=share), beta=s.beta,
                           callbacks=[JsonlLogCallback(out / "train_log.jsonl", quiet=quiet), *(callbacks or [])])
     trainer.train(resume_from_checkpoint=bool(resume and checkpoints) or None)
     adapter = out / "adapter"
