@@ -152,6 +152,9 @@ class PairsConfig:
     pii_candidates_as_rejected: bool = True
     #: use at most this many samples (seeded choice, stratified by PII type); None = all
     limit: int | None = None
+    #: a candidate repeating a PII value of its conversation (or part of a name in it) is never chosen,
+    #: whatever the detector says (the original relied on NER alone, which misses phones, e-mails, ...)
+    reject_known_values: bool = True
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from unleak.corpus.store import save_corpus, split_corpus
 from unleak.corpus.synth import synthesize_corpus
 from unleak.decoding.generator import GenerationRequest
 from unleak.errors import UnleakError
-from unleak.pairs.build import build_preference_pairs, candidate_answer, cfg_variant, mode_request
+from unleak.pairs.build import (build_preference_pairs, candidate_answer, cfg_variant, conversation_values,
+                                known_value_spans, mode_request)
 from unleak.pairs.generators import CandidateRequest, LocalCandidateGenerator, OpenAICandidateGenerator
 from unleak.pairs.samples import build_samples, limit_samples
 from unleak.pii import build_detector
@@ -156,6 +157,52 @@ def test_samples_without_pii_free_candidate_are_reported(corpus_dir, tmp_path):
     assert stats["pairs"] == 0 and len(failed) == stats["samples"] > 0
     assert failed[0]["tries"] == 3 and failed[0]["reasons"] == {"pii": 3}
     assert gen.calls == 3 * stats["samples"]
+
+
+def test_known_values_and_name_parts():
+    values = conversation_values([conversation()])["c1"]
+    assert values == {"ann lee", "ann", "lee", "555-201-3344"}
+    spans = known_value_spans("Sure ANN, call 555-201-3344; Leeds and annual plans are fine.", values)
+    assert sorted((sp["text"], sp["label"]) for sp in spans) == [("555-201-3344", "KNOWN_VALUE"),
+                                                                 ("ANN", "KNOWN_VALUE")]
+
+
+class EchoGenerator:
+    """Repeats the user's turns (which hold the conversation's PII) in nudge mode; PII-free in completion mode."""
+
+    name = "echo"
+
+    def generate(self, requests: list[CandidateRequest]) -> list[str]:
+        return [" and then it is done." if r.continue_final else
+                "You said: " + " ".join(m["content"] for m in r.messages if m["role"] == "user") for r in requests]
+
+
+class NoDetector:
+    name = "none"
+
+    def detect(self, texts):
+        return [[] for _ in texts]
+
+
+def test_candidates_repeating_known_values_are_never_chosen(corpus_dir, tmp_path):
+    from unleak.corpus.store import load_split
+
+    values = conversation_values(load_split(corpus_dir, "train"))
+    cfg = CandidateConfig(modes=("nudge", "completion"), candidates=1, max_tries=1)
+    chosen = {}
+    for check in (False, True):
+        out = tmp_path / f"pairs-{check}"
+        build_preference_pairs(corpus_dir, EchoGenerator(), out, PairsConfig(candidate=cfg, reject_known_values=check),
+                               detector=NoDetector(), progress=False)
+        chosen[check] = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
+    def repeats_values(row):  # a completion's prefix is the dialog's own text: only the continuation counts
+        answer = row["chosen"][0]["content"]
+        answer = answer[answer.index(" and then"):] if row["mode"] == "completion" else answer
+        return bool(known_value_spans(answer, values[row["conversation_id"]]))
+
+    assert [r for r in chosen[False] if repeats_values(r)]  # the detector alone let echoed values through
+    assert chosen[True] and not [r for r in chosen[True] if repeats_values(r)]
+    assert len(chosen[True]) < len(chosen[False])
 
 
 def test_other_settings_in_the_same_dir_are_refused(corpus_dir, tmp_path):

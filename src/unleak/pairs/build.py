@@ -9,7 +9,11 @@
    `candidates.cache.jsonl` (fsync'd per batch) under a key
    `sample/mode/try/k`, so a killed run resumes where it stopped;
 3. the PII detector labels each candidate's full answer; PII-free answers are
-   **chosen**, the original answer (and PII-bearing candidates) **rejected**;
+   **chosen**, the original answer (and PII-bearing candidates) **rejected**.
+   With `PairsConfig.reject_known_values` (not in the original) a candidate
+   that repeats a PII value of its own conversation, or a part of a name
+   from it, counts as PII too, whatever the detector says: a small generator
+   parrots the dialog's phone numbers and e-mails, which NER does not label;
 4. output, written atomically, in TRL's conversational preference format:
    `pairs.jsonl` (the dialog as prompt), `pairs_cfg.jsonl` (each pair under the
    positive system prompt, plus under the negative one with chosen/rejected
@@ -39,6 +43,7 @@ from typing import Any
 
 from unleak.chat import Message, with_system_prompt
 from unleak.config import PairsConfig, PromptConfig, settings_hash
+from unleak.corpus.model import Conversation
 from unleak.corpus.store import SPLIT, load_split
 from unleak.errors import UnleakError
 from unleak.jsonl import append_jsonl, atomic_write_jsonl, atomic_write_text
@@ -117,6 +122,36 @@ def candidate_answer(sample: Sample, mode: str, text: str) -> str | None:
     return answer
 
 
+#: PII types whose values are names; each part of such a value is looked for on its own too
+NAME_TYPES = frozenset({"NAME", "PERSON"})
+
+
+def conversation_values(conversations: list[Conversation]) -> dict[str, frozenset[str]]:
+    """Per conversation, the lower-cased PII values it holds and, for names, each part of 3+ letters."""
+    out: dict[str, frozenset[str]] = {}
+    for c in conversations:
+        found: set[str] = set()
+        for occ in c.pii:
+            value = occ.value.strip().lower()
+            if len(value) >= 3:
+                found.add(value)
+            if occ.type.upper() in NAME_TYPES:
+                found.update(part for part in re.split(r"[\s,]+", value) if len(part.strip(".")) >= 3)
+        out[c.id] = frozenset(found)
+    return out
+
+
+def known_value_spans(text: str, values: frozenset[str]) -> list[dict[str, Any]]:
+    """Spans of `text` that repeat one of `values` as whole words (case-insensitive), as detector spans."""
+    lowered = text.lower()
+    spans = []
+    for value in sorted(values):
+        for m in re.finditer(rf"(?<!\w){re.escape(value)}(?!\w)", lowered):
+            spans.append({"start": m.start(), "end": m.end(), "label": "KNOWN_VALUE",
+                          "text": text[m.start():m.end()], "detector": "known_values"})
+    return spans
+
+
 def _seed(base: int, key: str) -> int:
     return (int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) + base) % (2**31)
 
@@ -147,7 +182,8 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
     config = config or PairsConfig()
     prompts = prompts or PromptConfig()
     corpus_dir, out = Path(corpus_dir), Path(out_dir)
-    samples = limit_samples(build_samples(load_split(corpus_dir, "train")), config.limit, config.candidate.seed)
+    train = load_split(corpus_dir, "train")
+    samples = limit_samples(build_samples(train), config.limit, config.candidate.seed)
     if not samples:
         raise UnleakError(f"{corpus_dir}: the train split has no PII inside an assistant turn")
     out.mkdir(parents=True, exist_ok=True)
@@ -162,6 +198,7 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
 
         detector = detector_for_profile(config.pii)
 
+    values = conversation_values(train)
     cc = config.candidate
     cache_path = out / CACHE
     cache = _read_cache(cache_path)
@@ -187,6 +224,8 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
         usable = [c for c in round_cands if c.answer is not None]
         for cand, spans in zip(usable, detector.detect([c.checked_text for c in usable])):
             cand.pii = [sp.as_dict() for sp in spans]
+            if config.reject_known_values:
+                cand.pii += known_value_spans(cand.checked_text, values[by_id[cand.sample_id].conversation_id])
         for cand in round_cands:
             candidates[cand.sample_id].append(cand)
         pending = [s for s in pending if not any(c.chosen for c in candidates[s.id])]
