@@ -71,6 +71,28 @@ def test_missing_adapter_is_a_clear_error(tiny_model_dir, tmp_path):
         load_model(str(tiny_model_dir), adapter=tmp_path / "no-adapter")
 
 
+def test_merged_adapter_gives_the_adapter_outputs(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                          LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    for name, param in peft.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)  # a zero B would make the adapter a no-op
+    peft.save_pretrained(tmp_path / "adapter")
+    ids = torch.tensor([[1, 5, 9, 42, 7]])
+    plain = load_model(str(tiny_model_dir))
+    unmerged = load_model(str(tiny_model_dir), adapter=tmp_path / "adapter")
+    merged = load_model(str(tiny_model_dir), adapter=tmp_path / "adapter", merge=True)
+    assert isinstance(unmerged, PeftModel) and not isinstance(merged, PeftModel) and not merged.training
+    with torch.inference_mode():
+        base, want, got = (m(input_ids=ids).logits for m in (plain, unmerged, merged))
+    assert not torch.allclose(base, want, atol=1e-3)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_materialisation_is_atomic_and_idempotent(tmp_path, monkeypatch):
     """A crash while writing leaves no checkpoint; a finished one is never rebuilt."""
     monkeypatch.setenv("UNLEAK_CACHE", str(tmp_path))
