@@ -31,7 +31,8 @@ from typing import Any
 
 from rich.console import Console
 
-from unleak.config import CandidateConfig, LoraSettings, OrpoSettings, PairsConfig, SftSettings, settings_hash
+from unleak.config import (CandidateConfig, LoraSettings, OrpoSettings, PairsConfig, PIIConfig, SftSettings,
+                           settings_hash)
 from unleak.errors import UnleakError
 from unleak.jsonl import atomic_write_text
 
@@ -54,9 +55,11 @@ class DemoConfig:
     sft: SftSettings = field(default_factory=lambda: SftSettings(epochs=4, batch_size=2, learning_rate=1e-3,
                                                                  max_length=384, loss_on="all",
                                                                  train_embeddings=False))
+    #: the small generator often repeats the dialog's PII: candidates are checked with the `strict` detector
+    #: (NER + patterns + context) and against the conversation's known values, not NER alone
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
         candidate=CandidateConfig(modes=("nudge", "completion"), candidates=1, max_new_tokens=64, max_tries=2),
-        pii_candidates_as_rejected=False, limit=32))
+        pii_candidates_as_rejected=False, limit=32, pii=PIIConfig(profile="strict")))
     #: one epoch on a CPU budget, so a higher lr than the original's 1e-4 (3 epochs, far more pairs);
     #: measured on the default leaky model and pairs: lr 3e-4 left test PII 30 and attack hits 8/73 at
     #: g = 1 (leaky: 33, 5/73), lr 1e-3 brought them to 23 and 1/73 in the same time
