@@ -34,3 +34,17 @@ def test_models_info_on_tiny_model_as_json(tiny_model_dir):
     info = json.loads(out.stdout)
     assert info["dtype"] == "float32" and info["device"] == "cpu" and info["chat_template"] is True
     assert 3_000_000 < info["parameters"] < 3_300_000  # 49152 x 64 tied embeddings + 2 small layers
+
+
+def test_pairs_build_known_value_check_flag(tiny_model_dir, tmp_path):
+    import json
+
+    assert run_cli("corpus", "synth", "--n", "8", "--seed", "3", "--out", str(tmp_path / "c")).returncode == 0
+    assert run_cli("corpus", "split", str(tmp_path / "c")).returncode == 0
+    common = ("pairs", "build", "--corpus", str(tmp_path / "c"), "--model", str(tiny_model_dir), "--limit", "2",
+              "--modes", "nudge", "--candidates", "1", "--max-tries", "1", "--max-new-tokens", "4")
+    for flag, expected in (((), True), (("--detector-only",), False)):
+        out = run_cli(*common, "--out", str(tmp_path / f"p{expected}"), *flag)
+        assert out.returncode == 0, out.stderr
+        stats = json.loads((tmp_path / f"p{expected}" / "stats.json").read_text())
+        assert stats["config"]["reject_known_values"] is expected and stats["samples"] == 2

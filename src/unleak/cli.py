@@ -205,6 +205,9 @@ def pairs_build(
     max_new_tokens: int = typer.Option(None, help="Tokens per candidate (default 128)."),
     limit: int = typer.Option(None, help="Use at most N samples (seeded, stratified by PII type)."),
     profile: str = typer.Option(None, help="PII profile of the verification: original (default) or strict."),
+    reject_known_values: bool = typer.Option(None, "--reject-known-values/--detector-only",
+                                             help="Also reject candidates repeating a PII value of their "
+                                                  "conversation (default) or trust the detector alone."),
     config: str = typer.Option(None, help="YAML PairsConfig (flags override it)."),
     batch_size: int = typer.Option(32, help="Candidates generated (and cached) per batch."),
 ) -> None:
@@ -218,7 +221,8 @@ def pairs_build(
         candidates=candidates, max_tries=max_tries, max_new_tokens=max_new_tokens,
         modes=tuple(modes.split(",")) if modes else None)})
     pii = load_config(PIIConfig, None, **{**dataclasses.asdict(base.pii), **_given(profile=profile)})
-    cfg = dataclasses.replace(base, candidate=cand, pii=pii, limit=limit if limit is not None else base.limit)
+    cfg = dataclasses.replace(base, candidate=cand, pii=pii, limit=limit if limit is not None else base.limit,
+                              **_given(reject_known_values=reject_known_values))
     gen = build_generator(generator, model, cand, base_url=base_url, api_key_env=api_key_env,
                           concurrency=concurrency)
     stats = build_preference_pairs(corpus, gen, out, cfg, batch_size=batch_size)
