@@ -18,15 +18,12 @@ from pathlib import Path
 import torch
 
 from unleak.eval.utility import (accuracy_with_se, format_question, load_mc_questions,
-                                 multiple_choice_letter_logprobs)
+                                 multiple_choice_letter_logprobs, shared_mmlu_file)
 from unleak.models import load_model, load_tokenizer
-
-DEFAULT_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mmlu" / "mmlu_test.jsonl"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mmlu", default=str(DEFAULT_FILE))
+    ap.add_argument("--mmlu", default=shared_mmlu_file() or "../shared/data/mmlu/mmlu_test.jsonl")
     ap.add_argument("--model", default="default")
     ap.add_argument("--limit", type=int, default=2000)
     ap.add_argument("--compare", type=int, default=200)

@@ -123,6 +123,7 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     from unleak.corpus.synth import synthesize_corpus
     from unleak.eval.report import markdown_table, write_report
     from unleak.eval.run import EvalConfiguration, EvalSettings, run_evaluation
+    from unleak.eval.utility import shared_mmlu_file
     from unleak.models import resolve_model_path
     from unleak.pairs.build import build_preference_pairs
     from unleak.pairs.generators import build_generator
@@ -175,7 +176,7 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     for g in c.guidance:
         for space in c.cfg_spaces:
             confs.append(EvalConfiguration(f"orpo-cfg-g{g:g}-{space}", str(leaky), adapter, g, space))
-    mmlu = c.mmlu or _shared_mmlu()
+    mmlu = c.mmlu or shared_mmlu_file()
     settings = EvalSettings(leakage_max_new_tokens=c.leakage_max_new_tokens, test_limit=c.test_limit,
                             attack_limit=c.attack_limit, mmlu=mmlu, mmlu_limit=c.mmlu_limit, reference_model=base)
 
@@ -196,12 +197,3 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     shutil.copy(evaluation / "results.json", out / "results.json")
     Console().print(markdown_table(report["rows"]))
     return {"report": str(out / "report.md"), "rows": report["rows"], "times": times}
-
-
-def _shared_mmlu() -> str | None:
-    """The MMLU file of ../shared/data when this checkout sits next to it; None otherwise."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
-        candidate = root.parent / "shared" / "data" / "mmlu" / "mmlu_test.jsonl"
-        if candidate.is_file():
-            return str(candidate)
-    return None

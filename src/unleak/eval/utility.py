@@ -193,3 +193,12 @@ def paired_difference(a: list[bool], b: list[bool]) -> dict[str, float]:
     mean = sum(d) / n
     var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
     return {"difference": round(mean, 4), "se": round(math.sqrt(var / n), 4), "n": n}
+
+
+def shared_mmlu_file() -> str | None:
+    """`../shared/data/mmlu/mmlu_test.jsonl` when this checkout (or the working directory) sits next to it."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        candidate = root.parent / "shared" / "data" / "mmlu" / "mmlu_test.jsonl"
+        if candidate.is_file():
+            return str(candidate)
+    return None
