@@ -31,8 +31,7 @@ from typing import Any
 
 from rich.console import Console
 
-from unleak.config import (CandidateConfig, LoraSettings, OrpoSettings, PairsConfig, PIIConfig, SftSettings,
-                           settings_hash)
+from unleak.config import CandidateConfig, LoraSettings, OrpoSettings, PairsConfig, SftSettings, settings_hash
 from unleak.errors import UnleakError
 from unleak.jsonl import atomic_write_text
 
@@ -41,7 +40,7 @@ console = Console(stderr=True)
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes and budgets of the demo; the defaults take about 35 minutes on a 2-core CPU."""
+    """Sizes and budgets of the demo; the defaults take about 30 minutes on a 2-core CPU."""
 
     model: str = "default"
     conversations: int = 40
@@ -55,11 +54,13 @@ class DemoConfig:
     sft: SftSettings = field(default_factory=lambda: SftSettings(epochs=4, batch_size=2, learning_rate=1e-3,
                                                                  max_length=384, loss_on="all",
                                                                  train_embeddings=False))
-    #: the small generator often repeats the dialog's PII: candidates are checked with the `strict` detector
-    #: (NER + patterns + context) and against the conversation's known values, not NER alone
+    #: candidates checked by NER alone (the original's check; `reject_known_values` off): measured on the
+    #: default leaky model, these 34 pairs gave test PII 23 and attack hits 1/73 at g = 1, where checking
+    #: with the strict detector + known values left 25 pairs (32 samples: PII 35, 5/73) or 49 (64 samples:
+    #: PII 24, 4/73); 24 test prompts and 73 attacks are too few to call the difference
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
         candidate=CandidateConfig(modes=("nudge", "completion"), candidates=1, max_new_tokens=64, max_tries=2),
-        pii_candidates_as_rejected=False, limit=32, pii=PIIConfig(profile="strict")))
+        pii_candidates_as_rejected=False, limit=32, reject_known_values=False))
     #: one epoch on a CPU budget, so a higher lr than the original's 1e-4 (3 epochs, far more pairs);
     #: measured on the default leaky model and pairs: lr 3e-4 left test PII 30 and attack hits 8/73 at
     #: g = 1 (leaky: 33, 5/73), lr 1e-3 brought them to 23 and 1/73 in the same time
