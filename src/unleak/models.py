@@ -234,6 +234,12 @@ def load_model(
     return model
 
 
+def output_cache(output: Any) -> Any:
+    """The KV cache a forward returned: `output.cache` (transformers 5), `past_key_values` before it."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What `unleak models info` prints."""

@@ -163,7 +163,7 @@ def test_known_values_and_name_parts():
     values = conversation_values([conversation()])["c1"]
     assert values == {"ann lee", "ann", "lee", "555-201-3344"}
     spans = known_value_spans("Sure ANN, call 555-201-3344; Leeds and annual plans are fine.", values)
-    assert sorted((sp["text"], sp["label"]) for sp in spans) == [("555-201-3344", "KNOWN_VALUE"),
+    assert sorted((sp.text, sp.label) for sp in spans) == [("555-201-3344", "KNOWN_VALUE"),
                                                                  ("ANN", "KNOWN_VALUE")]
 
 

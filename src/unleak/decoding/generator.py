@@ -31,6 +31,7 @@ from unleak.decoding.cfg import cfg_scores
 from unleak.decoding.cpu_linear import skinny_cpu_linear
 from unleak.decoding.sampling import sample_next_token
 from unleak.errors import UnleakError
+from unleak.models import output_cache
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ class CFGGenerator:
                         logits_to_keep=1,
                         **extra,
                     )
-                cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+                cache = output_cache(out)
                 logits = out.logits[:, -1, :]
                 tokens = self._choose(logits, [pairs[k] for k in active], neg_active, active)
                 finished_events: list[StreamEvent] = []

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from unleak.errors import UnleakError
+from unleak.models import output_cache
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -150,7 +151,7 @@ def multiple_choice_letter_logprobs(model: Any, tokenizer: Any, questions: list[
         if shared:
             head = torch.tensor([prompts[batches[0][0]][:shared]], device=device)
             first = model(input_ids=head, cache=DynamicCache(config=config), use_cache=True, logits_to_keep=1)
-            prefix_cache = first.cache if getattr(first, "cache", None) is not None else first.past_key_values
+            prefix_cache = output_cache(first)
         for idx in batches:
             rest = [prompts[j][shared:] for j in idx]
             width = max(len(r) for r in rest)

@@ -49,6 +49,7 @@ from unleak.errors import UnleakError
 from unleak.jsonl import append_jsonl, atomic_write_jsonl, atomic_write_text
 from unleak.pairs.generators import CandidateGenerator, CandidateRequest
 from unleak.pairs.samples import Sample, build_samples, limit_samples
+from unleak.pii.base import Span
 
 log = logging.getLogger(__name__)
 
@@ -141,15 +142,11 @@ def conversation_values(conversations: list[Conversation]) -> dict[str, frozense
     return out
 
 
-def known_value_spans(text: str, values: frozenset[str]) -> list[dict[str, Any]]:
-    """Spans of `text` that repeat one of `values` as whole words (case-insensitive), as detector spans."""
+def known_value_spans(text: str, values: frozenset[str]) -> list[Span]:
+    """Spans of `text` that repeat one of `values` as whole words (case-insensitive)."""
     lowered = text.lower()
-    spans = []
-    for value in sorted(values):
-        for m in re.finditer(rf"(?<!\w){re.escape(value)}(?!\w)", lowered):
-            spans.append({"start": m.start(), "end": m.end(), "label": "KNOWN_VALUE",
-                          "text": text[m.start():m.end()], "detector": "known_values"})
-    return spans
+    return [Span(m.start(), m.end(), "KNOWN_VALUE", text[m.start():m.end()], "known_values")
+            for value in sorted(values) for m in re.finditer(rf"(?<!\w){re.escape(value)}(?!\w)", lowered)]
 
 
 def _seed(base: int, key: str) -> int:
@@ -223,9 +220,9 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
             round_cands.append(cand)
         usable = [c for c in round_cands if c.answer is not None]
         for cand, spans in zip(usable, detector.detect([c.checked_text for c in usable])):
-            cand.pii = [sp.as_dict() for sp in spans]
             if config.reject_known_values:
-                cand.pii += known_value_spans(cand.checked_text, values[by_id[cand.sample_id].conversation_id])
+                spans = spans + known_value_spans(cand.checked_text, values[by_id[cand.sample_id].conversation_id])
+            cand.pii = [sp.as_dict() for sp in spans]
         for cand in round_cands:
             candidates[cand.sample_id].append(cand)
         pending = [s for s in pending if not any(c.chosen for c in candidates[s.id])]

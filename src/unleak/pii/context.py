@@ -54,7 +54,7 @@ NOT_NAMES = (
     "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "January", "February", "March",
     "April", "May", "June", "July", "August", "September", "October", "November", "December", "Christmas",
     "Easter", "Today", "Tomorrow", "Yesterday", "Not", "Just", "Also", "So", "Very", "Really", "Happy", "Glad",
-    "Sorry", "Afraid", "Going", "Looking", "Trying", "Here", "Back", "Home", "Work", "School", "Church", "Hospital",
+    "Sorry", "Afraid", "Going", "Looking", "Trying", "Back", "Home", "Work", "School", "Church", "Hospital",
     "Town", "City", "Bed", "Friends", "Family", "Customer", "Support", "Service", "Assistant", "User", "AI",
     "English", "Spanish", "French", "German", "Chinese", "Italian",
 )

@@ -89,14 +89,9 @@ def read_pairs(path: str | Path, tokenizer: Any, max_length: int, max_prompt_len
     return rows
 
 
-def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+def _pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
     width = max(len(r) for r in rows)
-    return torch.tensor([r + [value] * (width - len(r)) for r in rows])
-
-
-def _left_pad(rows: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([[value] * (width - len(r)) + r for r in rows])
+    return torch.tensor([[value] * (width - len(r)) + r if left else r + [value] * (width - len(r)) for r in rows])
 
 
 @dataclass
@@ -107,8 +102,8 @@ class PreferenceCollator:
     def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         if self.share_prompt:
             answers = [ex[f"{side}_ids"] for ex in batch for side in ("chosen", "rejected")]
-            return {"prompt_ids": _left_pad([ex["prompt_ids"] for ex in batch], self.pad_token_id),
-                    "prompt_mask": _left_pad([[1] * len(ex["prompt_ids"]) for ex in batch], 0),
+            return {"prompt_ids": _pad([ex["prompt_ids"] for ex in batch], self.pad_token_id, left=True),
+                    "prompt_mask": _pad([[1] * len(ex["prompt_ids"]) for ex in batch], 0, left=True),
                     "answer_ids": _pad(answers, self.pad_token_id), "answer_labels": _pad(answers, -100),
                     "answer_mask": _pad([[1] * len(a) for a in answers], 0)}
         ids, labels = [], []

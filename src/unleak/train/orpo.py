@@ -36,6 +36,7 @@ from transformers import Trainer
 
 from unleak.config import OrpoSettings
 from unleak.errors import UnleakError
+from unleak.models import output_cache
 from unleak.train.losses import OrpoLossOutput, orpo_loss, sequence_logps
 
 
@@ -52,7 +53,7 @@ def shared_prompt_logps(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[to
     first = model(input_ids=inputs["prompt_ids"], attention_mask=prompt_mask, position_ids=prompt_pos,
                   use_cache=True, logits_to_keep=1)
     per_prompt = inputs["answer_ids"].shape[0] // prompt_mask.shape[0]
-    cache = first.cache if getattr(first, "cache", None) is not None else first.past_key_values
+    cache = output_cache(first)
     cache.batch_repeat_interleave(per_prompt)
     answer_mask = inputs["answer_mask"]
     mask = torch.cat([prompt_mask.repeat_interleave(per_prompt, 0), answer_mask], dim=1)
@@ -72,13 +73,11 @@ def orpo_batch_loss(model: Any, inputs: dict[str, torch.Tensor], beta: float) ->
     prompts once and the `[chosen 0, rejected 0, ...]` answers on their cache (`share_prompt`)."""
     if "prompt_ids" in inputs:
         sums, counts, outputs = shared_prompt_logps(model, inputs)
-        mean_logps = sums / counts.clamp(min=1)
-        nll = -sums[0::2].sum() / counts[0::2].sum().clamp(min=1)
-        return orpo_loss(mean_logps[0::2], mean_logps[1::2], nll, beta), outputs
-    labels = inputs["labels"]
-    outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-    sums, counts = sequence_logps(outputs.logits, labels)
-    half = labels.shape[0] // 2
+        sums, counts = (torch.cat([x[0::2], x[1::2]]) for x in (sums, counts))  # -> [chosen..., rejected...]
+    else:
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        sums, counts = sequence_logps(outputs.logits, inputs["labels"])
+    half = sums.shape[0] // 2
     mean_logps = sums / counts.clamp(min=1)
     nll = -sums[:half].sum() / counts[:half].sum().clamp(min=1)
     return orpo_loss(mean_logps[:half], mean_logps[half:], nll, beta), outputs
