@@ -48,3 +48,17 @@ def test_pairs_build_known_value_check_flag(tiny_model_dir, tmp_path):
         assert out.returncode == 0, out.stderr
         stats = json.loads((tmp_path / f"p{expected}" / "stats.json").read_text())
         assert stats["config"]["reject_known_values"] is expected and stats["samples"] == 2
+
+
+def test_pairs_build_redact_mode_without_a_model(tmp_path):
+    import json
+
+    assert run_cli("corpus", "synth", "--n", "8", "--seed", "3", "--out", str(tmp_path / "c")).returncode == 0
+    assert run_cli("corpus", "split", str(tmp_path / "c")).returncode == 0
+    common = ("pairs", "build", "--corpus", str(tmp_path / "c"), "--generator", "none", "--limit", "3")
+    out = run_cli(*common, "--out", str(tmp_path / "p"), "--modes", "redact", "--redact-template", "<{type}>")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(x) for x in (tmp_path / "p" / "pairs.jsonl").read_text().splitlines()]
+    assert rows and all("<" in r["chosen"][0]["content"] and r["generator"] == "none" for r in rows)
+    refused = run_cli(*common, "--out", str(tmp_path / "q"), "--modes", "redact,nudge")
+    assert refused.returncode != 0 and "need a generator" in refused.stderr

@@ -194,13 +194,17 @@ app.add_typer(pairs_app, name="pairs")
 def pairs_build(
     corpus: str = typer.Option(..., help="Split corpus directory (its train split is used)."),
     out: str = typer.Option(..., help="Output directory (also the resumable candidate cache)."),
-    generator: str = typer.Option("local", help="local (an HF model) or openai (an OpenAI-compatible endpoint)."),
+    generator: str = typer.Option("local", help="local (an HF model), openai (an OpenAI-compatible endpoint) or "
+                                                "none (with --modes redact only)."),
     model: str = typer.Option(None, help="local: 'default', path or hub id; openai: the endpoint's model name."),
     base_url: str = typer.Option(None, help="openai: endpoint URL, e.g. http://127.0.0.1:8000/v1 (vLLM)."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="openai: environment variable holding the key."),
     concurrency: int = typer.Option(8, help="openai: requests in flight."),
     candidates: int = typer.Option(None, help="Candidates per sample, mode and try (default 2)."),
-    modes: str = typer.Option(None, help="Comma-separated subset of chat,nudge,completion,start_with."),
+    modes: str = typer.Option(None, help="Comma-separated subset of chat,nudge,completion,start_with (the "
+                                         "original's, the default) and redact (no model: PII -> placeholder)."),
+    redact_template: str = typer.Option(None, help="redact: what replaces a PII value; {type} and {placeholder} "
+                                                   "are filled in (default '[{type}]')."),
     max_tries: int = typer.Option(None, help="Rounds for samples without a PII-free candidate (default 3)."),
     max_new_tokens: int = typer.Option(None, help="Tokens per candidate (default 128)."),
     limit: int = typer.Option(None, help="Use at most N samples (seeded, stratified by PII type)."),
@@ -218,7 +222,7 @@ def pairs_build(
 
     base = load_config(PairsConfig, config)
     cand = load_config(CandidateConfig, None, **{**dataclasses.asdict(base.candidate), **_given(
-        candidates=candidates, max_tries=max_tries, max_new_tokens=max_new_tokens,
+        candidates=candidates, max_tries=max_tries, max_new_tokens=max_new_tokens, redact_template=redact_template,
         modes=tuple(modes.split(",")) if modes else None)})
     pii = load_config(PIIConfig, None, **{**dataclasses.asdict(base.pii), **_given(profile=profile)})
     cfg = dataclasses.replace(base, candidate=cand, pii=pii, limit=limit if limit is not None else base.limit,

@@ -114,7 +114,13 @@ class SamplingConfig:
 #: Generator modes of the original: plain chat, chat with the nudging prefix on
 #: the last user message, completion of the half-written answer, chat told to
 #: start with the answer's first words.
-CANDIDATE_MODES: tuple[str, ...] = ("chat", "nudge", "completion", "start_with")
+ORIGINAL_MODES: tuple[str, ...] = ("chat", "nudge", "completion", "start_with")
+#: All candidate modes: the original's, plus `redact` (not in the original, no model needed): the
+#: original answer with each PII value of its conversation replaced by `CandidateConfig.redact_template`,
+#: so chosen and rejected differ exactly where the PII is
+CANDIDATE_MODES: tuple[str, ...] = (*ORIGINAL_MODES, "redact")
+#: Modes whose candidates come from the generator model (`redact` is computed from the sample)
+GENERATED_MODES: tuple[str, ...] = ORIGINAL_MODES
 #: Instruction appended to the last user message in the `start_with` mode.
 START_WITH_INSTRUCTION = 'Start your answer with these exact words: "{prefix}"'
 
@@ -130,8 +136,10 @@ class CandidateConfig:
     max_new_tokens: int = 128
     #: rounds of generation for a sample that has no PII-free candidate yet
     max_tries: int = 3
-    modes: tuple[str, ...] = CANDIDATE_MODES
+    modes: tuple[str, ...] = ORIGINAL_MODES
     start_with_instruction: str = START_WITH_INSTRUCTION
+    #: what replaces a PII value in the `redact` mode; `{type}` and `{placeholder}` are filled in
+    redact_template: str = "[{type}]"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -140,6 +148,11 @@ class CandidateConfig:
             raise UnleakError(f"modes must be a non-empty subset of {CANDIDATE_MODES}, got {self.modes}")
         if self.candidates < 1 or self.max_tries < 1:
             raise UnleakError("candidates and max_tries must be >= 1")
+        try:
+            self.redact_template.format(type="NAME", placeholder="NAME-1")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise UnleakError(f"redact_template {self.redact_template!r}: only {{type}} and {{placeholder}} "
+                              f"can be filled in ({exc})") from None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from unleak.corpus.synth import synthesize_corpus
 from unleak.decoding.generator import GenerationRequest
 from unleak.errors import UnleakError
 from unleak.pairs.build import (build_preference_pairs, candidate_answer, cfg_variant, conversation_values,
-                                known_value_spans, mode_request)
+                                known_value_spans, mode_request, redacted_continuation)
 from unleak.pairs.generators import CandidateRequest, LocalCandidateGenerator, OpenAICandidateGenerator
 from unleak.pairs.samples import build_samples, limit_samples
 from unleak.pii import build_detector
@@ -165,6 +165,48 @@ def test_known_values_and_name_parts():
     spans = known_value_spans("Sure ANN, call 555-201-3344; Leeds and annual plans are fine.", values)
     assert sorted((sp.text, sp.label) for sp in spans) == [("555-201-3344", "KNOWN_VALUE"),
                                                                  ("ANN", "KNOWN_VALUE")]
+
+
+def test_redacted_continuation_replaces_the_values_after_the_prefix():
+    conv = conversation()
+    name, phone = build_samples([conv])
+    assert redacted_continuation(name, conv, "[{type}]") == "[NAME]! I will call [PHONE] tomorrow."
+    # the prefix is the dialog's own text: a value in it stays, only the continuation is redacted
+    assert redacted_continuation(phone, conv, "<{placeholder}>") == "<PHONE-1> tomorrow."
+    assert candidate_answer(phone, "redact", "<PHONE-1> tomorrow.") == "Hello Ann Lee! I will call <PHONE-1> tomorrow."
+    with pytest.raises(UnleakError, match="redact_template"):
+        CandidateConfig(redact_template="[{kind}]")
+    with pytest.raises(UnleakError, match="not drawn from a generator"):
+        mode_request(phone, "redact", PromptConfig(), "x", 1)
+
+
+def test_redact_mode_needs_no_generator_and_checks_its_candidates(corpus_dir, tmp_path):
+    from unleak.corpus.store import load_split
+
+    train = load_split(corpus_dir, "train")
+    values = conversation_values(train)
+    out = tmp_path / "pairs"
+    cfg = PairsConfig(candidate=CandidateConfig(modes=("redact",), max_tries=3), pii_candidates_as_rejected=False)
+    stats = build_preference_pairs(corpus_dir, None, out, cfg, detector=build_detector("patterns"), progress=False)
+    rows = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
+    assert stats["generator"] == "none" and stats["by_mode"]["redact"]["candidates"] == stats["samples"]
+    assert rows and len(rows) == stats["with_chosen"]
+    samples = {json.loads(x)["id"]: json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()}
+    for r in rows:
+        s = samples[r["sample_id"]]
+        chosen, rejected = r["chosen"][0]["content"], r["rejected"][0]["content"]
+        assert rejected == s["prefix"] + s["target"] and chosen.startswith(s["prefix"]) and chosen != rejected
+        continuation = chosen[len(s["prefix"]):]
+        assert "[" in continuation and not known_value_spans(continuation, values[r["conversation_id"]])
+    # a template the detector flags as PII is rejected like any PII-bearing candidate
+    flagged = PairsConfig(candidate=CandidateConfig(modes=("redact",), redact_template="call 555-000-1111"),
+                          pii_candidates_as_rejected=False)
+    bad = build_preference_pairs(corpus_dir, None, tmp_path / "flagged", flagged, detector=build_detector("patterns"),
+                                 progress=False)
+    assert bad["pairs"] == 0 and bad["failed"] == bad["samples"]
+    with pytest.raises(UnleakError, match="need a generator"):
+        build_preference_pairs(corpus_dir, None, tmp_path / "x", PairsConfig(candidate=CandidateConfig(
+            modes=("redact", "nudge"))), detector=build_detector("patterns"), progress=False)
 
 
 class EchoGenerator:

@@ -7,7 +7,10 @@
    rounds: a sample with no PII-free candidate is tried again, up to
    `max_tries` rounds; every generated text is appended to
    `candidates.cache.jsonl` (fsync'd per batch) under a key
-   `sample/mode/try/k`, so a killed run resumes where it stopped;
+   `sample/mode/try/k`, so a killed run resumes where it stopped. The
+   `redact` mode (not in the original) needs no model: its candidate is the
+   original continuation with each PII value of the conversation replaced by
+   a placeholder (`redacted_continuation`), checked like any other;
 3. the PII detector labels each candidate's full answer; PII-free answers are
    **chosen**, the original answer (and PII-bearing candidates) **rejected**.
    With `PairsConfig.reject_known_values` (not in the original) a candidate
@@ -42,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from unleak.chat import Message, with_system_prompt
-from unleak.config import PairsConfig, PromptConfig, settings_hash
+from unleak.config import GENERATED_MODES, PairsConfig, PromptConfig, settings_hash
 from unleak.corpus.model import Conversation
 from unleak.corpus.store import SPLIT, load_split
 from unleak.errors import UnleakError
@@ -54,6 +57,8 @@ from unleak.pii.base import Span
 log = logging.getLogger(__name__)
 
 CACHE = "candidates.cache.jsonl"
+#: modes whose candidate continues the half-written answer (the answer is `prefix + text`)
+CONTINUING_MODES = ("completion", "redact")
 
 
 @dataclass
@@ -72,8 +77,8 @@ class Candidate:
 
     @property
     def checked_text(self) -> str:
-        """What the detector must find PII-free: the continuation in completion mode, else the whole answer."""
-        return self.text if self.mode == "completion" else (self.answer or "")
+        """What the detector must find PII-free: the continuation in completion/redact mode, else the answer."""
+        return self.text if self.mode in CONTINUING_MODES else (self.answer or "")
 
     @property
     def chosen(self) -> bool:
@@ -82,7 +87,20 @@ class Candidate:
 
 def applicable_modes(sample: Sample, modes: tuple[str, ...]) -> list[str]:
     """Completion and start-with need a half-written answer; without one they equal plain chat."""
-    return [m for m in modes if sample.prefix.strip() or m in ("chat", "nudge")]
+    return [m for m in modes if sample.prefix.strip() or m in ("chat", "nudge", "redact")]
+
+
+def redacted_continuation(sample: Sample, conversation: Conversation, template: str) -> str:
+    """The sample's target with every PII occurrence of its turn replaced by `template` (type, placeholder)."""
+    start = len(sample.prefix)
+    text, last = [], start
+    turn = conversation.turns[sample.turn].text
+    for occ in conversation.pii_in_turn(sample.turn):
+        if occ.start < start:
+            continue
+        text += [turn[last:occ.start], template.format(type=occ.type, placeholder=occ.placeholder)]
+        last = occ.end
+    return "".join(text) + turn[last:]
 
 
 def mode_request(sample: Sample, mode: str, prompts: PromptConfig, start_with_instruction: str,
@@ -102,7 +120,7 @@ def mode_request(sample: Sample, mode: str, prompts: PromptConfig, start_with_in
         messages = messages + [{"role": "assistant", "content": sample.prefix}]
         continue_final = True
     elif mode != "chat":
-        raise UnleakError(f"unknown candidate mode {mode!r}")
+        raise UnleakError(f"candidate mode {mode!r} is not drawn from a generator")
     return CandidateRequest(messages, continue_final, seed)
 
 
@@ -112,7 +130,7 @@ def _norm(text: str) -> str:
 
 def candidate_answer(sample: Sample, mode: str, text: str) -> str | None:
     """The full assistant answer a generated text stands for, or None when it is unusable."""
-    if mode == "completion":
+    if mode in CONTINUING_MODES:
         answer = sample.prefix + text
         return answer if text.strip() else None
     answer = text.strip()
@@ -167,24 +185,31 @@ def _read_cache(path: Path) -> dict[str, str]:
     return cache
 
 
-def _fingerprint(config: PairsConfig, generator: CandidateGenerator, corpus_dir: Path, prompts: PromptConfig) -> str:
+def _fingerprint(config: PairsConfig, generator: str, corpus_dir: Path, prompts: PromptConfig) -> str:
     split = (corpus_dir / SPLIT).read_text() if (corpus_dir / SPLIT).is_file() else ""
-    return settings_hash(asdict(config.candidate), generator.name, split, asdict(prompts))
+    return settings_hash(asdict(config.candidate), generator, split, asdict(prompts))
 
 
-def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator, out_dir: str | Path,
+def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator | None, out_dir: str | Path,
                            config: PairsConfig | None = None, prompts: PromptConfig | None = None,
                            detector: Any = None, batch_size: int = 32, progress: bool = True) -> dict[str, Any]:
-    """Build `pairs.jsonl` and `pairs_cfg.jsonl` in `out_dir`; return the statistics (also in stats.json)."""
+    """Build `pairs.jsonl` and `pairs_cfg.jsonl` in `out_dir`; return the statistics (also in stats.json).
+
+    `generator` may be None when every configured mode is model-free (`redact`).
+    """
     config = config or PairsConfig()
     prompts = prompts or PromptConfig()
     corpus_dir, out = Path(corpus_dir), Path(out_dir)
+    generated = [m for m in config.candidate.modes if m in GENERATED_MODES]
+    if generator is None and generated:
+        raise UnleakError(f"modes {', '.join(generated)} need a generator model (only 'redact' runs without)")
+    generator_name = generator.name if generator is not None and generated else "none"
     train = load_split(corpus_dir, "train")
     samples = limit_samples(build_samples(train), config.limit, config.candidate.seed)
     if not samples:
         raise UnleakError(f"{corpus_dir}: the train split has no PII inside an assistant turn")
     out.mkdir(parents=True, exist_ok=True)
-    fingerprint = _fingerprint(config, generator, corpus_dir, prompts)
+    fingerprint = _fingerprint(config, generator_name, corpus_dir, prompts)
     fp_file = out / "fingerprint"
     if fp_file.is_file() and fp_file.read_text().strip() != fingerprint:
         raise UnleakError(f"{out}: holds candidates made with other settings (generator, modes, split); "
@@ -196,6 +221,7 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
         detector = detector_for_profile(config.pii)
 
     values = conversation_values(train)
+    conversations = {c.id: c for c in train}
     cc = config.candidate
     cache_path = out / CACHE
     cache = _read_cache(cache_path)
@@ -203,21 +229,30 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
     pending = list(samples)
     for attempt in range(cc.max_tries):
         todo: list[tuple[Candidate, CandidateRequest]] = []
+        computed: list[Candidate] = []
         for s in pending:
             for mode in applicable_modes(s, cc.modes):
+                if mode == "redact":  # deterministic: one candidate, first round only
+                    if attempt == 0:
+                        computed.append(Candidate(s.id, mode, 0, 0, redacted_continuation(
+                            s, conversations[s.conversation_id], cc.redact_template)))
+                    continue
                 for k in range(cc.candidates):
                     cand = Candidate(s.id, mode, attempt, k, "")
                     todo.append((cand, mode_request(s, mode, prompts, cc.start_with_instruction,
                                                     _seed(cc.seed, cand.key))))
         missing = [(c, r) for c, r in todo if c.key not in cache]
-        _generate_into_cache(generator, missing, cache, cache_path, batch_size, progress,
-                             f"candidates, round {attempt + 1}/{cc.max_tries}")
+        if missing:
+            assert generator is not None
+            _generate_into_cache(generator, missing, cache, cache_path, batch_size, progress,
+                                 f"candidates, round {attempt + 1}/{cc.max_tries}")
         by_id = {s.id: s for s in pending}
-        round_cands = []
+        round_cands = computed
         for cand, _ in todo:
             cand.text = cache[cand.key]
-            cand.answer = candidate_answer(by_id[cand.sample_id], cand.mode, cand.text)
             round_cands.append(cand)
+        for cand in round_cands:
+            cand.answer = candidate_answer(by_id[cand.sample_id], cand.mode, cand.text)
         usable = [c for c in round_cands if c.answer is not None]
         for cand, spans in zip(usable, detector.detect([c.checked_text for c in usable])):
             if config.reject_known_values:
@@ -229,9 +264,9 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
         if not pending:
             break
 
-    plain, cfg_rows, failed = assemble_pairs(samples, candidates, generator.name, config, prompts)
+    plain, cfg_rows, failed = assemble_pairs(samples, candidates, generator_name, config, prompts)
     stats = pair_statistics(samples, candidates, plain, cfg_rows, failed)
-    stats.update(generator=generator.name, corpus=str(corpus_dir), split="train", profile=config.pii.profile,
+    stats.update(generator=generator_name, corpus=str(corpus_dir), split="train", profile=config.pii.profile,
                  config=asdict(config))
     atomic_write_jsonl(out / "samples.jsonl", [s.as_dict() for s in samples])
     atomic_write_jsonl(out / "pairs.jsonl", plain)

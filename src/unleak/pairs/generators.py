@@ -141,8 +141,13 @@ class OpenAICandidateGenerator:
 
 
 def build_generator(name: str, model: str | None = None, config: CandidateConfig | None = None,
-                    **options: Any) -> CandidateGenerator:
-    """`local` (model: 'default', a path or hub id) or `openai` (model: the endpoint's model name)."""
+                    **options: Any) -> CandidateGenerator | None:
+    """`local` (model: 'default', a path or hub id), `openai` (model: the endpoint's model name) or `none`.
+
+    `none` is for the model-free `redact` mode alone; pairs refuse other modes without a generator.
+    """
+    if name == "none":
+        return None
     if name == "local":
         return LocalCandidateGenerator.from_name(model or "default", config,
                                                  **{k: v for k, v in options.items() if k in ("device", "dtype")})
@@ -152,4 +157,4 @@ def build_generator(name: str, model: str | None = None, config: CandidateConfig
         keep = ("base_url", "api_key_env", "concurrency", "timeout", "max_retries")
         return OpenAICandidateGenerator(model, config=config, **{k: v for k, v in options.items()
                                                                   if k in keep and v is not None})
-    raise UnleakError(f"unknown generator {name!r}; use 'local' or 'openai'")
+    raise UnleakError(f"unknown generator {name!r}; use 'local', 'openai' or 'none'")
