@@ -62,3 +62,9 @@ def test_pairs_build_redact_mode_without_a_model(tmp_path):
     assert rows and all("<" in r["chosen"][0]["content"] and r["generator"] == "none" for r in rows)
     refused = run_cli(*common, "--out", str(tmp_path / "q"), "--modes", "redact,nudge")
     assert refused.returncode != 0 and "need a generator" in refused.stderr
+
+
+def test_demo_flags_are_validated_before_any_stage_runs(tmp_path):
+    out = run_cli("demo", "--out", str(tmp_path / "d"), "--pairs-modes", "redact,bogus", "--orpo-lr", "1e-3")
+    assert out.returncode == 2 and "modes must be a non-empty subset" in out.stderr and "bogus" in out.stderr
+    assert not (tmp_path / "d").exists()

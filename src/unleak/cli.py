@@ -509,7 +509,10 @@ def demo(
     seed: int = typer.Option(None, help="Corpus seed."),
     sft_epochs: float = typer.Option(None, help="Epochs of the leaky model's fine-tuning."),
     pairs_limit: int = typer.Option(None, help="Train samples to build pairs from."),
+    pairs_modes: str = typer.Option(None, help="Candidate modes, comma-separated (default nudge,completion; "
+                                               "'redact' alone needs no generator model)."),
     orpo_epochs: float = typer.Option(None, help="ORPO epochs (the original: 3)."),
+    orpo_lr: float = typer.Option(None, help="ORPO learning rate (the demo: 1e-3; the original: 1e-4)."),
     guidance: str = typer.Option(None, help="Comma-separated guidance scales besides 1 (default 3)."),
     test_limit: int = typer.Option(None, help="Test prompts for leakage (0 = all)."),
     attack_limit: int = typer.Option(None, help="Extraction-attack prompts (0 = every placeholder of the test split)."),
@@ -525,10 +528,10 @@ def demo(
         changes["full"] = True
     if sft_epochs is not None:
         changes["sft"] = dataclasses.replace(cfg.sft, epochs=sft_epochs)
-    if orpo_epochs is not None:
-        changes["orpo"] = dataclasses.replace(cfg.orpo, epochs=orpo_epochs)
-    if pairs_limit is not None:
-        changes["pairs"] = dataclasses.replace(cfg.pairs, limit=pairs_limit)
+    changes["orpo"] = dataclasses.replace(cfg.orpo, **_given(epochs=orpo_epochs, learning_rate=orpo_lr))
+    candidate = dataclasses.replace(cfg.pairs.candidate, **_given(
+        modes=tuple(pairs_modes.split(",")) if pairs_modes else None))
+    changes["pairs"] = dataclasses.replace(cfg.pairs, candidate=candidate, **_given(limit=pairs_limit))
     if guidance is not None:
         changes["guidance"] = tuple(float(g) for g in guidance.split(","))
     if test_limit is not None:

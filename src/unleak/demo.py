@@ -31,7 +31,8 @@ from typing import Any
 
 from rich.console import Console
 
-from unleak.config import CandidateConfig, LoraSettings, OrpoSettings, PairsConfig, SftSettings, settings_hash
+from unleak.config import (GENERATED_MODES, CandidateConfig, LoraSettings, OrpoSettings, PairsConfig, SftSettings,
+                            settings_hash)
 from unleak.errors import UnleakError
 from unleak.jsonl import atomic_write_text
 
@@ -151,7 +152,8 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
                        lambda d: train_sft(base, corpus, d, c.sft, part="all", quiet=True), 2, total)
 
     def make_pairs(d: Path) -> None:
-        generator = build_generator("local", base, c.pairs.candidate)
+        generated = any(m in GENERATED_MODES for m in c.pairs.candidate.modes)
+        generator = build_generator("local", base, c.pairs.candidate) if generated else None
         s = build_preference_pairs(corpus, generator, d, c.pairs)
         console.print(f"pairs: {s['samples']} samples, {s['with_chosen']} with a PII-free answer "
                       f"({s['chosen_rate']:.1%}), {s['pairs']} pairs, {s['pairs_cfg']} CFG pairs")

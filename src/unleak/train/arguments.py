@@ -8,6 +8,7 @@ CPU); bf16 on GPUs that support it. The same arguments work under
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ def training_arguments(out_dir: str | Path, *, epochs: float, batch_size: int, l
     from transformers import TrainingArguments
 
     on_gpu = torch.cuda.is_available()
+    # transformers 5.x renamed `gradient_checkpointing` to `activation_checkpointing` (the old name warns)
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     return TrainingArguments(
         output_dir=str(out_dir),
         num_train_epochs=epochs,
@@ -44,7 +48,7 @@ def training_arguments(out_dir: str | Path, *, epochs: float, batch_size: int, l
         warmup_steps=warmup_steps,
         optim=optimizer,
         bf16=use_bf16(),
-        gradient_checkpointing=on_gpu if gradient_checkpointing is None else gradient_checkpointing,
+        **{checkpointing: on_gpu if gradient_checkpointing is None else gradient_checkpointing},
         save_strategy="epoch" if save_per_epoch else "no",
         logging_steps=logging_steps,
         report_to=["tensorboard"] if tensorboard else [],
