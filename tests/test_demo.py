@@ -16,12 +16,14 @@ def test_quick_demo_runs_caches_and_reruns_only_what_changed(tmp_path, default_m
     cfg = DemoConfig.quick(mmlu_limit=8)
     result = run_demo(cfg, out)
     names = [r["configuration"] for r in result["rows"]]
-    assert names == ["base", "leaky", "orpo-cfg-g1", "orpo-cfg-g3-prob"]
+    assert names == ["base", "leaky", "orpo-plain-g1", "orpo-plain-g3-prob"]
     report = (out / "report.md").read_text()
     assert "| leaky |" in report and "Wall times" in report
     assert json.loads((out / "results.json").read_text())["rows"][1]["configuration"] == "leaky"
     assert (out / "pairs" / "pairs_cfg.jsonl").read_text().strip()
-    assert (out / "orpo" / "cfg" / "adapter" / "adapter_config.json").is_file()
+    assert (out / "orpo" / "plain" / "adapter" / "adapter_config.json").is_file()
+    pairs = [json.loads(x) for x in (out / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and all(p["mode"] == "redact" and "[" in p["chosen"][0]["content"] for p in pairs)
     stamps = {s: (out / s / "stage.json").stat().st_mtime_ns for s in ("corpus", "leaky", "pairs", "orpo", "eval")}
 
     run_demo(cfg, out)  # everything cached

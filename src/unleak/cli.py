@@ -503,7 +503,8 @@ def serve(
 def demo(
     out: str = typer.Option("runs/demo", help="Output directory (stages are cached here)."),
     quick: bool = typer.Option(False, help="Tiny sizes, a few minutes (numbers not meaningful)."),
-    full: bool = typer.Option(False, help="Also ORPO on the plain pairs and the negation route."),
+    full: bool = typer.Option(False, help="Also ORPO on the other variant's pairs and the negation route."),
+    variant: str = typer.Option(None, help="Pairs the defended adapter trains on: plain (default) or cfg."),
     model: str = typer.Option(None, help="Base model (default: the embedded SmolLM2-135M-Instruct)."),
     conversations: int = typer.Option(None, help="Synthetic conversations."),
     seed: int = typer.Option(None, help="Corpus seed."),
@@ -523,7 +524,8 @@ def demo(
     from unleak.demo import DemoConfig, run_demo
 
     cfg = DemoConfig.quick() if quick else DemoConfig()
-    changes: dict = _given(model=model, conversations=conversations, seed=seed, mmlu=mmlu, mmlu_limit=mmlu_limit)
+    changes: dict = _given(model=model, conversations=conversations, seed=seed, mmlu=mmlu, mmlu_limit=mmlu_limit,
+                           variant=variant)
     if full:
         changes["full"] = True
     if sft_epochs is not None:

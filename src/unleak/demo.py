@@ -10,9 +10,11 @@ only the stages downstream of it.
 1. corpus: synthetic PII-rich conversations, split by conversation;
 2. leaky: full fine-tune of the base model on **all** conversations (the
    attacker later holds the scrubbed test conversations, as in the challenge);
-3. pairs: plain and CFG-variant preference pairs from the **train** split, the
-   clean base model as generator;
-4. orpo: ORPO + LoRA on the leaky model with the CFG-variant pairs;
+3. pairs: plain and CFG-variant preference pairs from the **train** split
+   (by default the model-free `redact` candidates; the generator modes use
+   the clean base model);
+4. orpo: ORPO + LoRA on the leaky model with the plain pairs (`variant`;
+   the CFG-variant pairs with `variant="cfg"`, both with `full`);
 5. eval: on the **test** split: base, leaky, defended at g = 1 and with
    guidance in both spaces; utility on an MMLU subset; answer perplexity;
 6. report: report.md, results.json, PNGs and the Table-1-style summary.
@@ -55,13 +57,20 @@ class DemoConfig:
     sft: SftSettings = field(default_factory=lambda: SftSettings(epochs=4, batch_size=2, learning_rate=1e-3,
                                                                  max_length=384, loss_on="all",
                                                                  train_embeddings=False))
-    #: candidates checked by NER alone (the original's check; `reject_known_values` off): measured on the
-    #: default leaky model, these 34 pairs gave test PII 23 and attack hits 1/73 at g = 1, where checking
-    #: with the strict detector + known values left 25 pairs (32 samples: PII 35, 5/73) or 49 (64 samples:
-    #: PII 24, 4/73); 24 test prompts and 73 attacks are too few to call the difference
+    #: model-free `redact` candidates (the original answer, PII -> "[TYPE]"; not in the original), NER +
+    #: known values checked. Measured on the default leaky model (24 test prompts, 73 attacks; leaky: PII
+    #: 33, 5/73): these 53 plain pairs (64 samples, 1 epoch, 213 s) gave PII 3 and 0/73 at g = 1, 2 and
+    #: 0/73 at g = 3 (prob); the base model as generator (modes nudge + completion, 34 NER-checked pairs
+    #: from 32 samples, 162 s of generation) at best PII 23, 1/73
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
-        candidate=CandidateConfig(modes=("nudge", "completion"), candidates=1, max_new_tokens=64, max_tries=2),
-        pii_candidates_as_rejected=False, limit=32, reject_known_values=False))
+        candidate=CandidateConfig(modes=("redact",), candidates=1, max_new_tokens=64, max_tries=1),
+        pii_candidates_as_rejected=False, limit=64))
+    #: which pairs the defended adapter trains on: "plain" (the original's "ORPO LoRA, no CFG data" row)
+    #: or "cfg" (each pair under the positive and, swapped, the negative system prompt). With one CPU
+    #: epoch the 135M model does not learn to tell the two system prompts apart (mean log-odds ~0, the
+    #: swapped rows cancel): the same 53 redact pairs as CFG data gave PII 24 / 4 of 73 at g = 1 and
+    #: 22 / 5 at g = 3, so the demo trains the plain variant; guidance at inference applies to either
+    variant: str = "plain"
     #: one epoch on a CPU budget, so a higher lr than the original's 1e-4 (3 epochs, far more pairs);
     #: measured on the default leaky model and pairs: lr 3e-4 left test PII 30 and attack hits 8/73 at
     #: g = 1 (leaky: 33, 5/73), lr 1e-3 brought them to 23 and 1/73 in the same time
@@ -78,13 +87,17 @@ class DemoConfig:
     mmlu: str | None = None
     mmlu_limit: int = 60
 
+    def __post_init__(self) -> None:
+        if self.variant not in ("plain", "cfg"):
+            raise UnleakError(f"demo variant must be 'plain' or 'cfg', got {self.variant!r}")
+
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
         """A few minutes end to end (used by the integration test); numbers are not meaningful."""
         base = cls(
             conversations=16, sft=SftSettings(epochs=1, max_length=256, loss_on="all", train_embeddings=False),
-            pairs=PairsConfig(candidate=CandidateConfig(modes=("nudge",), candidates=1, max_new_tokens=24,
-                                                        max_tries=1), pii_candidates_as_rejected=False, limit=4),
+            pairs=PairsConfig(candidate=CandidateConfig(modes=("redact",), candidates=1, max_tries=1),
+                              pii_candidates_as_rejected=False, limit=6),
             orpo=OrpoSettings(epochs=1, max_length=320, max_prompt_length=256, lora=LoraSettings(r=8, alpha=16)),
             cfg_spaces=("prob",), test_limit=4, leakage_max_new_tokens=16, attack_limit=6, mmlu_limit=8)
         return dataclasses.replace(base, **overrides)
@@ -162,23 +175,27 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     if not (pairs / "pairs.jsonl").read_text().strip():
         raise UnleakError(f"{pairs}: no PII-free candidate was found; raise --pairs-limit or candidates")
 
+    variants = {"plain": "pairs.jsonl", "cfg": "pairs_cfg.jsonl"}
+    other = "cfg" if c.variant == "plain" else "plain"
+
     def make_orpo(d: Path) -> None:
-        train_orpo(str(leaky), pairs / "pairs_cfg.jsonl", d / "cfg", c.orpo, quiet=True, resume=True)
+        train_orpo(str(leaky), pairs / variants[c.variant], d / c.variant, c.orpo, quiet=True, resume=True)
         if c.full:
-            train_orpo(str(leaky), pairs / "pairs.jsonl", d / "plain", c.orpo, quiet=True, resume=True)
+            train_orpo(str(leaky), pairs / variants[other], d / other, c.orpo, quiet=True, resume=True)
             negate_checkpoint(base, leaky, d / "negated")
 
-    orpo = stages.run("orpo", [dataclasses.asdict(c.orpo), c.full], ("leaky", "pairs"), make_orpo, 4, total)
-    adapter = str(orpo / "cfg" / "adapter")
+    orpo = stages.run("orpo", [dataclasses.asdict(c.orpo), c.full, c.variant], ("leaky", "pairs"), make_orpo,
+                      4, total)
+    adapter = str(orpo / c.variant / "adapter")
 
     confs = [EvalConfiguration("base", base, served=False), EvalConfiguration("leaky", str(leaky), served=False)]
     if c.full:
         confs += [EvalConfiguration("negated", str(orpo / "negated"), served=False),
-                  EvalConfiguration("orpo-plain-g1", str(leaky), str(orpo / "plain" / "adapter"))]
-    confs.append(EvalConfiguration("orpo-cfg-g1", str(leaky), adapter))
+                  EvalConfiguration(f"orpo-{other}-g1", str(leaky), str(orpo / other / "adapter"))]
+    confs.append(EvalConfiguration(f"orpo-{c.variant}-g1", str(leaky), adapter))
     for g in c.guidance:
         for space in c.cfg_spaces:
-            confs.append(EvalConfiguration(f"orpo-cfg-g{g:g}-{space}", str(leaky), adapter, g, space))
+            confs.append(EvalConfiguration(f"orpo-{c.variant}-g{g:g}-{space}", str(leaky), adapter, g, space))
     mmlu = c.mmlu or shared_mmlu_file()
     settings = EvalSettings(leakage_max_new_tokens=c.leakage_max_new_tokens, test_limit=c.test_limit,
                             attack_limit=c.attack_limit, mmlu=mmlu, mmlu_limit=c.mmlu_limit, reference_model=base)
@@ -189,7 +206,8 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     preamble = (f"Model: {c.model} ({base}); corpus: {stats['conversations']} synthetic conversations, seed "
                 f"{c.seed}, test fraction {c.test_fraction}; SFT {c.sft.epochs:g} epochs; pairs from "
                 f"{c.pairs.limit or 'all'} train samples, modes {', '.join(c.pairs.candidate.modes)}; ORPO "
-                f"{c.orpo.epochs:g} epoch(s), beta {c.orpo.beta}, LoRA r{c.orpo.lora.r}; MMLU subset "
+                f"({c.variant} pairs) {c.orpo.epochs:g} epoch(s), lr {c.orpo.learning_rate:g}, beta "
+                f"{c.orpo.beta}, LoRA r{c.orpo.lora.r}; MMLU subset "
                 f"{c.mmlu_limit if mmlu else 'not run (no file)'}. Wall times (s): "
                 + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) + ".")
     console.rule("stage 6/6: report")
