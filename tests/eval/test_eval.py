@@ -139,3 +139,20 @@ def test_full_evaluation_and_report(tiny_model_dir, tmp_path):
     assert "| base |" in md and "| g3 |" in md and "+0.0 ± 0.0" in md
     assert json.loads((out / "results.json").read_text())["rows"][1]["utility_diff"]["n"] == 8
     assert any(p.endswith("tradeoff.png") for p in report["plots"])
+
+
+def test_guidance_series_share_plain_decoding_between_spaces(tmp_path):
+    from unleak.eval.report import guidance_series, plot_guidance
+
+    def row(name, adapter, g, space, pii):
+        return {"configuration": name, "model": "/m/leaky", "adapter": adapter, "guidance": g, "space": space,
+                "pii_original": pii, "asr": 0.0}
+
+    rows = [row("leaky", None, 1.0, "prob", 33), row("g1", "/o/adapter", 1.0, "prob", 3),
+            row("g3-prob", "/o/adapter", 3.0, "prob", 2), row("g3-log", "/o/adapter", 3.0, "log", 1),
+            row("g5-log", "/o/adapter", 5.0, "log", 0)]
+    series = guidance_series(rows)
+    assert {k: [r["configuration"] for r in v] for k, v in series.items()} == {
+        ("/m/leaky+adapter", "log"): ["g1", "g3-log", "g5-log"], ("/m/leaky+adapter", "prob"): ["g1", "g3-prob"]}
+    assert plot_guidance(rows, tmp_path / "g.png").stat().st_size > 0
+    assert plot_guidance(rows[:2], tmp_path / "none.png") is None  # no guided configuration: no plot

@@ -65,28 +65,46 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def guidance_series(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Rows by (model[+adapter], space), sorted by guidance scale; g = 1 (plain decoding) belongs to every space."""
+    by_model: dict[str, list[dict]] = {}
+    for r in rows:
+        by_model.setdefault(str(r["model"]) + (f"+{Path(r['adapter']).name}" if r["adapter"] else ""), []).append(r)
+    series: dict[tuple[str, str], list[dict]] = {}
+    for model, rs in by_model.items():
+        plain = [r for r in rs if r["guidance"] == 1][:1]
+        for space in sorted({r["space"] for r in rs if r["guidance"] != 1}):
+            guided = [r for r in rs if r["guidance"] != 1 and r["space"] == space]
+            series[(model, space)] = sorted(plain + guided, key=lambda r: r["guidance"])
+    return {k: v for k, v in series.items() if len(v) > 1}
+
+
 def plot_guidance(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
+    """PII count and attack ASR against the guidance scale, per space; unguided models as dashed levels."""
+    series = guidance_series(rows)
+    if not series:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((str(r["model"]) + (f"+{Path(r['adapter']).name}" if r["adapter"] else ""), r["space"]),
-                          []).append(r)
-    groups = {k: sorted(v, key=lambda r: r["guidance"]) for k, v in groups.items() if len(v) > 1}
-    if not groups:
-        return None
+    in_series = {id(r) for rs in series.values() for r in rs}
+    levels = [r for r in rows if id(r) not in in_series and r["guidance"] == 1]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for (model, space), rs in groups.items():
+    for (model, space), rs in series.items():
         label = f"{Path(model).name} ({space})"
         axes[0].plot([r["guidance"] for r in rs], [r["pii_original"] for r in rs], marker="o", label=label)
         axes[1].plot([r["guidance"] for r in rs], [100 * r["asr"] for r in rs], marker="o", label=label)
+    for i, r in enumerate(levels):
+        style = {"linestyle": "--", "color": f"C{len(series) + i}", "label": r["configuration"], "alpha": 0.7}
+        axes[0].axhline(r["pii_original"], **style)
+        axes[1].axhline(100 * r["asr"], **style)
     axes[0].set_ylabel("PII entities in answers (original profile)")
     axes[1].set_ylabel("extraction attack ASR %")
     for ax in axes:
         ax.set_xlabel("guidance scale g")
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -105,12 +123,14 @@ def plot_tradeoff(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r in pts:
-        ax.errorbar(r["pii_original"], 100 * r["utility"], yerr=100 * r["utility_se"], fmt="o", capsize=3)
-        ax.annotate(r["configuration"], (r["pii_original"], 100 * r["utility"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+    # a legend, not labels at the points: configurations often coincide (guidance spaces at the same scores)
+    markers = "osD^vP*Xph"
+    for i, r in enumerate(pts):
+        ax.errorbar(r["pii_original"], 100 * r["utility"], yerr=100 * r["utility_se"], fmt=markers[i % len(markers)],
+                    capsize=3, label=r["configuration"], alpha=0.8)
     ax.set_xlabel("PII entities in answers (original profile)")
     ax.set_ylabel("utility: accuracy %")
+    ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
