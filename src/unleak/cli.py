@@ -510,10 +510,11 @@ def demo(
     seed: int = typer.Option(None, help="Corpus seed."),
     sft_epochs: float = typer.Option(None, help="Epochs of the leaky model's fine-tuning."),
     pairs_limit: int = typer.Option(None, help="Train samples to build pairs from."),
-    pairs_modes: str = typer.Option(None, help="Candidate modes, comma-separated (default nudge,completion; "
-                                               "'redact' alone needs no generator model)."),
+    pairs_modes: str = typer.Option(None, help="Candidate modes, comma-separated, of chat,nudge,completion,"
+                                               "start_with,redact ('redact' alone needs no generator model)."),
     orpo_epochs: float = typer.Option(None, help="ORPO epochs (the original: 3)."),
-    orpo_lr: float = typer.Option(None, help="ORPO learning rate (the demo: 1e-3; the original: 1e-4)."),
+    orpo_lr: float = typer.Option(None, help="ORPO learning rate (the demo's is above the original's: one "
+                                             "CPU epoch)."),
     guidance: str = typer.Option(None, help="Comma-separated guidance scales besides 1 (default 3)."),
     test_limit: int = typer.Option(None, help="Test prompts for leakage (0 = all)."),
     attack_limit: int = typer.Option(None, help="Extraction-attack prompts (0 = every placeholder of the test split)."),

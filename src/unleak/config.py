@@ -154,6 +154,11 @@ class CandidateConfig:
             raise UnleakError(f"redact_template {self.redact_template!r}: only {{type}} and {{placeholder}} "
                               f"can be filled in ({exc})") from None
 
+    @property
+    def generated_modes(self) -> tuple[str, ...]:
+        """The configured modes that need a generator model (all but `redact`)."""
+        return tuple(m for m in self.modes if m in GENERATED_MODES)
+
 
 @dataclass(frozen=True)
 class PairsConfig:

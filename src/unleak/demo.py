@@ -33,10 +33,10 @@ from typing import Any
 
 from rich.console import Console
 
-from unleak.config import (GENERATED_MODES, CandidateConfig, LoraSettings, OrpoSettings, PairsConfig, SftSettings,
-                            settings_hash)
+from unleak.config import CandidateConfig, LoraSettings, OrpoSettings, PairsConfig, SftSettings, settings_hash
 from unleak.errors import UnleakError
 from unleak.jsonl import atomic_write_text
+from unleak.pairs.build import PAIR_FILES
 
 console = Console(stderr=True)
 
@@ -88,8 +88,8 @@ class DemoConfig:
     mmlu_limit: int = 60
 
     def __post_init__(self) -> None:
-        if self.variant not in ("plain", "cfg"):
-            raise UnleakError(f"demo variant must be 'plain' or 'cfg', got {self.variant!r}")
+        if self.variant not in PAIR_FILES:
+            raise UnleakError(f"demo variant must be 'plain' or 'cfg' (a key of PAIR_FILES), got {self.variant!r}")
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
@@ -165,23 +165,22 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
                        lambda d: train_sft(base, corpus, d, c.sft, part="all", quiet=True), 2, total)
 
     def make_pairs(d: Path) -> None:
-        generated = any(m in GENERATED_MODES for m in c.pairs.candidate.modes)
-        generator = build_generator("local", base, c.pairs.candidate) if generated else None
+        candidate = c.pairs.candidate
+        generator = build_generator("local", base, candidate) if candidate.generated_modes else None
         s = build_preference_pairs(corpus, generator, d, c.pairs)
         console.print(f"pairs: {s['samples']} samples, {s['with_chosen']} with a PII-free answer "
                       f"({s['chosen_rate']:.1%}), {s['pairs']} pairs, {s['pairs_cfg']} CFG pairs")
 
     pairs = stages.run("pairs", [base, dataclasses.asdict(c.pairs)], ("corpus",), make_pairs, 3, total)
-    if not (pairs / "pairs.jsonl").read_text().strip():
+    if not (pairs / PAIR_FILES["plain"]).read_text().strip():
         raise UnleakError(f"{pairs}: no PII-free candidate was found; raise --pairs-limit or candidates")
 
-    variants = {"plain": "pairs.jsonl", "cfg": "pairs_cfg.jsonl"}
-    other = "cfg" if c.variant == "plain" else "plain"
+    other = next(v for v in PAIR_FILES if v != c.variant)
 
     def make_orpo(d: Path) -> None:
-        train_orpo(str(leaky), pairs / variants[c.variant], d / c.variant, c.orpo, quiet=True, resume=True)
+        train_orpo(str(leaky), pairs / PAIR_FILES[c.variant], d / c.variant, c.orpo, quiet=True, resume=True)
         if c.full:
-            train_orpo(str(leaky), pairs / variants[other], d / other, c.orpo, quiet=True, resume=True)
+            train_orpo(str(leaky), pairs / PAIR_FILES[other], d / other, c.orpo, quiet=True, resume=True)
             negate_checkpoint(base, leaky, d / "negated")
 
     orpo = stages.run("orpo", [dataclasses.asdict(c.orpo), c.full, c.variant], ("leaky", "pairs"), make_orpo,

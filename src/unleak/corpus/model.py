@@ -54,16 +54,20 @@ class Conversation:
     def pii_in_turn(self, turn: int) -> list[PIIOccurrence]:
         return sorted((o for o in self.pii if o.turn == turn), key=lambda o: o.start)
 
+    def redacted_text(self, turn: int, template: str = "[{placeholder}]", start: int = 0) -> str:
+        """Turn `turn`'s text from character `start` on, each PII occurrence there replaced by `template`
+        (filled with the occurrence's `type` and `placeholder`)."""
+        text, last = self.turns[turn].text, start
+        parts = []
+        for occ in self.pii_in_turn(turn):
+            if occ.start >= start:
+                parts += [text[last:occ.start], template.format(type=occ.type, placeholder=occ.placeholder)]
+                last = occ.end
+        return "".join(parts) + text[last:]
+
     def scrubbed_turns(self) -> list[Turn]:
         """Turns with each PII occurrence replaced by its `[PLACEHOLDER]`."""
-        out = []
-        for i, t in enumerate(self.turns):
-            text, last = [], 0
-            for occ in self.pii_in_turn(i):
-                text += [t.text[last:occ.start], f"[{occ.placeholder}]"]
-                last = occ.end
-            out.append(Turn(t.role, "".join(text) + t.text[last:]))
-        return out
+        return [Turn(t.role, self.redacted_text(i)) for i, t in enumerate(self.turns)]
 
     def placeholder_values(self) -> dict[str, str]:
         return {o.placeholder: o.value for o in self.pii}

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from unleak.chat import Message, with_system_prompt
-from unleak.config import GENERATED_MODES, PairsConfig, PromptConfig, settings_hash
+from unleak.config import PairsConfig, PromptConfig, settings_hash
 from unleak.corpus.model import Conversation
 from unleak.corpus.store import SPLIT, load_split
 from unleak.errors import UnleakError
@@ -57,6 +57,8 @@ from unleak.pii.base import Span
 log = logging.getLogger(__name__)
 
 CACHE = "candidates.cache.jsonl"
+#: the pair files by variant: the dialog as prompt, or each pair under both system prompts
+PAIR_FILES = {"plain": "pairs.jsonl", "cfg": "pairs_cfg.jsonl"}
 #: modes whose candidate continues the half-written answer (the answer is `prefix + text`)
 CONTINUING_MODES = ("completion", "redact")
 
@@ -92,15 +94,7 @@ def applicable_modes(sample: Sample, modes: tuple[str, ...]) -> list[str]:
 
 def redacted_continuation(sample: Sample, conversation: Conversation, template: str) -> str:
     """The sample's target with every PII occurrence of its turn replaced by `template` (type, placeholder)."""
-    start = len(sample.prefix)
-    text, last = [], start
-    turn = conversation.turns[sample.turn].text
-    for occ in conversation.pii_in_turn(sample.turn):
-        if occ.start < start:
-            continue
-        text += [turn[last:occ.start], template.format(type=occ.type, placeholder=occ.placeholder)]
-        last = occ.end
-    return "".join(text) + turn[last:]
+    return conversation.redacted_text(sample.turn, template, start=len(sample.prefix))
 
 
 def mode_request(sample: Sample, mode: str, prompts: PromptConfig, start_with_instruction: str,
@@ -200,7 +194,7 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
     config = config or PairsConfig()
     prompts = prompts or PromptConfig()
     corpus_dir, out = Path(corpus_dir), Path(out_dir)
-    generated = [m for m in config.candidate.modes if m in GENERATED_MODES]
+    generated = config.candidate.generated_modes
     if generator is None and generated:
         raise UnleakError(f"modes {', '.join(generated)} need a generator model (only 'redact' runs without)")
     generator_name = generator.name if generator is not None and generated else "none"
@@ -269,8 +263,8 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
     stats.update(generator=generator_name, corpus=str(corpus_dir), split="train", profile=config.pii.profile,
                  config=asdict(config))
     atomic_write_jsonl(out / "samples.jsonl", [s.as_dict() for s in samples])
-    atomic_write_jsonl(out / "pairs.jsonl", plain)
-    atomic_write_jsonl(out / "pairs_cfg.jsonl", cfg_rows)
+    atomic_write_jsonl(out / PAIR_FILES["plain"], plain)
+    atomic_write_jsonl(out / PAIR_FILES["cfg"], cfg_rows)
     atomic_write_jsonl(out / "failed.jsonl", failed)
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, default=str) + "\n")
     return stats
