@@ -204,7 +204,7 @@ def pairs_build(
     modes: str = typer.Option(None, help="Comma-separated subset of chat,nudge,completion,start_with (the "
                                          "original's, the default) and redact (no model: PII -> placeholder)."),
     redact_template: str = typer.Option(None, help="redact: what replaces a PII value; {type} and {placeholder} "
-                                                   "are filled in (default '[{type}]')."),
+                                                   "are filled in (default '[REDACTED {type}]')."),
     max_tries: int = typer.Option(None, help="Rounds for samples without a PII-free candidate (default 3)."),
     max_new_tokens: int = typer.Option(None, help="Tokens per candidate (default 128)."),
     limit: int = typer.Option(None, help="Use at most N samples (seeded, stratified by PII type)."),

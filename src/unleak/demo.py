@@ -57,11 +57,12 @@ class DemoConfig:
     sft: SftSettings = field(default_factory=lambda: SftSettings(epochs=4, batch_size=2, learning_rate=1e-3,
                                                                  max_length=384, loss_on="all",
                                                                  train_embeddings=False))
-    #: model-free `redact` candidates (the original answer, PII -> "[TYPE]"; not in the original), NER +
+    #: model-free `redact` candidates (the original answer, PII -> "[REDACTED TYPE]"; not in the original), NER +
     #: known values checked. Measured on the default leaky model (24 test prompts, 73 attacks; leaky: PII
-    #: 33, 5/73): these 53 plain pairs (64 samples, 1 epoch, 213 s) gave PII 3 and 0/73 at g = 1, 2 and
-    #: 0/73 at g = 3 (prob); the base model as generator (modes nudge + completion, 34 NER-checked pairs
-    #: from 32 samples, 162 s of generation) at best PII 23, 1/73
+    #: 33, 5/73): these 60 plain pairs (64 samples, 1 epoch, 215 s) gave PII 2 and 1/73 at g = 1 and
+    #: g = 3 (prob); 2 epochs overfit (PII 5 and 4, perplexity 28 -> 45); the base model as generator
+    #: (modes nudge + completion, 34 NER-checked pairs from 32 samples, 162 s of generation) at best
+    #: PII 23, 1/73
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
         candidate=CandidateConfig(modes=("redact",), candidates=1, max_new_tokens=64, max_tries=1),
         pii_candidates_as_rejected=False, limit=64))
