@@ -14,7 +14,7 @@ import sys
 import typer
 from rich.console import Console
 
-from unleak.config import GuidanceConfig
+from unleak.config import CandidateConfig, GuidanceConfig
 from unleak.errors import UnleakError
 
 console = Console(stderr=True, soft_wrap=True)
@@ -200,13 +200,16 @@ def pairs_build(
     base_url: str = typer.Option(None, help="openai: endpoint URL, e.g. http://127.0.0.1:8000/v1 (vLLM)."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="openai: environment variable holding the key."),
     concurrency: int = typer.Option(8, help="openai: requests in flight."),
-    candidates: int = typer.Option(None, help="Candidates per sample, mode and try (default 2)."),
+    candidates: int = typer.Option(None, help="Candidates per sample, mode and try "
+                                              f"(default {CandidateConfig.candidates})."),
     modes: str = typer.Option(None, help="Comma-separated subset of chat,nudge,completion,start_with (the "
                                          "original's, the default) and redact (no model: PII -> placeholder)."),
     redact_template: str = typer.Option(None, help="redact: what replaces a PII value; {type} and {placeholder} "
-                                                   "are filled in (default '[REDACTED {type}]')."),
-    max_tries: int = typer.Option(None, help="Rounds for samples without a PII-free candidate (default 3)."),
-    max_new_tokens: int = typer.Option(None, help="Tokens per candidate (default 128)."),
+                                                   f"are filled in (default {CandidateConfig.redact_template!r})."),
+    max_tries: int = typer.Option(None, help="Rounds for samples without a PII-free candidate "
+                                                 f"(default {CandidateConfig.max_tries})."),
+    max_new_tokens: int = typer.Option(None, help="Tokens per candidate "
+                                                  f"(default {CandidateConfig.max_new_tokens})."),
     limit: int = typer.Option(None, help="Use at most N samples (seeded, stratified by PII type)."),
     profile: str = typer.Option(None, help="PII profile of the verification: original (default) or strict."),
     reject_known_values: bool = typer.Option(None, "--reject-known-values/--detector-only",
@@ -216,7 +219,7 @@ def pairs_build(
     batch_size: int = typer.Option(32, help="Candidates generated (and cached) per batch."),
 ) -> None:
     """Build pairs.jsonl and pairs_cfg.jsonl from a corpus's train split; resumable."""
-    from unleak.config import CandidateConfig, PairsConfig, PIIConfig, load_config
+    from unleak.config import PairsConfig, PIIConfig, load_config
     from unleak.pairs.build import build_preference_pairs
     from unleak.pairs.generators import build_generator
 
