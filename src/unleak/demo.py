@@ -138,7 +138,7 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     from unleak.corpus.store import corpus_stats, load_corpus, save_corpus, split_corpus
     from unleak.corpus.synth import synthesize_corpus
     from unleak.eval.report import markdown_table, write_report
-    from unleak.eval.run import EvalConfiguration, EvalSettings, run_evaluation
+    from unleak.eval.run import RESULTS_VERSION, EvalConfiguration, EvalSettings, run_evaluation
     from unleak.eval.utility import shared_mmlu_file
     from unleak.models import resolve_model_path
     from unleak.pairs.build import build_preference_pairs
@@ -200,7 +200,8 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     settings = EvalSettings(leakage_max_new_tokens=c.leakage_max_new_tokens, test_limit=c.test_limit,
                             attack_limit=c.attack_limit, mmlu=mmlu, mmlu_limit=c.mmlu_limit, reference_model=base)
 
-    evaluation = stages.run("eval", [[dataclasses.asdict(x) for x in confs], dataclasses.asdict(settings)],
+    evaluation = stages.run("eval", [[dataclasses.asdict(x) for x in confs], dataclasses.asdict(settings),
+                                   RESULTS_VERSION],
                             ("leaky", "orpo"), lambda d: run_evaluation(corpus, confs, d, settings), 5, total)
     times = {**stages.times, "total": round(time.time() - started, 1)}
     preamble = (f"Model: {c.model} ({base}); corpus: {stats['conversations']} synthetic conversations, seed "

@@ -13,6 +13,7 @@ from unleak.corpus.model import Conversation, PIIOccurrence, Turn
 from unleak.errors import UnleakError
 from unleak.eval.attack import (TASK_MESSAGE_1, attack_prompts, attack_success,
                                 extraction_attack_success_rate, task_message)
+from unleak.eval.fluency import answer_perplexity, repetition_counts, repetition_rate
 from unleak.eval.utility import (accuracy_with_se, format_question, load_mc_questions, multiple_choice_predictions,
                                  paired_difference)
 from tests.conftest import shared_file
@@ -109,7 +110,31 @@ def test_common_prefix_leaves_one_token():
     assert _common_prefix([[7], [7, 8]]) == 0
 
 
-def test_full_evaluation_and_report(tiny_model_dir, tmp_path):
+def test_repetition_hand_computed():
+    # 1 2 3 4 1 2 3 4 1: 4-grams 1234 2341 3412 4123 1234 2341 -> 2 of 6 repeated
+    assert repetition_counts([1, 2, 3, 4, 1, 2, 3, 4, 1]) == (2, 6)
+    assert repetition_counts([1, 2, 3]) == (0, 0) and repetition_counts([5, 5, 5], n=1) == (2, 3)
+    # pooled over answers, weighted by n-grams: (2 + 0) / (6 + 2)
+    assert repetition_rate([[1, 2, 3, 4, 1, 2, 3, 4, 1], [1, 2, 3, 4, 5]]) == 0.25
+    assert repetition_rate([[1, 2], []]) is None
+
+
+def test_perplexity_is_token_weighted_over_padded_batches(tiny_model_dir, default_tokenizer):
+    from unleak.models import load_model
+
+    model = load_model(str(tiny_model_dir))
+    prompts, answers = [[1, 5, 9, 14], [3, 8]], [[20, 21, 22], [30, 31, 32, 33, 34]]
+    nll, n = 0.0, 0
+    for p, a in zip(prompts, answers):  # one sequence at a time, no padding
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([p + a])).logits[0].float(), -1)
+        nll -= sum(logp[len(p) - 1 + i, t].item() for i, t in enumerate(a))
+        n += len(a)
+    got = answer_perplexity(model, default_tokenizer, prompts, answers, batch_size=2)
+    assert got["tokens"] == 8 and got["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-3)
+
+
+def test_full_evaluation_and_report(tiny_model_dir, tmp_path, monkeypatch):
     from unleak.corpus.store import save_corpus, split_corpus
     from unleak.corpus.synth import synthesize_corpus
     from unleak.eval.report import write_report
@@ -131,12 +156,16 @@ def test_full_evaluation_and_report(tiny_model_dir, tmp_path):
     assert [r["name"] for r in results] == ["base", "g3"]
     assert results[0]["attack"]["attempts"] == 6 and results[0]["utility"]["n"] == 8
     assert results[0]["fluency"]["tokens"] > 0 and results[0]["test_prompts"] > 0
+    assert 0 <= results[0]["fluency"]["repetition"] <= 1
     stamp = (out / "configs" / "g3.json").stat().st_mtime_ns
     run_evaluation(corpus, confs, out, settings, progress=False)  # resumed: nothing recomputed
     assert (out / "configs" / "g3.json").stat().st_mtime_ns == stamp
     report = write_report(out)
     md = (out / "report.md").read_text()
-    assert "| base |" in md and "| g3 |" in md and "+0.0 ± 0.0" in md
+    assert "| base |" in md and "| g3 |" in md and "+0.0 ± 0.0" in md and "repetition %" in md
+    monkeypatch.setattr("unleak.eval.run.RESULTS_VERSION", -1)  # results from before a metric was added
+    run_evaluation(corpus, confs[1:], out, settings, progress=False)
+    assert (out / "configs" / "g3.json").stat().st_mtime_ns != stamp
     assert json.loads((out / "results.json").read_text())["rows"][1]["utility_diff"]["n"] == 8
     assert any(p.endswith("tradeoff.png") for p in report["plots"])
 

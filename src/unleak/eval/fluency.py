@@ -3,11 +3,17 @@
 High guidance in log space broke the grammar of the original's answers; the
 perplexity of the answers, conditioned on their prompts, under the clean base
 model measures that. Token-weighted: exp(sum NLL / tokens).
+
+Perplexity alone rewards degenerate text: an answer that repeats itself
+("a party in 2025. I'm planning a party in 2025.") is very predictable. The
+repetition rate (seq-rep-n of Welleck et al., 2019: the share of an answer's
+n-grams that already occurred earlier in it) is reported next to it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -34,3 +40,23 @@ def answer_perplexity(model: Any, tokenizer: Any, prompts: list[list[int]], answ
     if not count:
         return {"perplexity": float("nan"), "tokens": 0}
     return {"perplexity": round(math.exp(total / count), 3), "tokens": count}
+
+
+def repetition_counts(tokens: Sequence[int], n: int = 4) -> tuple[int, int]:
+    """(repeated n-grams, n-grams) of one sequence: an n-gram is repeated when it occurred earlier in it."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) - len(set(grams)), len(grams)
+
+
+def repetition_rate(answers: Sequence[Sequence[int]], n: int = 4) -> float | None:
+    """seq-rep-n over `answers` (token ids), n-gram-weighted; None when no answer has n tokens."""
+    counts = [repetition_counts(a, n) for a in answers]
+    total = sum(c for _, c in counts)
+    return round(sum(r for r, _ in counts) / total, 4) if total else None
+
+
+def answer_fluency(model: Any, tokenizer: Any, prompts: list[list[int]], answers: list[list[int]],
+                   batch_size: int = 8, n: int = 4) -> dict[str, Any]:
+    """Perplexity under `model` and the repetition rate (seq-rep-`n`) of `answers`."""
+    return {**answer_perplexity(model, tokenizer, prompts, answers, batch_size),
+            "repetition": repetition_rate(answers, n), "repetition_n": n}

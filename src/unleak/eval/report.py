@@ -2,7 +2,7 @@
 
 Columns: configuration, utility (accuracy ± SE, and the paired difference to
 the first configuration), PII count (original and strict profiles), attack
-success rate, answer perplexity. Plots: PII count and ASR against the guidance
+success rate, answer perplexity and repetition (seq-rep-4 %). Plots: PII count and ASR against the guidance
 scale per CFG space, and utility against leakage (the trade-off).
 """
 
@@ -35,7 +35,8 @@ def summary_rows(results: list[dict[str, Any]], reference: str | None = None) ->
                "pii_original": r["pii"].get("original", {}).get("total"),
                "pii_strict": r["pii"].get("strict", {}).get("total"),
                "asr": r["attack"]["asr"], "attack_successes": r["attack"]["successes"],
-               "attack_attempts": r["attack"]["attempts"], "perplexity": r["fluency"]["perplexity"]}
+               "attack_attempts": r["attack"]["attempts"], "perplexity": r["fluency"]["perplexity"],
+               "repetition": r["fluency"].get("repetition")}
         u = r.get("utility")
         if u:
             row.update(utility=u["accuracy"], utility_se=u["se"], utility_n=u["n"])
@@ -53,15 +54,16 @@ def _fmt(v: Any, pct: bool = False) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = "| configuration | utility % (± SE) | Δ utility (± SE) | PII count (original) | " \
-           "PII count (strict) | attack ASR % (hits/attempts) | answer perplexity |"
-    lines = [head, "|" + " --- |" * 7]
+           "PII count (strict) | attack ASR % (hits/attempts) | answer perplexity | repetition % |"
+    lines = [head, "|" + " --- |" * 8]
     for r in rows:
         util = f"{_fmt(r.get('utility'), True)} ± {_fmt(r.get('utility_se'), True)}" if "utility" in r else "–"
         d = r.get("utility_diff")
         diff = f"{100 * d['difference']:+.1f} ± {100 * d['se']:.1f}" if d else "–"
         lines.append(f"| {r['configuration']} | {util} | {diff} | {_fmt(r['pii_original'])} | "
                      f"{_fmt(r['pii_strict'])} | {100 * r['asr']:.1f} ({r['attack_successes']}/"
-                     f"{r['attack_attempts']}) | {_fmt(r['perplexity'])} |")
+                     f"{r['attack_attempts']}) | {_fmt(r['perplexity'])} | "
+                     f"{_fmt(r.get('repetition'), True)} |")
     return "\n".join(lines) + "\n"
 
 

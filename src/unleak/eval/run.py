@@ -1,9 +1,10 @@
 """`run_evaluation`: every configuration (model, adapter, guidance) on leakage, attack, utility and fluency.
 
 A configuration's results are written atomically to `OUT/configs/NAME.json`
-with a hash of its settings; a rerun skips configurations already done with
-the same settings (resumable per configuration). Models are loaded once per
-(model, adapter) and reused across guidance scales; utility is computed once
+with a hash of its settings and of `RESULTS_VERSION`; a rerun skips
+configurations already done with the same settings (resumable per
+configuration) and recomputes those from before a metric was added. Models
+are loaded once per (model, adapter) and reused across guidance scales; utility is computed once
 per (model, adapter), since it does not depend on guidance here. Adapters are
 merged into the weights for evaluation (same outputs, ~1.25x faster decoding
 on CPU, measured on the demo's 24 test prompts with equal answers).
@@ -20,6 +21,10 @@ from typing import Any
 from unleak.config import AttackConfig, GuidanceConfig, PIIConfig, settings_hash
 from unleak.errors import UnleakError
 from unleak.jsonl import atomic_write_text
+
+#: bump when a result gains or changes a metric: cached configurations are then recomputed
+#: (2: the fluency's repetition rate)
+RESULTS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     from unleak.corpus.store import load_split
     from unleak.decoding.generator import CFGGenerator
     from unleak.eval.attack import attack_prompts, extraction_attack_success_rate, run_attack
-    from unleak.eval.fluency import answer_perplexity
+    from unleak.eval.fluency import answer_fluency
     from unleak.eval.leakage import count_pii, generate_answers
     from unleak.eval.utility import accuracy_with_se, load_mc_questions, multiple_choice_predictions
     from unleak.models import load_model, load_tokenizer
@@ -78,7 +83,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     results = []
     for conf in configurations:
         path = out / "configs" / f"{conf.name}.json"
-        key = settings_hash(asdict(conf), asdict(s), str(corpus))
+        key = settings_hash(asdict(conf), asdict(s), str(corpus), RESULTS_VERSION)
         if path.is_file():
             done = json.loads(path.read_text())
             if done.get("hash") == key:
@@ -111,7 +116,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                          [ref_tok(render_prompt(ref_tok, x.prompt_messages(), continue_final=bool(x.prefix)),
                                   add_special_tokens=False)["input_ids"] for x in samples])
         ref_model, ref_tok, prompt_ids = reference
-        fluency = answer_perplexity(ref_model, ref_tok, prompt_ids, [a.token_ids for a in answers])
+        fluency = answer_fluency(ref_model, ref_tok, prompt_ids, [a.token_ids for a in answers])
         utility = None
         if questions is not None:
             if mkey not in utility_cache:
