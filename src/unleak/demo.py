@@ -61,8 +61,8 @@ class DemoConfig:
     #: known values checked. Measured on the default leaky model (24 test prompts, 73 attacks; leaky: PII
     #: 33, 5/73): these 60 plain pairs (64 samples, 1 epoch, 215 s) gave PII 2 and 1/73 at g = 1 and
     #: g = 3 (prob); 2 epochs overfit (PII 5 and 4, perplexity 28 -> 45); the base model as generator
-    #: (modes nudge + completion, 34 NER-checked pairs from 32 samples, 162 s of generation) at best
-    #: PII 23, 1/73
+    #: (modes nudge + completion, 92 plain pairs from 64 samples, 629 s of generation): PII 6 and 2,
+    #: 0/73, perplexity 2.6-3.2, but answers that loop (seq-rep-4 34-41 %, leaky 0.2 %)
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
         candidate=CandidateConfig(modes=("redact",), candidates=1, max_new_tokens=64, max_tries=1),
         pii_candidates_as_rejected=False, limit=64))
