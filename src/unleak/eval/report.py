@@ -2,8 +2,9 @@
 
 Columns: configuration, utility (accuracy ± SE, and the paired difference to
 the first configuration), PII count (original and strict profiles), attack
-success rate, answer perplexity and repetition (seq-rep-4 %). Plots: PII count and ASR against the guidance
-scale per CFG space, and utility against leakage (the trade-off).
+success rate, answer perplexity and repetition (seq-rep-4 %). Plots: PII count
+and ASR against the guidance scale per CFG space, and utility against leakage
+(the trade-off).
 """
 
 from __future__ import annotations
