@@ -21,6 +21,9 @@ import torch
 from unleak.train.data import CausalCollator
 from unleak.train.losses import sequence_logps
 
+#: n of the repetition rate (seq-rep-n); 4 as in Welleck et al.
+REPETITION_N = 4
+
 
 @torch.no_grad()
 def answer_perplexity(model: Any, tokenizer: Any, prompts: list[list[int]], answers: list[list[int]],
@@ -42,13 +45,13 @@ def answer_perplexity(model: Any, tokenizer: Any, prompts: list[list[int]], answ
     return {"perplexity": round(math.exp(total / count), 3), "tokens": count}
 
 
-def repetition_counts(tokens: Sequence[int], n: int = 4) -> tuple[int, int]:
+def repetition_counts(tokens: Sequence[int], n: int = REPETITION_N) -> tuple[int, int]:
     """(repeated n-grams, n-grams) of one sequence: an n-gram is repeated when it occurred earlier in it."""
     grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
     return len(grams) - len(set(grams)), len(grams)
 
 
-def repetition_rate(answers: Sequence[Sequence[int]], n: int = 4) -> float | None:
+def repetition_rate(answers: Sequence[Sequence[int]], n: int = REPETITION_N) -> float | None:
     """seq-rep-n over `answers` (token ids), n-gram-weighted; None when no answer has n tokens."""
     counts = [repetition_counts(a, n) for a in answers]
     total = sum(c for _, c in counts)
@@ -56,7 +59,7 @@ def repetition_rate(answers: Sequence[Sequence[int]], n: int = 4) -> float | Non
 
 
 def answer_fluency(model: Any, tokenizer: Any, prompts: list[list[int]], answers: list[list[int]],
-                   batch_size: int = 8, n: int = 4) -> dict[str, Any]:
+                   batch_size: int = 8, n: int = REPETITION_N) -> dict[str, Any]:
     """Perplexity under `model` and the repetition rate (seq-rep-`n`) of `answers`."""
     return {**answer_perplexity(model, tokenizer, prompts, answers, batch_size),
             "repetition": repetition_rate(answers, n), "repetition_n": n}

@@ -4,10 +4,11 @@ A configuration's results are written atomically to `OUT/configs/NAME.json`
 with a hash of its settings and of `RESULTS_VERSION`; a rerun skips
 configurations already done with the same settings (resumable per
 configuration) and recomputes those from before a metric was added. Models
-are loaded once per (model, adapter) and reused across guidance scales; utility is computed once
-per (model, adapter), since it does not depend on guidance here. Adapters are
-merged into the weights for evaluation (same outputs, ~1.25x faster decoding
-on CPU, measured on the demo's 24 test prompts with equal answers).
+are loaded once per (model, adapter) and reused across guidance scales;
+utility is computed once per (model, adapter), since it does not depend on
+guidance here. Adapters are merged into the weights for evaluation (same
+outputs, ~1.25x faster decoding on CPU, measured on the demo's 24 test prompts
+with equal answers).
 """
 
 from __future__ import annotations
