@@ -16,7 +16,10 @@ def test_quick_demo_runs_caches_and_reruns_only_what_changed(tmp_path, default_m
     cfg = DemoConfig.quick(mmlu_limit=8)
     result = run_demo(cfg, out)
     names = [r["configuration"] for r in result["rows"]]
-    assert names == ["base", "leaky", "orpo-plain-g1", "orpo-plain-g3-prob"]
+    defended = ["orpo-plain-g1", "orpo-plain-g2-prob", "orpo-plain-g3-prob", "orpo-plain-g5-prob"]
+    assert names == ["base", "leaky", *defended]
+    # the defended model's guidance settings are evaluated together (one prefill per prompt)
+    assert json.loads((out / "eval" / "configs" / f"{defended[-1]}.json").read_text())["evaluated_with"] == defended
     report = (out / "report.md").read_text()
     assert "| leaky |" in report and "Wall times" in report
     assert json.loads((out / "results.json").read_text())["rows"][1]["configuration"] == "leaky"

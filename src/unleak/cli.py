@@ -518,7 +518,7 @@ def demo(
     orpo_epochs: float = typer.Option(None, help="ORPO epochs (the original: 3)."),
     orpo_lr: float = typer.Option(None, help="ORPO learning rate (the demo's is above the original's: one "
                                              "CPU epoch)."),
-    guidance: str = typer.Option(None, help="Comma-separated guidance scales besides 1 (default 3)."),
+    guidance: str = typer.Option(None, help="Comma-separated guidance scales besides 1 (default 2,3,5)."),
     test_limit: int = typer.Option(None, help="Test prompts for leakage (0 = all)."),
     attack_limit: int = typer.Option(None, help="Extraction-attack prompts (0 = every placeholder of the test split)."),
     mmlu: str = typer.Option(None, help="MMLU file (default: ../shared/data/mmlu/mmlu_test.jsonl if present)."),

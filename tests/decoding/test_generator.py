@@ -115,6 +115,25 @@ def test_one_forward_per_step_and_finished_pairs_leave(tiny):
     assert sizes == [5, 5, 3, 3, 3]
 
 
+def test_identical_rows_are_prefilled_once_with_equal_results(tiny):
+    """One prompt under several guidance settings: its positive and its negative row run through the prefill once."""
+    model, tokenizer = tiny
+    gen = no_eos(CFGGenerator(model, tokenizer))
+    reqs = [request(DIALOGS[0], 1.0, "prob", 6), request(DIALOGS[0], 3.0, "log", 6),
+            request(DIALOGS[0], 3.0, "prob", 6), request(DIALOGS[0], 5.0, "prob", 6),
+            request(DIALOGS[1], 3.0, "log", 6)]
+    alone = [gen.generate([r])[0].token_ids for r in reqs]
+    sizes, handle = rows_per_forward(model)
+    try:
+        together = gen.generate(reqs)
+    finally:
+        handle.remove()
+    assert [r.token_ids for r in together] == alone
+    assert len({tuple(a) for a in alone[:4]}) > 1  # the settings do differ on this model
+    # prefill: 2 distinct positive + 2 distinct negative rows; then 5 positive + 4 negative rows per step
+    assert sizes == [4] + [9] * 5
+
+
 def test_scale_one_runs_no_negative_row(tiny):
     model, tokenizer = tiny
     sizes, handle = rows_per_forward(model)

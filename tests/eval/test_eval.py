@@ -13,7 +13,7 @@ from unleak.corpus.model import Conversation, PIIOccurrence, Turn
 from unleak.errors import UnleakError
 from unleak.eval.attack import (TASK_MESSAGE_1, attack_prompts, attack_success,
                                 extraction_attack_success_rate, task_message)
-from unleak.eval.fluency import answer_perplexity, repetition_counts, repetition_rate
+from unleak.eval.fluency import answer_perplexities, answer_perplexity, repetition_counts, repetition_rate
 from unleak.eval.utility import (accuracy_with_se, format_question, load_mc_questions, multiple_choice_predictions,
                                  paired_difference)
 from tests.conftest import shared_file
@@ -133,6 +133,14 @@ def test_perplexity_is_token_weighted_over_padded_batches(tiny_model_dir, defaul
     got = answer_perplexity(model, default_tokenizer, prompts, answers, batch_size=2)
     assert got["tokens"] == 8 and got["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-3)
 
+    # several answer sets share each prompt batch's prefill: each equals its own computation
+    others = [[40, 41], []]
+    both = answer_perplexities(model, default_tokenizer, prompts, [answers, others, answers], batch_size=2)
+    assert both[0] == both[2] and both[0]["perplexity"] == pytest.approx(got["perplexity"], rel=1e-4)
+    alone = answer_perplexity(model, default_tokenizer, prompts, others, batch_size=1)
+    assert both[1]["tokens"] == 2 and both[1]["perplexity"] == pytest.approx(alone["perplexity"], rel=1e-4)
+    assert both[1]["perplexity"] != pytest.approx(got["perplexity"], rel=1e-2)
+
 
 def test_full_evaluation_and_report(tiny_model_dir, tmp_path, monkeypatch):
     from unleak.corpus.store import save_corpus, split_corpus
@@ -168,6 +176,28 @@ def test_full_evaluation_and_report(tiny_model_dir, tmp_path, monkeypatch):
     assert (out / "configs" / "g3.json").stat().st_mtime_ns != stamp
     assert json.loads((out / "results.json").read_text())["rows"][1]["utility_diff"]["n"] == 8
     assert any(p.endswith("tradeoff.png") for p in report["plots"])
+
+
+def test_guidance_settings_of_one_model_evaluated_together_equal_each_alone(tiny_model_dir, tmp_path):
+    from unleak.corpus.store import save_corpus, split_corpus
+    from unleak.corpus.synth import synthesize_corpus
+    from unleak.eval.run import EvalConfiguration, EvalSettings, run_evaluation
+
+    corpus = save_corpus(tmp_path / "c", synthesize_corpus(8, seed=3), {})
+    split_corpus(corpus, 0.4, seed=0)
+    model = str(tiny_model_dir)
+    confs = [EvalConfiguration("g1", model), EvalConfiguration("g3-log", model, guidance_scale=3.0, cfg_space="log"),
+             EvalConfiguration("g3-prob", model, guidance_scale=3.0, cfg_space="prob"),
+             EvalConfiguration("raw", model, served=False)]
+    settings = EvalSettings(leakage_max_new_tokens=6, attack_limit=4, reference_model=model, batch_size=2)
+    together = run_evaluation(corpus, confs, tmp_path / "together", settings, progress=False)
+    alone = [run_evaluation(corpus, [c], tmp_path / c.name, settings, progress=False)[0] for c in confs]
+    assert [r["evaluated_with"] for r in together] == [["g1", "g3-log", "g3-prob"]] * 3 + [["raw"]]
+    for t, a in zip(together, alone):
+        assert {k: t[k] for k in ("pii_per_answer", "attack", "fluency", "examples")} == \
+            {k: a[k] for k in ("pii_per_answer", "attack", "fluency", "examples")}
+    assert together[1]["examples"] != together[2]["examples"] or together[1]["attack"] != together[2]["attack"] \
+        or together[1]["fluency"] != together[2]["fluency"]  # the settings differ on this model
 
 
 def test_guidance_series_share_plain_decoding_between_spaces(tmp_path):

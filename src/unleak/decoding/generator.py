@@ -8,7 +8,9 @@ logits of the last position only. Each step the two rows of a pair are mixed
 (`cfg.cfg_scores`), one token is chosen (`sampling.sample_next_token`) and
 appended to both rows. A pair leaves the batch as soon as it stops (EOS, a
 stop string or its token budget), so finished requests cost nothing. Requests
-with guidance scale 1 have no negative row at all.
+with guidance scale 1 have no negative row at all. Identical rows (one prompt
+under several guidance settings, or sampled n times) are prefilled once and
+their KV cache copied, so comparing settings costs the decode steps only.
 
 Per request: guidance scale and space, sampling settings and seed, stop
 strings, and, on a `peft.PeftModel`, the adapter (on, off, or a named one;
@@ -197,11 +199,28 @@ class CFGGenerator:
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Decode all requests (in batches of `max_batch_requests`); results in input order."""
-        results: list[GenerationResult | None] = [None] * len(requests)
-        for event in self.stream(requests):
-            if event.result is not None:
-                results[event.index] = event.result
-        return [r for r in results if r is not None]
+        return [group[0] for group in self.generate_grouped([[r] for r in requests])]
+
+    def generate_grouped(self, groups: Sequence[Sequence[GenerationRequest]]) -> list[list[GenerationResult]]:
+        """Decode groups of requests that share a prompt (e.g. one prompt under several guidance settings).
+
+        A group is never split across batches, so its prompt is prefilled once;
+        a batch holds `max_batch_requests` groups. Results in input order, grouped.
+        """
+        encoded = [[self.encode(r) for r in group] for group in groups]
+        results: list[GenerationResult | None] = [None] * sum(len(g) for g in encoded)
+        start = 0
+        for first in range(0, len(encoded), self.max_batch_requests):
+            chunk = [e for group in encoded[first:first + self.max_batch_requests] for e in group]
+            for event in self._decode_batch(chunk, offset=start):
+                if event.result is not None:
+                    results[event.index] = event.result
+            start += len(chunk)
+        out, k = [], 0
+        for group in encoded:
+            out.append([r for r in results[k:k + len(group)] if r is not None])
+            k += len(group)
+        return out
 
     def stream(self, requests: Sequence[GenerationRequest]) -> Iterator[StreamEvent]:
         """Decode, yielding text deltas as they come; a final event per request carries its result."""
@@ -235,6 +254,18 @@ class CFGGenerator:
             mask[r, width - len(ids):] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        # identical rows (same ids and adapter: one prompt under several guidance settings, the
+        # positive and negative row of equal prompts, n samples of one prompt) are prefilled once;
+        # the cache and logits are then gathered back to one row each
+        row_adapters = [p.enc.request.adapter for p in pairs] + [pairs[k].enc.request.adapter for k in neg_owner]
+        first_of: dict[tuple[tuple[int, ...], AdapterChoice], int] = {}
+        unique: list[int] = []  # the first row of each distinct (ids, adapter)
+        expand: list[int] = []  # row -> its index in `unique`
+        for r, key in enumerate(zip(map(tuple, rows_ids), row_adapters)):
+            if key not in first_of:
+                first_of[key] = len(unique)
+                unique.append(r)
+            expand.append(first_of[key])
 
         from transformers import DynamicCache
 
@@ -242,13 +273,16 @@ class CFGGenerator:
         active = list(range(len(pairs)))  # indices into `pairs` of unfinished pairs, row order
         neg_active = list(neg_owner)  # owners of the current negative rows, row order
         step_inputs, step_positions = input_ids, positions
+        prefill = len(unique) < len(rows_ids)
         with torch.inference_mode(), skinny_cpu_linear(self.model):
             while active:
-                with self._adapter_scope([pairs[k] for k in active], [pairs[k] for k in neg_active]) as extra:
+                choices = [pairs[k].enc.request.adapter for k in active + neg_active]
+                rows = unique if prefill else slice(None)
+                with self._adapter_scope([choices[r] for r in unique] if prefill else choices) as extra:
                     out = self.model(
-                        input_ids=step_inputs,
-                        attention_mask=mask,
-                        position_ids=step_positions,
+                        input_ids=step_inputs[rows],
+                        attention_mask=mask[rows],
+                        position_ids=step_positions[rows],
                         cache=cache,
                         use_cache=True,
                         logits_to_keep=1,
@@ -256,6 +290,10 @@ class CFGGenerator:
                     )
                 cache = output_cache(out)
                 logits = out.logits[:, -1, :]
+                if prefill:
+                    gather = torch.tensor(expand, device=device)
+                    cache.batch_select_indices(gather)
+                    logits, prefill = logits[gather], False
                 tokens = self._choose(logits, [pairs[k] for k in active], neg_active, active)
                 finished_events: list[StreamEvent] = []
                 for k, token in zip(active, tokens.tolist()):
@@ -338,9 +376,8 @@ class CFGGenerator:
         return StreamEvent(pair.index, delta, pair.done)
 
     @contextlib.contextmanager
-    def _adapter_scope(self, active: list[_Pair], neg_active_pairs: list[_Pair]) -> Iterator[dict[str, Any]]:
-        """Attach the requested adapters for one forward pass; yields extra forward kwargs."""
-        choices = [p.enc.request.adapter for p in active] + [p.enc.request.adapter for p in neg_active_pairs]
+    def _adapter_scope(self, choices: list[AdapterChoice]) -> Iterator[dict[str, Any]]:
+        """Attach the adapters of one forward pass's rows (`choices`, row order); yields extra forward kwargs."""
         if not self.is_peft:
             if any(isinstance(c, str) for c in choices):
                 raise UnleakError("a named adapter was requested but the model has no adapters loaded")

@@ -17,6 +17,7 @@ header in front; under guidance the negative row gets the negative one).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,9 +82,10 @@ def extraction_attack_success_rate(outputs: list[str], prompts: list[AttackPromp
                         for t in sorted(totals)}}
 
 
-def run_attack(generator: Any, prompts: list[AttackPrompt], guidance: GuidanceConfig, config: AttackConfig,
-               served: bool, adapter: Any = True) -> list[str]:
-    """Outputs of the attack prompts: greedy, `config.max_new_tokens`, raw text or behind the system prompts."""
+def run_attack(generator: Any, prompts: list[AttackPrompt], guidances: Sequence[GuidanceConfig],
+               config: AttackConfig, served: bool, adapter: Any = True) -> list[list[str]]:
+    """Outputs of the attack prompts under each of `guidances` (one list per setting): greedy,
+    `config.max_new_tokens`, raw text or behind the system prompts; a prompt's settings share its prefill."""
     from unleak.decoding.generator import GenerationRequest
 
     tok = generator.tokenizer
@@ -95,11 +97,12 @@ def run_attack(generator: Any, prompts: list[AttackPrompt], guidance: GuidanceCo
 
     pos_head = header(prompts_cfg.positive) if served else []
     neg_head = header(prompts_cfg.negative) if served else []
-    requests = []
+    sampling = SamplingConfig(max_new_tokens=config.max_new_tokens)
+    groups = []
     for p in prompts:
         ids = tok(p.text, add_special_tokens=False)["input_ids"]
-        guided = guidance.guidance_scale != 1.0
-        requests.append(GenerationRequest(
-            input_ids=pos_head + ids, negative_input_ids=(neg_head + ids) if guided else None,
-            guidance=guidance, sampling=SamplingConfig(max_new_tokens=config.max_new_tokens), adapter=adapter))
-    return [r.text for r in generator.generate(requests)]
+        groups.append([GenerationRequest(
+            input_ids=pos_head + ids, negative_input_ids=(neg_head + ids) if g.guidance_scale != 1.0 else None,
+            guidance=g, sampling=sampling, adapter=adapter) for g in guidances])
+    results = generator.generate_grouped(groups)
+    return [[group[i].text for group in results] for i in range(len(guidances))]

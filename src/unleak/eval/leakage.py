@@ -10,20 +10,26 @@ detector of each counting profile (`original` reproduces the paper's number;
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from unleak.config import GuidanceConfig, SamplingConfig
 from unleak.pairs.samples import Sample
 
 
-def generate_answers(generator: Any, samples: list[Sample], guidance: GuidanceConfig, max_new_tokens: int,
-                     adapter: Any = True) -> list[Any]:
+def generate_answers(generator: Any, samples: list[Sample], guidances: Sequence[GuidanceConfig],
+                     max_new_tokens: int, adapter: Any = True) -> list[list[Any]]:
+    """Greedy answers to `samples` under each of `guidances`: one list of results per setting.
+
+    All settings of a sample are decoded in one batch, so its prompt is prefilled once.
+    """
     from unleak.decoding.generator import GenerationRequest
 
-    requests = [GenerationRequest(messages=s.prompt_messages(), guidance=guidance,
-                                  sampling=SamplingConfig(max_new_tokens=max_new_tokens), adapter=adapter)
-                for s in samples]
-    return generator.generate(requests)
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens)
+    groups = generator.generate_grouped(
+        [[GenerationRequest(messages=s.prompt_messages(), guidance=g, sampling=sampling, adapter=adapter)
+          for g in guidances] for s in samples])
+    return [[group[i] for group in groups] for i in range(len(guidances))]
 
 
 def count_pii(texts: list[str], detector: Any) -> dict[str, Any]:

@@ -2,14 +2,14 @@
 
 A configuration's results are written atomically to `OUT/configs/NAME.json`
 with a hash of its settings and of `RESULTS_VERSION`; a rerun skips
-configurations already done with the same settings (resumable per
-configuration) and recomputes those from before a metric was added. Models
-are loaded once per (model, adapter) and reused across guidance scales;
-utility is computed once per (model, adapter), since it does not depend on
-guidance here. Adapters are merged into the weights for evaluation (same
-outputs, ~1.25x faster decoding on CPU, measured on the demo's 24 test prompts
-with equal answers).
-"""
+configurations already done with the same settings (resumable) and recomputes
+those from before a metric was added. The configurations of one model
+(model, adapter, served) are evaluated together: the model is loaded once,
+every test and attack prompt is prefilled once for all their guidance
+settings (`CFGGenerator.generate_grouped`), and utility is computed once,
+since it does not depend on guidance here. Adapters are merged into the
+weights for evaluation (same outputs, ~1.25x faster decoding on CPU, measured
+on the demo's 24 test prompts with equal answers)."""
 
 from __future__ import annotations
 
@@ -81,43 +81,43 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     attack_sets: dict[str, list[Any]] = {}  # attack prompts per tokenizer (model path)
     loaded: dict[tuple[str, str | None], Any] = {}
     utility_cache: dict[tuple[str, str | None], Any] = {}
-    results = []
+    done: dict[str, dict[str, Any]] = {}
+    keys = {conf.name: settings_hash(asdict(conf), asdict(s), str(corpus), RESULTS_VERSION)
+            for conf in configurations}
+    groups: dict[tuple[str, str | None, bool], list[EvalConfiguration]] = {}
     for conf in configurations:
         path = out / "configs" / f"{conf.name}.json"
-        key = settings_hash(asdict(conf), asdict(s), str(corpus), RESULTS_VERSION)
-        if path.is_file():
-            done = json.loads(path.read_text())
-            if done.get("hash") == key:
-                results.append(done)
-                continue
+        cached = json.loads(path.read_text()) if path.is_file() else {}
+        if cached.get("hash") == keys[conf.name]:
+            done[conf.name] = cached
+        else:
+            groups.setdefault((conf.model, conf.adapter, conf.served), []).append(conf)
+    for (model_path, adapter, served), group in groups.items():
         started = time.time()
-        mkey = (conf.model, conf.adapter)
+        mkey = (model_path, adapter)
         if mkey not in loaded:
             loaded.clear()
-            tok = load_tokenizer(conf.model)
-            model = load_model(conf.model, adapter=conf.adapter, merge=True)  # every request uses the adapter
+            tok = load_tokenizer(model_path)
+            model = load_model(model_path, adapter=adapter, merge=True)  # every request uses the adapter
             if len(tok) > model.get_input_embeddings().num_embeddings:
-                raise UnleakError(f"{conf.model}: tokenizer has {len(tok)} tokens but the model's embedding only "
+                raise UnleakError(f"{model_path}: tokenizer has {len(tok)} tokens but the model's embedding only "
                                   f"{model.get_input_embeddings().num_embeddings}: model/tokenizer mismatch")
             loaded[mkey] = CFGGenerator(model, tok, max_batch_requests=s.batch_size)
         gen = loaded[mkey]
         tok = gen.tokenizer
-        guidance = GuidanceConfig(conf.guidance_scale, conf.cfg_space)
-        answers = generate_answers(gen, samples, guidance, s.leakage_max_new_tokens)
-        texts = [a.text for a in answers]
-        leakage = {p: count_pii(texts, d) for p, d in detectors.items()}
-        if conf.model not in attack_sets:
-            attack_sets[conf.model] = attack_prompts(test, tok, s.attack)[: s.attack_limit]
-        prompts = attack_sets[conf.model]
-        attack_out = run_attack(gen, prompts, guidance, s.attack, served=conf.served)
-        attack = extraction_attack_success_rate(attack_out, prompts, s.attack.match_chars)
+        # all guidance settings of a model at once: each prompt is prefilled once for all of them
+        guidances = [GuidanceConfig(c.guidance_scale, c.cfg_space) for c in group]
+        answers = generate_answers(gen, samples, guidances, s.leakage_max_new_tokens)
+        if model_path not in attack_sets:
+            attack_sets[model_path] = attack_prompts(test, tok, s.attack)[: s.attack_limit]
+        prompts = attack_sets[model_path]
+        attack_outs = run_attack(gen, prompts, guidances, s.attack, served=served)
         if reference is None:
             ref_tok = load_tokenizer(s.reference_model)
             reference = (load_model(s.reference_model), ref_tok,
                          [ref_tok(render_prompt(ref_tok, x.prompt_messages(), continue_final=bool(x.prefix)),
                                   add_special_tokens=False)["input_ids"] for x in samples])
         ref_model, ref_tok, prompt_ids = reference
-        fluency = answer_fluency(ref_model, ref_tok, prompt_ids, [a.token_ids for a in answers])
         utility = None
         if questions is not None:
             if mkey not in utility_cache:
@@ -127,15 +127,24 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                 utility_cache[mkey] = {**accuracy_with_se(correct), "correct": correct,
                                        "seconds": round(time.time() - t0, 1)}
             utility = utility_cache[mkey]
-        result = {
-            "name": conf.name, "hash": key, "configuration": asdict(conf),
-            "test_prompts": len(samples), "pii": {p: {k: v for k, v in r.items() if k != "per_answer"}
-                                                  for p, r in leakage.items()},
-            "pii_per_answer": leakage[s.profiles[0]]["per_answer"],
-            "attack": attack, "fluency": fluency, "utility": utility,
-            "examples": [{"sample": x.id, "answer": t} for x, t in zip(samples[:5], texts[:5])],
-            "seconds": round(time.time() - started, 1),
-        }
-        atomic_write_text(path, json.dumps(result, indent=1) + "\n")
-        results.append(result)
-    return results
+        fluency = answer_fluency(ref_model, ref_tok, prompt_ids,
+                                 [[a.token_ids for a in conf_answers] for conf_answers in answers])
+        seconds = round(time.time() - started, 1)  # the whole group's: its configurations share the work
+        for conf, conf_answers, attack_out, conf_fluency in zip(group, answers, attack_outs, fluency, strict=True):
+            texts = [a.text for a in conf_answers]
+            leakage = {p: count_pii(texts, d) for p, d in detectors.items()}
+            result = {
+                "name": conf.name, "hash": keys[conf.name], "configuration": asdict(conf),
+                "test_prompts": len(samples), "pii": {p: {k: v for k, v in r.items() if k != "per_answer"}
+                                                      for p, r in leakage.items()},
+                "pii_per_answer": leakage[s.profiles[0]]["per_answer"],
+                "attack": extraction_attack_success_rate(attack_out, prompts, s.attack.match_chars),
+                "fluency": conf_fluency,
+                "utility": utility,
+                "examples": [{"sample": x.id, "answer": t} for x, t in zip(samples[:5], texts[:5])],
+                "seconds": seconds,
+                "evaluated_with": [c.name for c in group],
+            }
+            atomic_write_text(out / "configs" / f"{conf.name}.json", json.dumps(result, indent=1) + "\n")
+            done[conf.name] = result
+    return [done[conf.name] for conf in configurations]
