@@ -134,6 +134,22 @@ def test_identical_rows_are_prefilled_once_with_equal_results(tiny):
     assert sizes == [4] + [9] * 5
 
 
+def test_grouped_requests_stay_in_one_batch_and_report_progress(tiny):
+    model, tokenizer = tiny
+    gen = no_eos(CFGGenerator(model, tokenizer, max_batch_requests=2))
+    groups = [[request(d, 1.0, "prob", 3), request(d, 3.0, "prob", 3)] for d in DIALOGS]
+    sizes, handle = rows_per_forward(model)
+    done: list[int] = []
+    try:
+        out = gen.generate_grouped(groups, on_batch=done.append)
+    finally:
+        handle.remove()
+    assert done == [2, 1]  # groups per batch: 2 of the 3, then the last
+    # batch 1: 2 prompts x (positive, negative) prefilled once, then 2 x 3 rows; batch 2: 2, then 3 rows
+    assert sizes == [4, 6, 6, 2, 3, 3]
+    assert [[r.token_ids for r in g] for g in out] == [[gen.generate([r])[0].token_ids for r in g] for g in groups]
+
+
 def test_scale_one_runs_no_negative_row(tiny):
     model, tokenizer = tiny
     sizes, handle = rows_per_forward(model)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,11 +201,13 @@ class CFGGenerator:
         """Decode all requests (in batches of `max_batch_requests`); results in input order."""
         return [group[0] for group in self.generate_grouped([[r] for r in requests])]
 
-    def generate_grouped(self, groups: Sequence[Sequence[GenerationRequest]]) -> list[list[GenerationResult]]:
+    def generate_grouped(self, groups: Sequence[Sequence[GenerationRequest]],
+                         on_batch: Callable[[int], None] | None = None) -> list[list[GenerationResult]]:
         """Decode groups of requests that share a prompt (e.g. one prompt under several guidance settings).
 
         A group is never split across batches, so its prompt is prefilled once;
         a batch holds `max_batch_requests` groups. Results in input order, grouped.
+        `on_batch(n)` is called after each batch with its number of groups (progress).
         """
         encoded = [[self.encode(r) for r in group] for group in groups]
         results: list[GenerationResult | None] = [None] * sum(len(g) for g in encoded)
@@ -216,6 +218,8 @@ class CFGGenerator:
                 if event.result is not None:
                     results[event.index] = event.result
             start += len(chunk)
+            if on_batch is not None:
+                on_batch(len(encoded[first:first + self.max_batch_requests]))
         out, k = [], 0
         for group in encoded:
             out.append([r for r in results[k:k + len(group)] if r is not None])

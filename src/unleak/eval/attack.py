@@ -17,7 +17,7 @@ header in front; under guidance the negative row gets the negative one).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,9 +83,11 @@ def extraction_attack_success_rate(outputs: list[str], prompts: list[AttackPromp
 
 
 def run_attack(generator: Any, prompts: list[AttackPrompt], guidances: Sequence[GuidanceConfig],
-               config: AttackConfig, served: bool, adapter: Any = True) -> list[list[str]]:
+               config: AttackConfig, served: bool, adapter: Any = True,
+               on_batch: Callable[[int], None] | None = None) -> list[list[str]]:
     """Outputs of the attack prompts under each of `guidances` (one list per setting): greedy,
-    `config.max_new_tokens`, raw text or behind the system prompts; a prompt's settings share its prefill."""
+    `config.max_new_tokens`, raw text or behind the system prompts; a prompt's settings share its prefill.
+    `on_batch(n)` reports each batch's number of prompts."""
     from unleak.decoding.generator import GenerationRequest
 
     tok = generator.tokenizer
@@ -104,5 +106,5 @@ def run_attack(generator: Any, prompts: list[AttackPrompt], guidances: Sequence[
         groups.append([GenerationRequest(
             input_ids=pos_head + ids, negative_input_ids=(neg_head + ids) if g.guidance_scale != 1.0 else None,
             guidance=g, sampling=sampling, adapter=adapter) for g in guidances])
-    results = generator.generate_grouped(groups)
+    results = generator.generate_grouped(groups, on_batch)
     return [[group[i].text for group in results] for i in range(len(guidances))]

@@ -10,7 +10,7 @@ detector of each counting profile (`original` reproduces the paper's number;
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from unleak.config import GuidanceConfig, SamplingConfig
@@ -18,17 +18,19 @@ from unleak.pairs.samples import Sample
 
 
 def generate_answers(generator: Any, samples: list[Sample], guidances: Sequence[GuidanceConfig],
-                     max_new_tokens: int, adapter: Any = True) -> list[list[Any]]:
+                     max_new_tokens: int, adapter: Any = True,
+                     on_batch: Callable[[int], None] | None = None) -> list[list[Any]]:
     """Greedy answers to `samples` under each of `guidances`: one list of results per setting.
 
-    All settings of a sample are decoded in one batch, so its prompt is prefilled once.
+    All settings of a sample are decoded in one batch, so its prompt is prefilled once;
+    `on_batch(n)` reports each batch's number of samples.
     """
     from unleak.decoding.generator import GenerationRequest
 
     sampling = SamplingConfig(max_new_tokens=max_new_tokens)
     groups = generator.generate_grouped(
         [[GenerationRequest(messages=s.prompt_messages(), guidance=g, sampling=sampling, adapter=adapter)
-          for g in guidances] for s in samples])
+          for g in guidances] for s in samples], on_batch)
     return [[group[i] for group in groups] for i in range(len(guidances))]
 
 

@@ -67,6 +67,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     from unleak.pairs.samples import build_samples, limit_samples
     from unleak.pii.base import detector_for_profile
     from unleak.chat import render_prompt
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     s = settings or EvalSettings()
     out = Path(out_dir)
@@ -107,11 +108,18 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
         tok = gen.tokenizer
         # all guidance settings of a model at once: each prompt is prefilled once for all of them
         guidances = [GuidanceConfig(c.guidance_scale, c.cfg_space) for c in group]
-        answers = generate_answers(gen, samples, guidances, s.leakage_max_new_tokens)
         if model_path not in attack_sets:
             attack_sets[model_path] = attack_prompts(test, tok, s.attack)[: s.attack_limit]
         prompts = attack_sets[model_path]
-        attack_outs = run_attack(gen, prompts, guidances, s.attack, served=served)
+        label = group[0].name if len(group) == 1 else f"{group[0].name} (+{len(group) - 1})"
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      disable=not progress) as bar:
+            leak_task = bar.add_task(f"{label}: test prompts", total=len(samples))
+            answers = generate_answers(gen, samples, guidances, s.leakage_max_new_tokens,
+                                       on_batch=lambda n: bar.advance(leak_task, n))
+            attack_task = bar.add_task(f"{label}: attack prompts", total=len(prompts))
+            attack_outs = run_attack(gen, prompts, guidances, s.attack, served=served,
+                                     on_batch=lambda n: bar.advance(attack_task, n))
         if reference is None:
             ref_tok = load_tokenizer(s.reference_model)
             reference = (load_model(s.reference_model), ref_tok,
