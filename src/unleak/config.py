@@ -99,8 +99,12 @@ class SamplingConfig:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    #: never repeat an n-gram of the output (transformers' `no_repeat_ngram_size`); 0: off
+    no_repeat_ngram_size: int = 0
 
     def __post_init__(self) -> None:
+        if self.no_repeat_ngram_size < 0:
+            raise UnleakError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
         if self.max_new_tokens < 1:
             raise UnleakError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -144,8 +148,19 @@ class CandidateConfig:
     #: natural phrases ("the address", "them") scored worse than brackets on the reference answers
     redact_template: str = "[REDACTED {type}]"
     seed: int = 0
+    #: the local generator never repeats an n-gram of its own candidate (0: off, as the original, whose
+    #: 8B generators did not loop); a 135M generator loops at temperature 0.7 without it
+    no_repeat_ngram_size: int = 0
+    #: a candidate whose words repeat more than this (word seq-rep-4: the share of its 4-grams seen
+    #: earlier in it) is unusable, like an empty one: chosen answers teach the model to loop otherwise.
+    #: None: off (the original)
+    max_repetition: float | None = None
 
     def __post_init__(self) -> None:
+        if self.no_repeat_ngram_size < 0:
+            raise UnleakError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
+        if self.max_repetition is not None and not 0 <= self.max_repetition < 1:
+            raise UnleakError(f"max_repetition must be in [0, 1) or None, got {self.max_repetition}")
         unknown = set(self.modes) - set(CANDIDATE_MODES)
         if unknown or not self.modes:
             raise UnleakError(f"modes must be a non-empty subset of {CANDIDATE_MODES}, got {self.modes}")
@@ -210,6 +225,8 @@ class OrpoSettings:
     share_prompt: bool = True
 
     def __post_init__(self) -> None:
+        if self.beta < 0:
+            raise UnleakError(f"ORPO beta must be >= 0, got {self.beta}")
         if self.max_prompt_length >= self.max_length:
             raise UnleakError("max_prompt_length must be smaller than max_length")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unleak.decoding.cfg import cfg_mix_logprobs, cfg_mix_probs, cfg_scores
-from unleak.decoding.sampling import filter_top_k, filter_top_p, sample_next_token
+from unleak.decoding.sampling import ban_repeated_ngrams, filter_top_k, filter_top_p, sample_next_token
 
 # p_pos = [.5, .25, .25], p_neg = [.25, .5, .25] (logits are log-probs, so softmax is exact)
 POS = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
@@ -100,3 +100,14 @@ def test_prob_space_never_samples_negative_mass_tokens():
     draws = {sample_next_token(scores, temperature=1.0, generators=[gen]).item() for _ in range(300)}
     assert 1 not in draws and draws <= {0, 2}
     assert math.isclose(torch.softmax(scores, -1)[0, 0].item(), 0.8, rel_tol=1e-5)
+
+
+def test_repeated_ngrams_are_banned_per_row():
+    """Row 0, n = 2, history 1 2 3 1: the last token 1 was followed by 2 before, so 2 is banned.
+    Row 1, n = 3, history 4 1 2 4 1: the tail (4, 1) was followed by 2 -> 2 banned.
+    Row 2, n = 1: every token seen (0, 5) is banned. Row 3, n = 0: off. Row 4, n = 3 with 2 tokens: nothing."""
+    scores = torch.zeros(5, 6)
+    out = ban_repeated_ngrams(scores, [[1, 2, 3, 1], [4, 1, 2, 4, 1], [0, 5, 0], [1, 1, 1], [1, 1]], [2, 3, 1, 0, 3])
+    banned = torch.isinf(out).nonzero().tolist()
+    assert banned == [[0, 2], [1, 2], [2, 0], [2, 5]]
+    assert not torch.isinf(scores).any()  # the input is left as it is

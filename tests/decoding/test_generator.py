@@ -150,6 +150,26 @@ def test_grouped_requests_stay_in_one_batch_and_report_progress(tiny):
     assert [[r.token_ids for r in g] for g in out] == [[gen.generate([r])[0].token_ids for r in g] for g in groups]
 
 
+def test_no_repeat_ngram_size_bans_exactly_the_repeating_tokens(tiny):
+    """n = 1: no token occurs twice; greedy output is unchanged up to where plain decoding first repeated one."""
+    model, tokenizer = tiny
+    gen = no_eos(CFGGenerator(model, tokenizer))
+    plain = gen.generate([request(d, 1.0, n=60) for d in DIALOGS])
+    fixed = gen.generate([request(d, 1.0, n=60, no_repeat_ngram_size=1) for d in DIALOGS])
+    repeated = 0
+    for p, f in zip(plain, fixed):
+        assert len(f.token_ids) == 60 and len(set(f.token_ids)) == 60
+        first = next((i for i, t in enumerate(p.token_ids) if t in p.token_ids[:i]), None)
+        if first is not None:
+            repeated += 1
+            assert f.token_ids[:first] == p.token_ids[:first] and f.token_ids[first] != p.token_ids[first]
+        else:
+            assert f.token_ids == p.token_ids
+    assert repeated  # the random model repeats a token within 60 greedy steps on some prompt
+    with pytest.raises(UnleakError, match="no_repeat_ngram_size"):
+        SamplingConfig(no_repeat_ngram_size=-1)
+
+
 def test_scale_one_runs_no_negative_row(tiny):
     model, tokenizer = tiny
     sizes, handle = rows_per_forward(model)

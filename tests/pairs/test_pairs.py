@@ -21,7 +21,7 @@ from unleak.corpus.synth import synthesize_corpus
 from unleak.decoding.generator import GenerationRequest
 from unleak.errors import UnleakError
 from unleak.pairs.build import (build_preference_pairs, candidate_answer, cfg_variant, conversation_values,
-                                known_value_spans, mode_request, redacted_continuation)
+                                is_repetitive, known_value_spans, mode_request, redacted_continuation)
 from unleak.pairs.generators import CandidateRequest, LocalCandidateGenerator, OpenAICandidateGenerator
 from unleak.pairs.samples import build_samples, limit_samples
 from unleak.pii import build_detector
@@ -247,6 +247,33 @@ def test_candidates_repeating_known_values_are_never_chosen(corpus_dir, tmp_path
     assert len(chosen[True]) < len(chosen[False])
 
 
+class LoopingGenerator:
+    """Completions that loop on even seeds and read as prose on odd ones."""
+
+    name = "looping"
+
+    def generate(self, requests: list[CandidateRequest]) -> list[str]:
+        return ["a party in May. I plan a party in May. I plan a party in May." if r.seed % 2 == 0
+                else "your friend will be glad to hear from you again." for r in requests]
+
+
+def test_looping_candidates_are_unusable_with_max_repetition(corpus_dir, tmp_path):
+    """'a party in May. I plan a party in May. I plan a party in May.': 16 words, 13 word 4-grams; the second
+    'I plan a party in May.' repeats all 6 of its 4-grams and 'a party in May.' the first one's: 7 / 13 = 0.54
+    > 0.2. The prose repeats none."""
+    looping = "a party in May. I plan a party in May. I plan a party in May."
+    assert is_repetitive(looping, 0.53) and not is_repetitive(looping, 0.54)
+    assert not is_repetitive("your friend will be glad to hear from you again.", 0.0)
+    cfg = CandidateConfig(modes=("completion",), candidates=2, max_tries=1, max_repetition=0.2)
+    stats = build_preference_pairs(corpus_dir, LoopingGenerator(), tmp_path / "pairs",
+                                   PairsConfig(candidate=cfg), detector=NoDetector(), progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    assert rows and all("glad to hear" in r["chosen"][0]["content"] for r in rows)
+    assert 0 < stats["by_mode"]["completion"]["repetitive"] <= stats["by_mode"]["completion"]["unusable"]
+    with pytest.raises(UnleakError, match="max_repetition"):
+        CandidateConfig(max_repetition=1.5)
+
+
 def test_other_settings_in_the_same_dir_are_refused(corpus_dir, tmp_path):
     out = tmp_path / "pairs"
     det = build_detector("patterns")
@@ -312,6 +339,8 @@ def test_openai_generator_needs_a_key(monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY", raising=False)
     with pytest.raises(UnleakError, match=r"\$NO_SUCH_KEY"):
         OpenAICandidateGenerator("m", api_key_env="NO_SUCH_KEY")
+    with pytest.raises(UnleakError, match="no_repeat_ngram_size"):  # not an API setting: refused, not dropped
+        OpenAICandidateGenerator("m", base_url="http://127.0.0.1:1/v1", config=CandidateConfig(no_repeat_ngram_size=3))
 
 
 def test_cfg_variant_swaps_under_the_negative_prompt():

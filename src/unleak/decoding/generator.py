@@ -31,7 +31,7 @@ from unleak.chat import Message, messages_from_prompt, render_prompt, validate_m
 from unleak.config import GuidanceConfig, PromptConfig, SamplingConfig
 from unleak.decoding.cfg import cfg_scores
 from unleak.decoding.cpu_linear import skinny_cpu_linear
-from unleak.decoding.sampling import sample_next_token
+from unleak.decoding.sampling import ban_repeated_ngrams, sample_next_token
 from unleak.errors import UnleakError
 from unleak.models import output_cache
 
@@ -335,6 +335,9 @@ class CFGGenerator:
             guided = cfg_scores(pos_logits[idx], logits[n:], g, prob)
             scores[idx] = guided
         sampling = [p.enc.request.sampling for p in active_pairs]
+        if any(s.no_repeat_ngram_size for s in sampling):
+            scores = ban_repeated_ngrams(scores, [p.tokens for p in active_pairs],
+                                         [s.no_repeat_ngram_size for s in sampling])
         return sample_next_token(
             scores,
             temperature=torch.tensor([s.temperature for s in sampling]),

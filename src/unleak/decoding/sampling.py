@@ -1,5 +1,8 @@
 """Choosing the next token from log-scores (pure tensor maths).
 
+Before that, `ban_repeated_ngrams` (transformers' `no_repeat_ngram_size`)
+may forbid the tokens that would repeat an n-gram of a row's own output.
+
 Order, per row: greedy if temperature == 0 (argmax of the scores); otherwise
 scores / temperature -> top-k (k == 0: off) -> top-p (nucleus, 1.0: off) ->
 softmax -> one multinomial draw with that row's own `torch.Generator`, so a
@@ -38,6 +41,24 @@ def filter_top_p(scores: Tensor, top_p: Tensor) -> Tensor:
     remove_sorted[..., 0] = False
     remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
     return scores.masked_fill(remove, float("-inf"))
+
+
+def ban_repeated_ngrams(scores: Tensor, histories: Sequence[Sequence[int]], sizes: Sequence[int]) -> Tensor:
+    """Set to -inf, in row i, every token that would complete an n-gram (n = `sizes[i]`) already in `histories[i]`.
+
+    With history h and n, the banned tokens are h[j + n - 1] for every j where
+    h[j : j + n - 1] equals the last n - 1 tokens of h; n <= 0 bans nothing.
+    Returns a new tensor; `scores` is left as it is.
+    """
+    out = scores.clone()
+    for row, (hist, n) in enumerate(zip(histories, sizes)):
+        if n <= 0 or len(hist) < n:
+            continue
+        tail = tuple(hist[len(hist) - n + 1:]) if n > 1 else ()
+        banned = {hist[j + n - 1] for j in range(len(hist) - n + 1) if tuple(hist[j:j + n - 1]) == tail}
+        if banned:
+            out[row, sorted(banned)] = float("-inf")
+    return out
 
 
 def sample_next_token(

@@ -10,7 +10,8 @@
    `sample/mode/try/k`, so a killed run resumes where it stopped. The
    `redact` mode (not in the original) needs no model: its candidate is the
    original continuation with each PII value of the conversation replaced by
-   a placeholder (`redacted_continuation`), checked like any other;
+   a placeholder (`redacted_continuation`), checked like any other; a
+   candidate that loops (`CandidateConfig.max_repetition`) is unusable;
 3. the PII detector labels each candidate's full answer; PII-free answers are
    **chosen**, the original answer (and PII-bearing candidates) **rejected**.
    With `PairsConfig.reject_known_values` (not in the original) a candidate
@@ -71,6 +72,7 @@ class Candidate:
     k: int
     text: str  # what the generator returned
     answer: str | None = None  # the full assistant answer it stands for; None if unusable
+    repetitive: bool = False  # unusable because it loops (`CandidateConfig.max_repetition`)
     pii: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -120,6 +122,16 @@ def mode_request(sample: Sample, mode: str, prompts: PromptConfig, start_with_in
 
 def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def is_repetitive(text: str, limit: float | None) -> bool:
+    """Whether the words of `text` repeat more than `limit` (seq-rep-4 over lower-cased words; None: never)."""
+    from unleak.eval.fluency import repetition_counts
+
+    if limit is None:
+        return False
+    repeated, total = repetition_counts(text.lower().split())
+    return total > 0 and repeated / total > limit
 
 
 def candidate_answer(sample: Sample, mode: str, text: str) -> str | None:
@@ -247,6 +259,8 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
             round_cands.append(cand)
         for cand in round_cands:
             cand.answer = candidate_answer(by_id[cand.sample_id], cand.mode, cand.text)
+            if cand.answer is not None and is_repetitive(cand.checked_text, cc.max_repetition):
+                cand.answer, cand.repetitive = None, True
         usable = [c for c in round_cands if c.answer is not None]
         for cand, spans in zip(usable, detector.detect([c.checked_text for c in usable])):
             if config.reject_known_values:
@@ -307,7 +321,7 @@ def assemble_pairs(samples: list[Sample], candidates: dict[str, list[Candidate]]
         if not chosen:
             failed.append({"sample_id": s.id, "conversation_id": s.conversation_id, "pii_type": s.pii_type,
                            "tries": max((c.attempt for c in cands), default=-1) + 1,
-                           "reasons": dict(Counter("unusable" if c.answer is None else "pii" for c in cands))})
+                           "reasons": dict(Counter(_failure(c) for c in cands))})
             continue
         seen: set[str] = set()
         for c in chosen:
@@ -324,6 +338,10 @@ def assemble_pairs(samples: list[Sample], candidates: dict[str, list[Candidate]]
                                        _provenance(s, generator, chosen[0].mode, rejected_source=f"candidate:{c.mode}")))
     cfg_rows = cfg_variant(plain, prompts)
     return plain, cfg_rows, failed
+
+
+def _failure(c: Candidate) -> str:
+    return "repetitive" if c.repetitive else "unusable" if c.answer is None else "pii"
 
 
 def _pair(dialog: list[Message], chosen: str, rejected: str, meta: dict[str, Any]) -> dict[str, Any]:
@@ -350,6 +368,7 @@ def pair_statistics(samples: list[Sample], candidates: dict[str, list[Candidate]
             m = per_mode[c.mode]
             m["candidates"] += 1
             m["unusable"] += c.answer is None
+            m["repetitive"] += c.repetitive
             m["with_pii"] += bool(c.pii)
             m["chosen"] += c.chosen
     by_mode = {}

@@ -71,7 +71,7 @@ class LocalCandidateGenerator:
                 messages=r.messages,
                 guidance=GuidanceConfig(guidance_scale=1.0),
                 sampling=SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature,
-                                        top_p=c.top_p, seed=r.seed),
+                                        top_p=c.top_p, seed=r.seed, no_repeat_ngram_size=c.no_repeat_ngram_size),
             )
             for r in requests
         ]
@@ -98,6 +98,9 @@ class OpenAICandidateGenerator:
         self.timeout = timeout
         self.max_retries = max_retries
         self.name = f"openai:{model}"
+        if self.config.no_repeat_ngram_size:
+            raise UnleakError("no_repeat_ngram_size is a setting of the local generator; OpenAI-compatible "
+                              "endpoints do not take it (max_repetition filters looping candidates instead)")
         if not os.environ.get(api_key_env) and base_url is None:
             raise UnleakError(f"the OpenAI generator needs an API key in ${api_key_env} (or --base-url "
                               "of a local server)")
