@@ -68,6 +68,9 @@ def test_demo_flags_are_validated_before_any_stage_runs(tmp_path):
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--pairs-modes", "redact,bogus", "--orpo-lr", "1e-3")
     assert out.returncode == 2 and "modes must be a non-empty subset" in out.stderr and "bogus" in out.stderr
     assert not (tmp_path / "d").exists()
+    out = run_cli("demo", "--out", str(tmp_path / "d"), "--orpo-beta", "-0.5")
+    assert out.returncode == 2 and "ORPO beta must be >= 0" in out.stderr
+    assert not (tmp_path / "d").exists()
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--variant", "both")
     assert out.returncode == 2 and "variant must be 'plain' or 'cfg'" in out.stderr
     assert not (tmp_path / "d").exists()

@@ -210,6 +210,10 @@ def pairs_build(
                                                  f"(default {CandidateConfig.max_tries})."),
     max_new_tokens: int = typer.Option(None, help="Tokens per candidate "
                                                   f"(default {CandidateConfig.max_new_tokens})."),
+    no_repeat_ngram_size: int = typer.Option(None, help="local: never repeat an n-gram within a candidate "
+                                                        "(0: off, the default)."),
+    max_repetition: float = typer.Option(None, help="Candidates whose words repeat more than this share of "
+                                                    "their 4-grams are unusable (default: no filter)."),
     limit: int = typer.Option(None, help="Use at most N samples (seeded, stratified by PII type)."),
     profile: str = typer.Option(None, help="PII profile of the verification: original (default) or strict."),
     reject_known_values: bool = typer.Option(None, "--reject-known-values/--detector-only",
@@ -226,6 +230,7 @@ def pairs_build(
     base = load_config(PairsConfig, config)
     cand = load_config(CandidateConfig, None, **{**dataclasses.asdict(base.candidate), **_given(
         candidates=candidates, max_tries=max_tries, max_new_tokens=max_new_tokens, redact_template=redact_template,
+        no_repeat_ngram_size=no_repeat_ngram_size, max_repetition=max_repetition,
         modes=tuple(modes.split(",")) if modes else None)})
     pii = load_config(PIIConfig, None, **{**dataclasses.asdict(base.pii), **_given(profile=profile)})
     cfg = dataclasses.replace(base, candidate=cand, pii=pii, limit=limit if limit is not None else base.limit,
@@ -518,6 +523,7 @@ def demo(
     orpo_epochs: float = typer.Option(None, help="ORPO epochs (the original: 3)."),
     orpo_lr: float = typer.Option(None, help="ORPO learning rate (the demo's is above the original's: one "
                                              "CPU epoch)."),
+    orpo_beta: float = typer.Option(None, help="ORPO beta, the odds-ratio term's weight (the original: 0.1)."),
     guidance: str = typer.Option(None, help="Comma-separated guidance scales besides 1 (default 2,3,5)."),
     test_limit: int = typer.Option(None, help="Test prompts for leakage (0 = all)."),
     attack_limit: int = typer.Option(None, help="Extraction-attack prompts (0 = every placeholder of the test split)."),
@@ -534,7 +540,8 @@ def demo(
         changes["full"] = True
     if sft_epochs is not None:
         changes["sft"] = dataclasses.replace(cfg.sft, epochs=sft_epochs)
-    changes["orpo"] = dataclasses.replace(cfg.orpo, **_given(epochs=orpo_epochs, learning_rate=orpo_lr))
+    changes["orpo"] = dataclasses.replace(cfg.orpo, **_given(epochs=orpo_epochs, learning_rate=orpo_lr,
+                                                               beta=orpo_beta))
     candidate = dataclasses.replace(cfg.pairs.candidate, **_given(
         modes=tuple(pairs_modes.split(",")) if pairs_modes else None))
     changes["pairs"] = dataclasses.replace(cfg.pairs, candidate=candidate, **_given(limit=pairs_limit))
