@@ -126,10 +126,10 @@ def _norm(text: str) -> str:
 
 def is_repetitive(text: str, limit: float | None) -> bool:
     """Whether the words of `text` repeat more than `limit` (seq-rep-4 over lower-cased words; None: never)."""
-    from unleak.eval.fluency import repetition_counts
-
     if limit is None:
         return False
+    from unleak.eval.fluency import repetition_counts
+
     repeated, total = repetition_counts(text.lower().split())
     return total > 0 and repeated / total > limit
 
