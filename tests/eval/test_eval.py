@@ -165,9 +165,24 @@ def test_full_evaluation_and_report(tiny_model_dir, tmp_path, monkeypatch):
     assert results[0]["attack"]["attempts"] == 6 and results[0]["utility"]["n"] == 8
     assert results[0]["fluency"]["tokens"] > 0 and results[0]["test_prompts"] > 0
     assert 0 <= results[0]["fluency"]["repetition"] <= 1
+    for r in results:  # every answer saved, consistent with the counts of the table
+        rows = [json.loads(line) for line in (out / "answers" / f"{r['name']}.jsonl").read_text().splitlines()]
+        test_rows = [x for x in rows if x["kind"] == "test"]
+        attack_rows = [x for x in rows if x["kind"] == "attack"]
+        assert len(test_rows) == r["test_prompts"] and len(attack_rows) == 6
+        assert [len(x["pii"]["original"]) for x in test_rows] == r["pii_per_answer"]
+        assert sum(len(x["pii"]["strict"]) for x in test_rows) == r["pii"]["strict"]["total"]
+        assert sum(x["hit"] for x in attack_rows) == r["attack"]["successes"]
+        assert all(x["hit"] == (x["value"].lower() in x["output"][:200].lower()) for x in attack_rows)
+        assert [x["answer"] for x in test_rows[:5]] == [e["answer"] for e in r["examples"]]
+        assert "spans" not in r["pii"]["original"]
     stamp = (out / "configs" / "g3.json").stat().st_mtime_ns
     run_evaluation(corpus, confs, out, settings, progress=False)  # resumed: nothing recomputed
     assert (out / "configs" / "g3.json").stat().st_mtime_ns == stamp
+    (out / "answers" / "g3.jsonl").unlink()  # a configuration without its answers is evaluated again
+    run_evaluation(corpus, confs, out, settings, progress=False)
+    assert (out / "answers" / "g3.jsonl").is_file() and (out / "configs" / "g3.json").stat().st_mtime_ns != stamp
+    stamp = (out / "configs" / "g3.json").stat().st_mtime_ns
     report = write_report(out)
     md = (out / "report.md").read_text()
     assert "| base |" in md and "| g3 |" in md and "+0.0 ± 0.0" in md and "repetition %" in md

@@ -35,9 +35,9 @@ def generate_answers(generator: Any, samples: list[Sample], guidances: Sequence[
 
 
 def count_pii(texts: list[str], detector: Any) -> dict[str, Any]:
-    """Total PII entities, per answer, and by label."""
+    """Total PII entities, per answer, and by label; `spans`: what was found in each answer."""
     spans = detector.detect(texts)
     labels = Counter(sp.label for row in spans for sp in row)
     per = [len(row) for row in spans]
     return {"total": sum(per), "per_answer": per, "answers_with_pii": sum(1 for n in per if n),
-            "by_label": dict(labels.most_common())}
+            "by_label": dict(labels.most_common()), "spans": spans}

@@ -1,7 +1,10 @@
 """`run_evaluation`: every configuration (model, adapter, guidance) on leakage, attack, utility and fluency.
 
 A configuration's results are written atomically to `OUT/configs/NAME.json`
-with a hash of its settings and of `RESULTS_VERSION`; a rerun skips
+with a hash of its settings and of `RESULTS_VERSION`, and every answer it gave
+(test and attack prompts, with the PII found and whether the attack hit) to
+`OUT/answers/NAME.jsonl` just before, so a row of the table can be checked
+answer by answer; a rerun skips
 configurations already done with the same settings (resumable) and recomputes
 those from before a metric was added. The configurations of one model
 (model, adapter, served) are evaluated together: the model is loaded once,
@@ -21,11 +24,11 @@ from typing import Any
 
 from unleak.config import AttackConfig, GuidanceConfig, PIIConfig, settings_hash
 from unleak.errors import UnleakError
-from unleak.jsonl import atomic_write_text
+from unleak.jsonl import atomic_write_jsonl, atomic_write_text
 
 #: bump when a result gains or changes a metric: cached configurations are then recomputed
-#: (2: the fluency's repetition rate)
-RESULTS_VERSION = 2
+#: (2: the fluency's repetition rate; 3: every answer saved in answers/NAME.jsonl)
+RESULTS_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     s = settings or EvalSettings()
     out = Path(out_dir)
     (out / "configs").mkdir(parents=True, exist_ok=True)
+    (out / "answers").mkdir(exist_ok=True)
     test = load_split(corpus, "test")
     samples = limit_samples(build_samples(test), s.test_limit, 0)
     if not samples:
@@ -89,7 +93,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     for conf in configurations:
         path = out / "configs" / f"{conf.name}.json"
         cached = json.loads(path.read_text()) if path.is_file() else {}
-        if cached.get("hash") == keys[conf.name]:
+        if cached.get("hash") == keys[conf.name] and (out / "answers" / f"{conf.name}.jsonl").is_file():
             done[conf.name] = cached
         else:
             groups.setdefault((conf.model, conf.adapter, conf.served), []).append(conf)
@@ -141,9 +145,11 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
         for conf, conf_answers, attack_out, conf_fluency in zip(group, answers, attack_outs, fluency, strict=True):
             texts = [a.text for a in conf_answers]
             leakage = {p: count_pii(texts, d) for p, d in detectors.items()}
+            atomic_write_jsonl(out / "answers" / f"{conf.name}.jsonl",
+                        answer_rows(samples, texts, leakage, prompts, attack_out, s.attack.match_chars))
             result = {
                 "name": conf.name, "hash": keys[conf.name], "configuration": asdict(conf),
-                "test_prompts": len(samples), "pii": {p: {k: v for k, v in r.items() if k != "per_answer"}
+                "test_prompts": len(samples), "pii": {p: {k: v for k, v in r.items() if k not in ("per_answer", "spans")}
                                                       for p, r in leakage.items()},
                 "pii_per_answer": leakage[s.profiles[0]]["per_answer"],
                 "attack": extraction_attack_success_rate(attack_out, prompts, s.attack.match_chars),
@@ -156,3 +162,19 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
             atomic_write_text(out / "configs" / f"{conf.name}.json", json.dumps(result, indent=1) + "\n")
             done[conf.name] = result
     return [done[conf.name] for conf in configurations]
+
+
+def answer_rows(samples: list[Any], texts: list[str], leakage: dict[str, dict[str, Any]], prompts: list[Any],
+                attack_outputs: list[str], match_chars: int) -> list[dict[str, Any]]:
+    """One row per test answer (the PII each detector profile found in it) and per attack output (hit or not)."""
+    from unleak.eval.attack import attack_success
+
+    rows: list[dict[str, Any]] = [
+        {"kind": "test", "sample": x.id, "conversation": x.conversation_id, "turn": x.turn, "prefix": x.prefix,
+         "answer": t, "pii": {p: [{"label": sp.label, "text": sp.text} for sp in r["spans"][i]]
+                              for p, r in leakage.items()}}
+        for i, (x, t) in enumerate(zip(samples, texts, strict=True))]
+    rows += [{"kind": "attack", "conversation": p.conversation_id, "placeholder": p.placeholder,
+              "pii_type": p.pii_type, "value": p.value, "output": o, "hit": attack_success(o, p.value, match_chars)}
+             for p, o in zip(prompts, attack_outputs, strict=True)]
+    return rows
