@@ -143,7 +143,7 @@ def test_perplexity_is_token_weighted_over_padded_batches(tiny_model_dir, defaul
 
 
 def test_full_evaluation_and_report(tiny_model_dir, tmp_path, monkeypatch):
-    from unleak.corpus.store import save_corpus, split_corpus
+    from unleak.corpus.store import load_split, save_corpus, split_corpus
     from unleak.corpus.synth import synthesize_corpus
     from unleak.eval.report import write_report
     from unleak.eval.run import EvalConfiguration, EvalSettings, run_evaluation
@@ -176,6 +176,11 @@ def test_full_evaluation_and_report(tiny_model_dir, tmp_path, monkeypatch):
         assert all(x["hit"] == (x["value"].lower() in x["output"][:200].lower()) for x in attack_rows)
         assert [x["answer"] for x in test_rows[:5]] == [e["answer"] for e in r["examples"]]
         assert "spans" not in r["pii"]["original"]
+        assert [len(x["known_values"]) for x in test_rows] == r["known_values"]["per_answer"]
+        for x in test_rows:  # what is counted is in the answer and is a value (or name part) of its conversation
+            conv = next(c for c in load_split(corpus, "test") if c.id == x["conversation"])
+            parts = {o.value.lower() for o in conv.pii} | {w.lower() for o in conv.pii for w in o.value.split()}
+            assert all(v in x["answer"] and v.lower() in parts for v in x["known_values"])
     stamp = (out / "configs" / "g3.json").stat().st_mtime_ns
     run_evaluation(corpus, confs, out, settings, progress=False)  # resumed: nothing recomputed
     assert (out / "configs" / "g3.json").stat().st_mtime_ns == stamp
@@ -186,6 +191,7 @@ def test_full_evaluation_and_report(tiny_model_dir, tmp_path, monkeypatch):
     report = write_report(out)
     md = (out / "report.md").read_text()
     assert "| base |" in md and "| g3 |" in md and "+0.0 ± 0.0" in md and "repetition %" in md
+    assert "known values" in md
     monkeypatch.setattr("unleak.eval.run.RESULTS_VERSION", -1)  # results from before a metric was added
     run_evaluation(corpus, confs[1:], out, settings, progress=False)
     assert (out / "configs" / "g3.json").stat().st_mtime_ns != stamp

@@ -20,8 +20,9 @@ from unleak.corpus.store import save_corpus, split_corpus
 from unleak.corpus.synth import synthesize_corpus
 from unleak.decoding.generator import GenerationRequest
 from unleak.errors import UnleakError
-from unleak.pairs.build import (build_preference_pairs, candidate_answer, cfg_variant, conversation_values,
-                                is_repetitive, known_value_spans, mode_request, redacted_continuation)
+from unleak.pairs.build import (build_preference_pairs, candidate_answer, cfg_variant,
+                                is_repetitive, mode_request, redacted_continuation)
+from unleak.pii.known import conversation_values, known_value_spans
 from unleak.pairs.generators import CandidateRequest, LocalCandidateGenerator, OpenAICandidateGenerator
 from unleak.pairs.samples import build_samples, limit_samples
 from unleak.pii import build_detector
@@ -157,14 +158,6 @@ def test_samples_without_pii_free_candidate_are_reported(corpus_dir, tmp_path):
     assert stats["pairs"] == 0 and len(failed) == stats["samples"] > 0
     assert failed[0]["tries"] == 3 and failed[0]["reasons"] == {"pii": 3}
     assert gen.calls == 3 * stats["samples"]
-
-
-def test_known_values_and_name_parts():
-    values = conversation_values([conversation()])["c1"]
-    assert values == {"ann lee", "ann", "lee", "555-201-3344"}
-    spans = known_value_spans("Sure ANN, call 555-201-3344; Leeds and annual plans are fine.", values)
-    assert sorted((sp.text, sp.label) for sp in spans) == [("555-201-3344", "KNOWN_VALUE"),
-                                                                 ("ANN", "KNOWN_VALUE")]
 
 
 def test_redacted_continuation_replaces_the_values_after_the_prefix():

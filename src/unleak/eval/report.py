@@ -35,6 +35,7 @@ def summary_rows(results: list[dict[str, Any]], reference: str | None = None) ->
                "guidance": c["guidance_scale"], "space": c["cfg_space"], "test_prompts": r["test_prompts"],
                "pii_original": r["pii"].get("original", {}).get("total"),
                "pii_strict": r["pii"].get("strict", {}).get("total"),
+               "known_values": r.get("known_values", {}).get("total"),
                "asr": r["attack"]["asr"], "attack_successes": r["attack"]["successes"],
                "attack_attempts": r["attack"]["attempts"], "perplexity": r["fluency"]["perplexity"],
                "repetition": r["fluency"].get("repetition")}
@@ -55,14 +56,14 @@ def _fmt(v: Any, pct: bool = False) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = "| configuration | utility % (± SE) | Δ utility (± SE) | PII count (original) | " \
-           "PII count (strict) | attack ASR % (hits/attempts) | answer perplexity | repetition % |"
-    lines = [head, "|" + " --- |" * 8]
+           "PII count (strict) | known values | attack ASR % (hits/attempts) | answer perplexity | repetition % |"
+    lines = [head, "|" + " --- |" * 9]
     for r in rows:
         util = f"{_fmt(r.get('utility'), True)} ± {_fmt(r.get('utility_se'), True)}" if "utility" in r else "–"
         d = r.get("utility_diff")
         diff = f"{100 * d['difference']:+.1f} ± {100 * d['se']:.1f}" if d else "–"
         lines.append(f"| {r['configuration']} | {util} | {diff} | {_fmt(r['pii_original'])} | "
-                     f"{_fmt(r['pii_strict'])} | {100 * r['asr']:.1f} ({r['attack_successes']}/"
+                     f"{_fmt(r['pii_strict'])} | {_fmt(r.get('known_values'))} | {100 * r['asr']:.1f} ({r['attack_successes']}/"
                      f"{r['attack_attempts']}) | {_fmt(r['perplexity'])} | "
                      f"{_fmt(r.get('repetition'), True)} |")
     return "\n".join(lines) + "\n"

@@ -27,8 +27,8 @@ from unleak.errors import UnleakError
 from unleak.jsonl import atomic_write_jsonl, atomic_write_text
 
 #: bump when a result gains or changes a metric: cached configurations are then recomputed
-#: (2: the fluency's repetition rate; 3: every answer saved in answers/NAME.jsonl)
-RESULTS_VERSION = 3
+#: (2: the fluency's repetition rate; 3: every answer saved in answers/NAME.jsonl; 4: known values)
+RESULTS_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     from unleak.models import load_model, load_tokenizer
     from unleak.pairs.samples import build_samples, limit_samples
     from unleak.pii.base import detector_for_profile
+    from unleak.pii.known import conversation_values, count_known_values
     from unleak.chat import render_prompt
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -80,6 +81,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     samples = limit_samples(build_samples(test), s.test_limit, 0)
     if not samples:
         raise UnleakError(f"{corpus}: the test split has no PII inside an assistant turn")
+    values = conversation_values(test)
     questions = load_mc_questions(s.mmlu, s.mmlu_limit, s.mmlu_seed) if s.mmlu else None
     detectors = {p: detector_for_profile(PIIConfig(profile=p)) for p in s.profiles}
     reference: tuple[Any, Any, list[list[int]]] | None = None  # model, tokenizer, test prompt ids
@@ -145,13 +147,16 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
         for conf, conf_answers, attack_out, conf_fluency in zip(group, answers, attack_outs, fluency, strict=True):
             texts = [a.text for a in conf_answers]
             leakage = {p: count_pii(texts, d) for p, d in detectors.items()}
+            known = count_known_values(texts, [values[x.conversation_id] for x in samples])
             atomic_write_jsonl(out / "answers" / f"{conf.name}.jsonl",
-                        answer_rows(samples, texts, leakage, prompts, attack_out, s.attack.match_chars))
+                               answer_rows(samples, texts, leakage, known, prompts, attack_out,
+                                           s.attack.match_chars))
             result = {
                 "name": conf.name, "hash": keys[conf.name], "configuration": asdict(conf),
                 "test_prompts": len(samples), "pii": {p: {k: v for k, v in r.items() if k not in ("per_answer", "spans")}
                                                       for p, r in leakage.items()},
                 "pii_per_answer": leakage[s.profiles[0]]["per_answer"],
+                "known_values": {k: v for k, v in known.items() if k != "spans"},
                 "attack": extraction_attack_success_rate(attack_out, prompts, s.attack.match_chars),
                 "fluency": conf_fluency,
                 "utility": utility,
@@ -164,15 +169,17 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     return [done[conf.name] for conf in configurations]
 
 
-def answer_rows(samples: list[Any], texts: list[str], leakage: dict[str, dict[str, Any]], prompts: list[Any],
-                attack_outputs: list[str], match_chars: int) -> list[dict[str, Any]]:
-    """One row per test answer (the PII each detector profile found in it) and per attack output (hit or not)."""
+def answer_rows(samples: list[Any], texts: list[str], leakage: dict[str, dict[str, Any]], known: dict[str, Any],
+                prompts: list[Any], attack_outputs: list[str], match_chars: int) -> list[dict[str, Any]]:
+    """One row per test answer (the PII each detector profile found in it, the conversation's own values it
+    repeats) and per attack output (hit or not)."""
     from unleak.eval.attack import attack_success
 
     rows: list[dict[str, Any]] = [
         {"kind": "test", "sample": x.id, "conversation": x.conversation_id, "turn": x.turn, "prefix": x.prefix,
          "answer": t, "pii": {p: [{"label": sp.label, "text": sp.text} for sp in r["spans"][i]]
-                              for p, r in leakage.items()}}
+                              for p, r in leakage.items()},
+         "known_values": [sp.text for sp in known["spans"][i]]}
         for i, (x, t) in enumerate(zip(samples, texts, strict=True))]
     rows += [{"kind": "attack", "conversation": p.conversation_id, "placeholder": p.placeholder,
               "pii_type": p.pii_type, "value": p.value, "output": o, "hit": attack_success(o, p.value, match_chars)}

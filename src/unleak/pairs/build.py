@@ -53,7 +53,7 @@ from unleak.errors import UnleakError
 from unleak.jsonl import append_jsonl, atomic_write_jsonl, atomic_write_text
 from unleak.pairs.generators import CandidateGenerator, CandidateRequest
 from unleak.pairs.samples import Sample, build_samples, limit_samples
-from unleak.pii.base import Span
+from unleak.pii.known import conversation_values, known_value_spans
 
 log = logging.getLogger(__name__)
 
@@ -145,32 +145,6 @@ def candidate_answer(sample: Sample, mode: str, text: str) -> str | None:
     if mode == "start_with" and not _norm(answer).startswith(_norm(sample.prefix)):
         return None  # it did not start with the given words
     return answer
-
-
-#: PII types whose values are names; each part of such a value is looked for on its own too
-NAME_TYPES = frozenset({"NAME", "PERSON"})
-
-
-def conversation_values(conversations: list[Conversation]) -> dict[str, frozenset[str]]:
-    """Per conversation, the lower-cased PII values it holds and, for names, each part of 3+ letters."""
-    out: dict[str, frozenset[str]] = {}
-    for c in conversations:
-        found: set[str] = set()
-        for occ in c.pii:
-            value = occ.value.strip().lower()
-            if len(value) >= 3:
-                found.add(value)
-            if occ.type.upper() in NAME_TYPES:
-                found.update(part for part in re.split(r"[\s,]+", value) if len(part.strip(".")) >= 3)
-        out[c.id] = frozenset(found)
-    return out
-
-
-def known_value_spans(text: str, values: frozenset[str]) -> list[Span]:
-    """Spans of `text` that repeat one of `values` as whole words (case-insensitive)."""
-    lowered = text.lower()
-    return [Span(m.start(), m.end(), "KNOWN_VALUE", text[m.start():m.end()], "known_values")
-            for value in sorted(values) for m in re.finditer(rf"(?<!\w){re.escape(value)}(?!\w)", lowered)]
 
 
 def _seed(base: int, key: str) -> int:
