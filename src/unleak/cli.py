@@ -204,8 +204,9 @@ def pairs_build(
                                               f"(default {CandidateConfig.candidates})."),
     modes: str = typer.Option(None, help="Comma-separated subset of chat,nudge,completion,start_with (the "
                                          "original's, the default) and redact (no model: PII -> placeholder)."),
-    redact_template: str = typer.Option(None, help="redact: what replaces a PII value; {type} and {placeholder} "
-                                                   f"are filled in (default {CandidateConfig.redact_template!r})."),
+    redact_template: str = typer.Option(None, help="redact: what replaces a PII value; {name} (the type in "
+                                                   "words), {type} and {placeholder} are filled in (default "
+                                                   f"{CandidateConfig.redact_template!r})."),
     max_tries: int = typer.Option(None, help="Rounds for samples without a PII-free candidate "
                                                  f"(default {CandidateConfig.max_tries})."),
     max_new_tokens: int = typer.Option(None, help="Tokens per candidate "

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -129,6 +130,13 @@ GENERATED_MODES: tuple[str, ...] = ORIGINAL_MODES
 START_WITH_INSTRUCTION = 'Start your answer with these exact words: "{prefix}"'
 
 
+#: PII types spelled out for the `redact` mode's `{name}` (`CandidateConfig.redact_type_names`)
+REDACT_TYPE_NAMES: dict[str, str] = {
+    "LOC": "LOCATION", "SSN": "SOCIAL SECURITY NUMBER", "ORG": "ORGANIZATION", "IP": "IP ADDRESS",
+    "PHONE": "PHONE NUMBER", "EMAIL": "EMAIL ADDRESS", "ACCOUNT": "ACCOUNT NUMBER",
+}
+
+
 @dataclass(frozen=True)
 class CandidateConfig:
     """Generation of PII-free candidate answers (section 1 of the method)."""
@@ -142,11 +150,17 @@ class CandidateConfig:
     max_tries: int = 3
     modes: tuple[str, ...] = ORIGINAL_MODES
     start_with_instruction: str = START_WITH_INSTRUCTION
-    #: what replaces a PII value in the `redact` mode; `{type}` and `{placeholder}` are filled in.
-    #: Measured (demo's leaky model, 24 test prompts, base-model perplexity of the defended answers;
-    #: leaky 12.8): "[{type}]" 42.9, "[REDACTED {type}]" 28.2, "[REDACTED]" 26.0 at equal leakage;
-    #: natural phrases ("the address", "them") scored worse than brackets on the reference answers
-    redact_template: str = "[REDACTED {type}]"
+    #: what replaces a PII value in the `redact` mode; `{name}` (the type in words, `redact_type_names`),
+    #: `{type}` and `{placeholder}` are filled in. Measured (demo's leaky model, 24 test prompts,
+    #: base-model perplexity of the defended answers; leaky 12.8): "[{type}]" 42.9, "[REDACTED {type}]"
+    #: 28.2, "[REDACTED]" 26.0 at equal leakage; natural phrases ("the address", "them") scored worse
+    #: than brackets on the reference answers
+    redact_template: str = "[REDACTED {name}]"
+    #: `{name}` of a PII type in `redact_template` (others: the type, "_" as spaces). Abbreviations are
+    #: spelled out because spaCy labels "LOC" and "SSN" as organisations: measured on 1,064 synthetic
+    #: samples, "[REDACTED {type}]" made 117 redacted answers (every LOC and SSN one) count as PII, so
+    #: they were never chosen; with these names 6 (their own "48 hours")
+    redact_type_names: Mapping[str, str] = field(default_factory=lambda: dict(REDACT_TYPE_NAMES))
     seed: int = 0
     #: the local generator never repeats an n-gram of its own candidate (0: off, as the original, whose
     #: 8B generators did not loop); a 135M generator loops at temperature 0.7 without it
@@ -166,10 +180,13 @@ class CandidateConfig:
             raise UnleakError(f"modes must be a non-empty subset of {CANDIDATE_MODES}, got {self.modes}")
         if self.candidates < 1 or self.max_tries < 1:
             raise UnleakError("candidates and max_tries must be >= 1")
+        if not isinstance(self.redact_type_names, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.redact_type_names.items()):
+            raise UnleakError(f"redact_type_names must map PII types to names (strings), got {self.redact_type_names!r}")
         try:
-            self.redact_template.format(type="NAME", placeholder="NAME-1")
+            self.redact_template.format(type="NAME", placeholder="NAME-1", name="NAME")
         except (KeyError, IndexError, ValueError) as exc:
-            raise UnleakError(f"redact_template {self.redact_template!r}: only {{type}} and {{placeholder}} "
+            raise UnleakError(f"redact_template {self.redact_template!r}: only {{name}}, {{type}} and {{placeholder}} "
                               f"can be filled in ({exc})") from None
 
     @property

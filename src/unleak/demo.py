@@ -146,6 +146,7 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     from unleak.models import resolve_model_path
     from unleak.pairs.build import build_preference_pairs
     from unleak.pairs.generators import build_generator
+    from unleak.pairs.samples import SAMPLES_VERSION
     from unleak.train.negate import negate_checkpoint
     from unleak.train.orpo import train_orpo
     from unleak.train.sft import train_sft
@@ -175,7 +176,8 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
         console.print(f"pairs: {s['samples']} samples, {s['with_chosen']} with a PII-free answer "
                       f"({s['chosen_rate']:.1%}), {s['pairs']} pairs, {s['pairs_cfg']} CFG pairs")
 
-    pairs = stages.run("pairs", [base, dataclasses.asdict(c.pairs)], ("corpus",), make_pairs, 3, total)
+    pairs = stages.run("pairs", [base, dataclasses.asdict(c.pairs), SAMPLES_VERSION], ("corpus",), make_pairs, 3,
+                       total)
     if not (pairs / PAIR_FILES["plain"]).read_text().strip():
         raise UnleakError(f"{pairs}: no PII-free candidate was found; raise --pairs-limit or candidates")
 

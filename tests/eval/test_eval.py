@@ -196,6 +196,10 @@ def test_full_evaluation_and_report(tiny_model_dir, tmp_path, monkeypatch):
     run_evaluation(corpus, confs[1:], out, settings, progress=False)
     assert (out / "configs" / "g3.json").stat().st_mtime_ns != stamp
     assert json.loads((out / "results.json").read_text())["rows"][1]["utility_diff"]["n"] == 8
+    stamp = (out / "configs" / "g3.json").stat().st_mtime_ns
+    monkeypatch.setattr("unleak.eval.run.SAMPLES_VERSION", -1)  # samples defined otherwise: evaluated again
+    run_evaluation(corpus, confs[1:], out, settings, progress=False)
+    assert (out / "configs" / "g3.json").stat().st_mtime_ns != stamp
     assert any(p.endswith("tradeoff.png") for p in report["plots"])
 
 

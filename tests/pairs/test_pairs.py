@@ -48,13 +48,16 @@ def conversation() -> Conversation:
 def test_samples_one_per_assistant_pii_with_prefix_and_target():
     samples = build_samples([conversation()])
     assert [(s.pii_type, s.prefix, s.target) for s in samples] == [
-        ("NAME", "Hello ", "Ann Lee! I will call 555-201-3344 tomorrow."),
-        ("PHONE", "Hello Ann Lee! I will call ", "555-201-3344 tomorrow."),
+        ("NAME", "Hello", " Ann Lee! I will call 555-201-3344 tomorrow."),
+        ("PHONE", "Hello Ann Lee! I will call", " 555-201-3344 tomorrow."),
     ]
     s = samples[0]
     assert s.messages == [{"role": "user", "content": "Hi, I am Ann Lee, phone 555-201-3344."}]  # PII left in
     assert s.original_answer == "Hello Ann Lee! I will call 555-201-3344 tomorrow."
-    assert s.prompt_messages()[-1] == {"role": "assistant", "content": "Hello "}
+    # the space before the value stays with it: the prompt never ends in a lone space token
+    assert s.prompt_messages()[-1] == {"role": "assistant", "content": "Hello"}
+    for x in build_samples(synthesize_corpus(12, seed=1)):
+        assert x.prefix == x.prefix.rstrip() and x.pii_value in x.target and not x.target.strip().startswith(" ")
     # the same conversation twice: prompts coincide, kept once
     twin = Conversation("c2", conversation().turns, conversation().pii)
     assert len(build_samples([conversation(), twin])) == 2
@@ -77,14 +80,14 @@ def test_mode_requests():
     nudge = mode_request(s, "nudge", p, "x", 1)
     assert nudge.messages[-1]["content"] == f"{p.nudge_prefix} Hi, I am Ann Lee, phone 555-201-3344."
     comp = mode_request(s, "completion", p, "x", 1)
-    assert comp.continue_final and comp.messages[-1] == {"role": "assistant", "content": "Hello Ann Lee! I will call "}
+    assert comp.continue_final and comp.messages[-1] == {"role": "assistant", "content": "Hello Ann Lee! I will call"}
     sw = mode_request(s, "start_with", p, 'Start with: "{prefix}"', 1)
     assert sw.messages[-1]["content"].endswith('Start with: "Hello Ann Lee! I will call"')
 
 
 def test_candidate_answer_rules():
     s = build_samples([conversation()])[1]
-    assert candidate_answer(s, "completion", "you soon.") == "Hello Ann Lee! I will call you soon."
+    assert candidate_answer(s, "completion", " you soon.") == "Hello Ann Lee! I will call you soon."
     assert candidate_answer(s, "completion", "  ") is None
     assert candidate_answer(s, "chat", "  Sure.\n") == "Sure."
     assert candidate_answer(s, "start_with", "hello  ann lee! i will call you.") is not None
@@ -163,14 +166,39 @@ def test_samples_without_pii_free_candidate_are_reported(corpus_dir, tmp_path):
 def test_redacted_continuation_replaces_the_values_after_the_prefix():
     conv = conversation()
     name, phone = build_samples([conv])
-    assert redacted_continuation(name, conv, "[{type}]") == "[NAME]! I will call [PHONE] tomorrow."
+    assert redacted_continuation(name, conv, "[{type}]") == " [NAME]! I will call [PHONE] tomorrow."
     # the prefix is the dialog's own text: a value in it stays, only the continuation is redacted
-    assert redacted_continuation(phone, conv, "<{placeholder}>") == "<PHONE-1> tomorrow."
-    assert candidate_answer(phone, "redact", "<PHONE-1> tomorrow.") == "Hello Ann Lee! I will call <PHONE-1> tomorrow."
+    assert redacted_continuation(phone, conv, "<{placeholder}>") == " <PHONE-1> tomorrow."
+    assert candidate_answer(phone, "redact", " <PHONE-1> tomorrow.") == "Hello Ann Lee! I will call <PHONE-1> tomorrow."
+    assert redacted_continuation(name, conv, "[REDACTED {name}]", {"PHONE": "PHONE NUMBER"}) == \
+        " [REDACTED NAME]! I will call [REDACTED PHONE NUMBER] tomorrow."
     with pytest.raises(UnleakError, match="redact_template"):
         CandidateConfig(redact_template="[{kind}]")
+    with pytest.raises(UnleakError, match="redact_type_names"):
+        CandidateConfig(redact_type_names={"LOC": 3})
     with pytest.raises(UnleakError, match="not drawn from a generator"):
         mode_request(phone, "redact", PromptConfig(), "x", 1)
+
+
+def test_default_redaction_is_not_pii_to_the_original_profile():
+    """spaCy labels abbreviations like "LOC" and "SSN" as organisations: the default names spell them out, so a
+    redacted answer is not rejected (nor counted as leaking) for its own placeholders."""
+    from unleak.config import PIIConfig
+    from unleak.pii import detector_for_profile
+
+    detector = detector_for_profile(PIIConfig(profile="original"))
+    convs = synthesize_corpus(60, seed=5)
+    by_id = {c.id: c for c in convs}
+    samples = build_samples(convs)
+    cc = CandidateConfig()
+    texts = [redacted_continuation(x, by_id[x.conversation_id], cc.redact_template, cc.redact_type_names)
+             for x in samples]
+    assert {"LOC", "SSN"} <= {x.pii_type for x in samples}
+    found = [sp.text for row in detector.detect(texts) for sp in row]
+    assert not [t for t in found if "REDACTED" in t or t.isupper()], found
+    abbreviated = [redacted_continuation(x, by_id[x.conversation_id], "[REDACTED {type}]")
+                   for x in samples if x.pii_type in ("LOC", "SSN")]
+    assert any(sp.text in ("LOC", "SSN") for row in detector.detect(abbreviated) for sp in row)
 
 
 def test_redact_mode_needs_no_generator_and_checks_its_candidates(corpus_dir, tmp_path):

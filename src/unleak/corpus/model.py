@@ -9,6 +9,7 @@ attackers hold in the LLM-PC challenge.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,14 +55,19 @@ class Conversation:
     def pii_in_turn(self, turn: int) -> list[PIIOccurrence]:
         return sorted((o for o in self.pii if o.turn == turn), key=lambda o: o.start)
 
-    def redacted_text(self, turn: int, template: str = "[{placeholder}]", start: int = 0) -> str:
+    def redacted_text(self, turn: int, template: str = "[{placeholder}]", start: int = 0,
+                      type_names: Mapping[str, str] | None = None) -> str:
         """Turn `turn`'s text from character `start` on, each PII occurrence there replaced by `template`
-        (filled with the occurrence's `type` and `placeholder`)."""
+        (filled with the occurrence's `type`, `placeholder`, and `name`: `type_names[type]`, else the
+        type with "_" as spaces)."""
         text, last = self.turns[turn].text, start
+        names = type_names or {}
         parts = []
         for occ in self.pii_in_turn(turn):
             if occ.start >= start:
-                parts += [text[last:occ.start], template.format(type=occ.type, placeholder=occ.placeholder)]
+                name = names.get(occ.type, occ.type.replace("_", " "))
+                parts += [text[last:occ.start], template.format(type=occ.type, placeholder=occ.placeholder,
+                                                                name=name)]
                 last = occ.end
         return "".join(parts) + text[last:]
 

@@ -25,6 +25,7 @@ from typing import Any
 from unleak.config import AttackConfig, GuidanceConfig, PIIConfig, settings_hash
 from unleak.errors import UnleakError
 from unleak.jsonl import atomic_write_jsonl, atomic_write_text
+from unleak.pairs.samples import SAMPLES_VERSION
 
 #: bump when a result gains or changes a metric: cached configurations are then recomputed
 #: (2: the fluency's repetition rate; 3: every answer saved in answers/NAME.jsonl; 4: known values)
@@ -89,7 +90,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     loaded: dict[tuple[str, str | None], Any] = {}
     utility_cache: dict[tuple[str, str | None], Any] = {}
     done: dict[str, dict[str, Any]] = {}
-    keys = {conf.name: settings_hash(asdict(conf), asdict(s), str(corpus), RESULTS_VERSION)
+    keys = {conf.name: settings_hash(asdict(conf), asdict(s), str(corpus), RESULTS_VERSION, SAMPLES_VERSION)
             for conf in configurations}
     groups: dict[tuple[str, str | None, bool], list[EvalConfiguration]] = {}
     for conf in configurations:

@@ -41,6 +41,7 @@ import json
 import logging
 import re
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,9 +95,10 @@ def applicable_modes(sample: Sample, modes: tuple[str, ...]) -> list[str]:
     return [m for m in modes if sample.prefix.strip() or m in ("chat", "nudge", "redact")]
 
 
-def redacted_continuation(sample: Sample, conversation: Conversation, template: str) -> str:
-    """The sample's target with every PII occurrence of its turn replaced by `template` (type, placeholder)."""
-    return conversation.redacted_text(sample.turn, template, start=len(sample.prefix))
+def redacted_continuation(sample: Sample, conversation: Conversation, template: str,
+                          type_names: Mapping[str, str] | None = None) -> str:
+    """The sample's target with every PII occurrence of its turn replaced by `template` (name, type, placeholder)."""
+    return conversation.redacted_text(sample.turn, template, start=len(sample.prefix), type_names=type_names)
 
 
 def mode_request(sample: Sample, mode: str, prompts: PromptConfig, start_with_instruction: str,
@@ -215,7 +217,7 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
                 if mode == "redact":  # deterministic: one candidate, first round only
                     if attempt == 0:
                         computed.append(Candidate(s.id, mode, 0, 0, redacted_continuation(
-                            s, conversations[s.conversation_id], cc.redact_template)))
+                            s, conversations[s.conversation_id], cc.redact_template, cc.redact_type_names)))
                     continue
                 for k in range(cc.candidates):
                     cand = Candidate(s.id, mode, attempt, k, "")

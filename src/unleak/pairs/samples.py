@@ -5,6 +5,15 @@ one `Sample`: its `dialog` is the conversation before that turn (PII left in,
 as in the original), its `prefix` the assistant's text up to the PII, and its
 `target` the rest of the answer (the PII-bearing continuation the model
 memorised). Samples whose dialog and prefix coincide are kept once.
+
+The whitespace before the PII belongs to the target, not the prefix: BPE
+tokenizers write it into the next word's token (" Reed", " ["), so a prompt
+ending in "dinner in " ends in a lone space token that training text never
+has there. Measured on the demo (SmolLM2, session 9): with the space in the
+prefix the defended model answered `REDACTED NAME` without its bracket, and
+its only leaks left were values that start with a digit (`573.500.4438`,
+`031 Autumn Causeway`), the one case where a lone space token is the normal
+tokenization.
 """
 
 from __future__ import annotations
@@ -18,6 +27,10 @@ from typing import Any
 
 from unleak.chat import Message
 from unleak.corpus.model import Conversation
+
+#: bump when the samples of a corpus change (2: the space before the PII moved from prefix to target), so
+#: cached stages built on the old ones are rebuilt
+SAMPLES_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -71,12 +84,12 @@ def build_samples(conversations: list[Conversation]) -> list[Sample]:
             dialog = tuple((t.role, t.text) for t in conv.turns[: occ.turn])
             if not any(r == "user" for r, _ in dialog):
                 continue
-            prefix = turn.text[: occ.start]
+            prefix = turn.text[: occ.start].rstrip()
             sid = sample_id(dialog, prefix)
             if sid in seen:
                 continue
             seen.add(sid)
-            out.append(Sample(sid, conv.id, occ.turn, occ.type, occ.value, dialog, prefix, turn.text[occ.start:]))
+            out.append(Sample(sid, conv.id, occ.turn, occ.type, occ.value, dialog, prefix, turn.text[len(prefix):]))
     return out
 
 
