@@ -182,7 +182,8 @@ class CandidateConfig:
             raise UnleakError("candidates and max_tries must be >= 1")
         if not isinstance(self.redact_type_names, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.redact_type_names.items()):
-            raise UnleakError(f"redact_type_names must map PII types to names (strings), got {self.redact_type_names!r}")
+            raise UnleakError("redact_type_names must map PII types to names (strings), "
+                              f"got {self.redact_type_names!r}")
         try:
             self.redact_template.format(type="NAME", placeholder="NAME-1", name="NAME")
         except (KeyError, IndexError, ValueError) as exc:

@@ -62,7 +62,8 @@ class DemoConfig:
     #: NER + known values checked. Measured on the default leaky model (24 test prompts, 73 attacks; session 9,
     #: leaky: PII 35, known values 45, 5/73): these 63 plain pairs gave PII 1, known values 1, 1/73 at g = 3
     #: (prob). Before session 9's sample fix (leaky: PII 33, 5/73): 60 pairs (64 samples, 1 epoch, 215 s) gave
-    #: PII 2 and 1/73 at g = 1 and g = 3 (prob); all 170 samples PII 5-6 and perplexity 55-64; 2 epochs overfit (PII 5 and 4, perplexity 28 -> 45); the base model as generator
+    #: PII 2 and 1/73 at g = 1 and g = 3 (prob); all 170 samples PII 5-6 and perplexity 55-64; 2 epochs
+    #: overfit (PII 5 and 4, perplexity 28 -> 45); the base model as generator
     #: (modes nudge + completion, 92 plain pairs from 64 samples, 629 s of generation): PII 6 and 2,
     #: 0/73, perplexity 2.6-3.2, but answers that loop (seq-rep-4 34-41 %, leaky 0.2 %)
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(

@@ -63,7 +63,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         d = r.get("utility_diff")
         diff = f"{100 * d['difference']:+.1f} ± {100 * d['se']:.1f}" if d else "–"
         lines.append(f"| {r['configuration']} | {util} | {diff} | {_fmt(r['pii_original'])} | "
-                     f"{_fmt(r['pii_strict'])} | {_fmt(r.get('known_values'))} | {100 * r['asr']:.1f} ({r['attack_successes']}/"
+                     f"{_fmt(r['pii_strict'])} | {_fmt(r.get('known_values'))} | "
+                     f"{100 * r['asr']:.1f} ({r['attack_successes']}/"
                      f"{r['attack_attempts']}) | {_fmt(r['perplexity'])} | "
                      f"{_fmt(r.get('repetition'), True)} |")
     return "\n".join(lines) + "\n"

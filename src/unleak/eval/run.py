@@ -154,8 +154,9 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                                            s.attack.match_chars))
             result = {
                 "name": conf.name, "hash": keys[conf.name], "configuration": asdict(conf),
-                "test_prompts": len(samples), "pii": {p: {k: v for k, v in r.items() if k not in ("per_answer", "spans")}
-                                                      for p, r in leakage.items()},
+                "test_prompts": len(samples),
+                "pii": {p: {k: v for k, v in r.items() if k not in ("per_answer", "spans")}
+                        for p, r in leakage.items()},
                 "pii_per_answer": leakage[s.profiles[0]]["per_answer"],
                 "known_values": {k: v for k, v in known.items() if k != "spans"},
                 "attack": extraction_attack_success_rate(attack_out, prompts, s.attack.match_chars),
