@@ -165,6 +165,7 @@ def test_full_evaluation_and_report(tiny_model_dir, tmp_path, monkeypatch):
     assert results[0]["attack"]["attempts"] == 6 and results[0]["utility"]["n"] == 8
     assert results[0]["fluency"]["tokens"] > 0 and results[0]["test_prompts"] > 0
     assert 0 <= results[0]["fluency"]["repetition"] <= 1
+    test_conversations = {c.id: c for c in load_split(corpus, "test")}
     for r in results:  # every answer saved, consistent with the counts of the table
         rows = [json.loads(line) for line in (out / "answers" / f"{r['name']}.jsonl").read_text().splitlines()]
         test_rows = [x for x in rows if x["kind"] == "test"]
@@ -178,7 +179,7 @@ def test_full_evaluation_and_report(tiny_model_dir, tmp_path, monkeypatch):
         assert "spans" not in r["pii"]["original"]
         assert [len(x["known_values"]) for x in test_rows] == r["known_values"]["per_answer"]
         for x in test_rows:  # what is counted is in the answer and is a value (or name part) of its conversation
-            conv = next(c for c in load_split(corpus, "test") if c.id == x["conversation"])
+            conv = test_conversations[x["conversation"]]
             parts = {o.value.lower() for o in conv.pii} | {w.lower() for o in conv.pii for w in o.value.split()}
             assert all(v in x["answer"] and v.lower() in parts for v in x["known_values"])
     stamp = (out / "configs" / "g3.json").stat().st_mtime_ns
