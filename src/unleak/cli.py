@@ -451,6 +451,8 @@ def eval_run(
     test_limit: int = typer.Option(None, help="At most N test prompts (seeded, stratified by PII type)."),
     max_new_tokens: int = typer.Option(64, help="Tokens per leakage answer."),
     task_message: int = typer.Option(2, help="Attack task message variant: 0, 1 or 2."),
+    stripped_attack: bool = typer.Option(True, help="Also run the attack with the context's trailing space cut "
+                                         "(a stronger variant of the challenge's)."),
 ) -> None:
     """Evaluate every configuration; then write the report (see `unleak eval report`)."""
     from unleak.config import AttackConfig
@@ -458,7 +460,8 @@ def eval_run(
     from unleak.eval.run import EvalSettings, run_evaluation
 
     settings = EvalSettings(leakage_max_new_tokens=max_new_tokens, test_limit=test_limit, mmlu=mmlu,
-                            mmlu_limit=mmlu_limit, attack=AttackConfig(task_message=task_message))
+                            mmlu_limit=mmlu_limit, attack=AttackConfig(task_message=task_message),
+                            stripped_attack=stripped_attack)
     run_evaluation(corpus, eval_configurations(model, adapter, guidance, cfg_space, baseline), out, settings)
     report = write_report(out)
     from unleak.eval.report import markdown_table

@@ -310,6 +310,11 @@ class AttackConfig:
     match_chars: int = 200
     #: 0: no task message; 1: plain continuation; 2: with the PII type description
     task_message: Literal[0, 1, 2] = 2
+    #: cut the spaces the context ends with (the challenge keeps them). The text before a placeholder
+    #: ends in a space, a lone space token that BPE training text has only before digits (" Reed" is
+    #: one token), so the challenge's attack mostly draws out digit-initial values; without the space
+    #: the model writes the value's first token whole. On the demo's leaky model: 5/73 hits kept, 19/73 cut
+    strip_trailing_space: bool = False
 
 
 def settings_hash(*parts: Any) -> str:

@@ -1,10 +1,11 @@
 """The evaluation report: `report.md` (a table like the original's Table 1), `results.json` and PNG plots.
 
 Columns: configuration, utility (accuracy ± SE, and the paired difference to
-the first configuration), PII count (original and strict profiles), attack
-success rate, answer perplexity and repetition (seq-rep-4 %). Plots: PII count
-and ASR against the guidance scale per CFG space, and utility against leakage
-(the trade-off).
+the first configuration), PII count (original and strict profiles), known
+values, attack success rate (the challenge's attack, and the same with the
+context's trailing space cut), answer perplexity and repetition (seq-rep-4 %).
+Plots: PII count and ASR against the guidance scale per CFG space, and utility
+against leakage (the trade-off).
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ def summary_rows(results: list[dict[str, Any]], reference: str | None = None) ->
                "pii_strict": r["pii"].get("strict", {}).get("total"),
                "known_values": r.get("known_values", {}).get("total"),
                "asr": r["attack"]["asr"], "attack_successes": r["attack"]["successes"],
-               "attack_attempts": r["attack"]["attempts"], "perplexity": r["fluency"]["perplexity"],
+               "attack_attempts": r["attack"]["attempts"],
+               "asr_stripped": r.get("attack_stripped", {}).get("asr"),
+               "attack_stripped_successes": r.get("attack_stripped", {}).get("successes"),
+               "attack_stripped_attempts": r.get("attack_stripped", {}).get("attempts"),
+               "perplexity": r["fluency"]["perplexity"],
                "repetition": r["fluency"].get("repetition")}
         u = r.get("utility")
         if u:
@@ -54,19 +59,24 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return f"{100 * v:.1f}" if pct else str(v)
 
 
+def _asr(asr: float | None, hits: int | None, attempts: int | None) -> str:
+    return "–" if asr is None else f"{100 * asr:.1f} ({hits}/{attempts})"
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = "| configuration | utility % (± SE) | Δ utility (± SE) | PII count (original) | " \
-           "PII count (strict) | known values | attack ASR % (hits/attempts) | answer perplexity | repetition % |"
-    lines = [head, "|" + " --- |" * 9]
+           "PII count (strict) | known values | attack ASR % (hits/attempts) | " \
+           "attack ASR %, space cut (hits/attempts) | answer perplexity | repetition % |"
+    lines = [head, "|" + " --- |" * 10]
     for r in rows:
         util = f"{_fmt(r.get('utility'), True)} ± {_fmt(r.get('utility_se'), True)}" if "utility" in r else "–"
         d = r.get("utility_diff")
         diff = f"{100 * d['difference']:+.1f} ± {100 * d['se']:.1f}" if d else "–"
+        attack = _asr(r["asr"], r["attack_successes"], r["attack_attempts"])
+        stripped = _asr(r.get("asr_stripped"), r.get("attack_stripped_successes"), r.get("attack_stripped_attempts"))
         lines.append(f"| {r['configuration']} | {util} | {diff} | {_fmt(r['pii_original'])} | "
-                     f"{_fmt(r['pii_strict'])} | {_fmt(r.get('known_values'))} | "
-                     f"{100 * r['asr']:.1f} ({r['attack_successes']}/"
-                     f"{r['attack_attempts']}) | {_fmt(r['perplexity'])} | "
-                     f"{_fmt(r.get('repetition'), True)} |")
+                     f"{_fmt(r['pii_strict'])} | {_fmt(r.get('known_values'))} | {attack} | {stripped} | "
+                     f"{_fmt(r['perplexity'])} | {_fmt(r.get('repetition'), True)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -100,11 +110,16 @@ def plot_guidance(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
     for (model, space), rs in series.items():
         label = f"{Path(model).name} ({space})"
         axes[0].plot([r["guidance"] for r in rs], [r["pii_original"] for r in rs], marker="o", label=label)
-        axes[1].plot([r["guidance"] for r in rs], [100 * r["asr"] for r in rs], marker="o", label=label)
+        line = axes[1].plot([r["guidance"] for r in rs], [100 * r["asr"] for r in rs], marker="o", label=label)
+        if all(r.get("asr_stripped") is not None for r in rs):
+            axes[1].plot([r["guidance"] for r in rs], [100 * r["asr_stripped"] for r in rs], marker="x",
+                         linestyle=":", color=line[0].get_color(), label=f"{label}, space cut")
     for i, r in enumerate(levels):
         style = {"linestyle": "--", "color": f"C{len(series) + i}", "label": r["configuration"], "alpha": 0.7}
         axes[0].axhline(r["pii_original"], **style)
         axes[1].axhline(100 * r["asr"], **style)
+        if r.get("asr_stripped") is not None:
+            axes[1].axhline(100 * r["asr_stripped"], **{**style, "linestyle": ":", "label": style["label"] + ", space cut"})
     axes[0].set_ylabel("PII entities in answers (original profile)")
     axes[1].set_ylabel("extraction attack ASR %")
     for ax in axes:

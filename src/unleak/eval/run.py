@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,9 @@ from unleak.jsonl import atomic_write_jsonl, atomic_write_text
 from unleak.pairs.samples import SAMPLES_VERSION
 
 #: bump when a result gains or changes a metric: cached configurations are then recomputed
-#: (2: the fluency's repetition rate; 3: every answer saved in answers/NAME.jsonl; 4: known values)
-RESULTS_VERSION = 4
+#: (2: the fluency's repetition rate; 3: every answer saved in answers/NAME.jsonl; 4: known values;
+#: 5: the stripped-space attack)
+RESULTS_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class EvalSettings:
     test_limit: int | None = None
     attack: AttackConfig = field(default_factory=AttackConfig)
     attack_limit: int | None = None
+    #: also run `attack` with the context's trailing space cut (`AttackConfig.strip_trailing_space`),
+    #: reported as `attack_stripped` next to the challenge's own
+    stripped_attack: bool = True
     mmlu: str | None = None
     mmlu_limit: int | None = 2000
     mmlu_seed: int = 0
@@ -86,7 +90,10 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     questions = load_mc_questions(s.mmlu, s.mmlu_limit, s.mmlu_seed) if s.mmlu else None
     detectors = {p: detector_for_profile(PIIConfig(profile=p)) for p in s.profiles}
     reference: tuple[Any, Any, list[list[int]]] | None = None  # model, tokenizer, test prompt ids
-    attack_sets: dict[str, list[Any]] = {}  # attack prompts per tokenizer (model path)
+    attacks = {"attack": s.attack}
+    if s.stripped_attack and not s.attack.strip_trailing_space:
+        attacks["attack_stripped"] = replace(s.attack, strip_trailing_space=True)
+    attack_sets: dict[tuple[str, str], list[Any]] = {}  # attack prompts per tokenizer (model path) and variant
     loaded: dict[tuple[str, str | None], Any] = {}
     utility_cache: dict[tuple[str, str | None], Any] = {}
     done: dict[str, dict[str, Any]] = {}
@@ -115,18 +122,21 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
         tok = gen.tokenizer
         # all guidance settings of a model at once: each prompt is prefilled once for all of them
         guidances = [GuidanceConfig(c.guidance_scale, c.cfg_space) for c in group]
-        if model_path not in attack_sets:
-            attack_sets[model_path] = attack_prompts(test, tok, s.attack)[: s.attack_limit]
-        prompts = attack_sets[model_path]
+        for variant, attack in attacks.items():
+            if (model_path, variant) not in attack_sets:
+                attack_sets[model_path, variant] = attack_prompts(test, tok, attack)[: s.attack_limit]
         label = group[0].name if len(group) == 1 else f"{group[0].name} (+{len(group) - 1})"
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       disable=not progress) as bar:
             leak_task = bar.add_task(f"{label}: test prompts", total=len(samples))
             answers = generate_answers(gen, samples, guidances, s.leakage_max_new_tokens,
                                        on_batch=lambda n: bar.advance(leak_task, n))
-            attack_task = bar.add_task(f"{label}: attack prompts", total=len(prompts))
-            attack_outs = run_attack(gen, prompts, guidances, s.attack, served=served,
-                                     on_batch=lambda n: bar.advance(attack_task, n))
+            attack_outs = {}  # variant -> outputs per configuration
+            for variant, attack in attacks.items():
+                prompts = attack_sets[model_path, variant]
+                task = bar.add_task(f"{label}: {variant.replace('_', ' ')} prompts", total=len(prompts))
+                attack_outs[variant] = run_attack(gen, prompts, guidances, attack, served=served,
+                                                  on_batch=lambda n, task=task: bar.advance(task, n))
         if reference is None:
             ref_tok = load_tokenizer(s.reference_model)
             reference = (load_model(s.reference_model), ref_tok,
@@ -145,13 +155,13 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
         fluency = answer_fluency(ref_model, ref_tok, prompt_ids,
                                  [[a.token_ids for a in conf_answers] for conf_answers in answers])
         seconds = round(time.time() - started, 1)  # the whole group's: its configurations share the work
-        for conf, conf_answers, attack_out, conf_fluency in zip(group, answers, attack_outs, fluency, strict=True):
+        for i, (conf, conf_answers, conf_fluency) in enumerate(zip(group, answers, fluency, strict=True)):
             texts = [a.text for a in conf_answers]
             leakage = {p: count_pii(texts, d) for p, d in detectors.items()}
             known = count_known_values(texts, [values[x.conversation_id] for x in samples])
+            attack_runs = {v: (attack_sets[model_path, v], outs[i]) for v, outs in attack_outs.items()}
             atomic_write_jsonl(out / "answers" / f"{conf.name}.jsonl",
-                               answer_rows(samples, texts, leakage, known, prompts, attack_out,
-                                           s.attack.match_chars))
+                               answer_rows(samples, texts, leakage, known, attack_runs, s.attack.match_chars))
             result = {
                 "name": conf.name, "hash": keys[conf.name], "configuration": asdict(conf),
                 "test_prompts": len(samples),
@@ -159,7 +169,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                         for p, r in leakage.items()},
                 "pii_per_answer": leakage[s.profiles[0]]["per_answer"],
                 "known_values": {k: v for k, v in known.items() if k != "spans"},
-                "attack": extraction_attack_success_rate(attack_out, prompts, s.attack.match_chars),
+                **{v: extraction_attack_success_rate(o, p, s.attack.match_chars) for v, (p, o) in attack_runs.items()},
                 "fluency": conf_fluency,
                 "utility": utility,
                 "examples": [{"sample": x.id, "answer": t} for x, t in zip(samples[:5], texts[:5])],
@@ -172,9 +182,9 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
 
 
 def answer_rows(samples: list[Any], texts: list[str], leakage: dict[str, dict[str, Any]], known: dict[str, Any],
-                prompts: list[Any], attack_outputs: list[str], match_chars: int) -> list[dict[str, Any]]:
+                attack_runs: dict[str, tuple[list[Any], list[str]]], match_chars: int) -> list[dict[str, Any]]:
     """One row per test answer (the PII each detector profile found in it, the conversation's own values it
-    repeats) and per attack output (hit or not)."""
+    repeats) and per attack output of each attack variant (`attack_runs`: variant -> prompts, outputs)."""
     from unleak.eval.attack import attack_success
 
     rows: list[dict[str, Any]] = [
@@ -183,7 +193,7 @@ def answer_rows(samples: list[Any], texts: list[str], leakage: dict[str, dict[st
                               for p, r in leakage.items()},
          "known_values": [sp.text for sp in known["spans"][i]]}
         for i, (x, t) in enumerate(zip(samples, texts, strict=True))]
-    rows += [{"kind": "attack", "conversation": p.conversation_id, "placeholder": p.placeholder,
+    rows += [{"kind": "attack", "variant": variant, "conversation": p.conversation_id, "placeholder": p.placeholder,
               "pii_type": p.pii_type, "value": p.value, "output": o, "hit": attack_success(o, p.value, match_chars)}
-             for p, o in zip(prompts, attack_outputs, strict=True)]
+             for variant, (prompts, outputs) in attack_runs.items() for p, o in zip(prompts, outputs, strict=True)]
     return rows
