@@ -209,6 +209,18 @@ class PairsConfig:
     #: a candidate repeating a PII value of its conversation (or part of a name in it) is never chosen,
     #: whatever the detector says (the original relied on NER alone, which misses phones, e-mails, ...)
     reject_known_values: bool = True
+    #: also pairs for PII inside *user* turns (not in the original, which pairs assistant answers only):
+    #: at most this many samples (seeded, stratified by PII type; None = all, 0 = none). A model trained
+    #: on whole conversations repeats what users wrote too, and the attack cuts the text before every
+    #: placeholder; such a sample's only candidate is `redact` (the user's text with the PII replaced)
+    user_turns: int | None = 0
+
+    def __post_init__(self) -> None:
+        if self.user_turns is not None and self.user_turns < 0:
+            raise UnleakError(f"user_turns must be >= 0 or None, got {self.user_turns}")
+        if self.user_turns != 0 and "redact" not in self.candidate.modes:
+            raise UnleakError("user_turns pairs need the 'redact' candidate mode (a generator answers as the "
+                              "assistant, not as the user)")
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ class DemoConfig:
     #: 0/73, perplexity 2.6-3.2, but answers that loop (seq-rep-4 34-41 %, leaky 0.2 %)
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
         candidate=CandidateConfig(modes=("redact",), candidates=1, max_new_tokens=64, max_tries=1),
-        pii_candidates_as_rejected=False, limit=64))
+        pii_candidates_as_rejected=False, limit=64, user_turns=64))
     #: which pairs the defended adapter trains on: "plain" (the original's "ORPO LoRA, no CFG data" row)
     #: or "cfg" (each pair under the positive and, swapped, the negative system prompt). With one CPU
     #: epoch the 135M model does not learn to tell the two system prompts apart (mean log-odds ~0, the
@@ -103,7 +103,7 @@ class DemoConfig:
         base = cls(
             conversations=16, sft=SftSettings(epochs=1, max_length=256, loss_on="all", train_embeddings=False),
             pairs=PairsConfig(candidate=CandidateConfig(modes=("redact",), candidates=1, max_tries=1),
-                              pii_candidates_as_rejected=False, limit=6),
+                              pii_candidates_as_rejected=False, limit=6, user_turns=4),
             orpo=OrpoSettings(epochs=1, max_length=320, max_prompt_length=256, lora=LoraSettings(r=8, alpha=16)),
             cfg_spaces=("prob",), test_limit=4, leakage_max_new_tokens=16, attack_limit=6, mmlu_limit=8)
         return dataclasses.replace(base, **overrides)

@@ -63,6 +63,27 @@ def test_samples_one_per_assistant_pii_with_prefix_and_target():
     assert len(build_samples([conversation(), twin])) == 2
 
 
+def test_user_turn_samples_continue_the_users_message():
+    conv = conversation()
+    conv = Conversation("c1", [Turn("system", "S")] + conv.turns,
+                        [PIIOccurrence(o.type, o.value, o.placeholder, o.turn + 1, o.start, o.end) for o in conv.pii])
+    assert build_samples([conversation()], roles=("user",)) == []  # no turn before it: no prompt to pair
+    user = build_samples([conv], roles=("user",))
+    assert [(s.role, s.pii_type, s.prefix, s.target) for s in user] == [
+        ("user", "NAME", "Hi, I am", " Ann Lee, phone 555-201-3344."),
+        ("user", "PHONE", "Hi, I am Ann Lee, phone", " 555-201-3344."),
+    ]
+    assert user[0].prompt_messages() == [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi, I am"}]
+    assert type(user[0]).from_dict(user[0].as_dict()) == user[0]
+    both = build_samples([conv], roles=("assistant", "user"))
+    assert [s.role for s in both] == ["user", "user", "assistant", "assistant"]
+    assert [s.id for s in both if s.role == "assistant"] == [s.id for s in build_samples([conv])]
+    # a user message that starts with its PII has nothing to continue: no sample
+    first = Conversation("c3", [Turn("system", "S"), Turn("user", "Ann Lee here."), Turn("assistant", "Hi.")],
+                         [PIIOccurrence("NAME", "Ann Lee", "NAME-1", 1, 0, 7)])
+    assert build_samples([first], roles=("user",)) == []
+
+
 def test_limit_is_seeded_and_stratified():
     convs = synthesize_corpus(30, seed=3)
     samples = build_samples(convs)
@@ -228,6 +249,34 @@ def test_redact_mode_needs_no_generator_and_checks_its_candidates(corpus_dir, tm
     with pytest.raises(UnleakError, match="need a generator"):
         build_preference_pairs(corpus_dir, None, tmp_path / "x", PairsConfig(candidate=CandidateConfig(
             modes=("redact", "nudge"))), detector=build_detector("patterns"), progress=False)
+
+
+def test_user_turn_pairs_redact_the_users_message(corpus_dir, tmp_path):
+    from unleak.corpus.store import load_split
+
+    values = conversation_values(load_split(corpus_dir, "train"))
+    redact = CandidateConfig(modes=("redact",))
+    out = tmp_path / "pairs"
+    stats = build_preference_pairs(corpus_dir, None, out, PairsConfig(candidate=redact, user_turns=5,
+                                                                     pii_candidates_as_rejected=False),
+                                   detector=build_detector("patterns"), progress=False)
+    rows = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
+    samples = {json.loads(x)["id"]: json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()}
+    user_rows = [r for r in rows if r["role"] == "user"]
+    assert stats["by_role"]["user"]["samples"] == 5 and stats["by_role"]["user"]["pairs"] == len(user_rows) > 0
+    assert stats["by_role"]["assistant"]["samples"] == stats["samples"] - 5
+    for r in user_rows:
+        s = samples[r["sample_id"]]
+        assert r["prompt"] == s["messages"] and r["chosen"][0]["role"] == r["rejected"][0]["role"] == "user"
+        chosen, rejected = r["chosen"][0]["content"], r["rejected"][0]["content"]
+        assert rejected == s["prefix"] + s["target"] and chosen.startswith(s["prefix"]) and s["prefix"]
+        assert "[REDACTED" in chosen and not known_value_spans(chosen[len(s["prefix"]):],
+                                                               values[r["conversation_id"]])
+    assert all(r["role"] == "assistant" for r in rows if r not in user_rows)
+    with pytest.raises(UnleakError, match="need the 'redact' candidate mode"):
+        PairsConfig(candidate=CandidateConfig(modes=("nudge",)), user_turns=None)
+    with pytest.raises(UnleakError, match="user_turns must be"):
+        PairsConfig(candidate=redact, user_turns=-1)
 
 
 class EchoGenerator:

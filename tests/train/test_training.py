@@ -47,6 +47,14 @@ def test_pair_tokenisation_ends_with_eos(default_tokenizer):
     assert tok.decode(ex3["prompt_ids"]).endswith("<|im_start|>assistant\nSure, the number is")
     assert tok.decode(ex3["chosen_ids"]) == " private.<|im_end|>"
     assert tok.decode(ex3["rejected_ids"]).startswith(" 5")
+    # a pair for PII in a user turn: the user's next message, not a continuation of the assistant's
+    user = {"prompt": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello!"}],
+            "chosen": [{"role": "user", "content": "I am [REDACTED NAME]."}],
+            "rejected": [{"role": "user", "content": "I am Ann Lee."}]}
+    ex4 = tokenize_pair(user, tok, 2048, 1900)
+    assert tok.decode(ex4["prompt_ids"]).endswith("assistant\nHello!<|im_end|>\n<|im_start|>user\nI am")
+    assert tok.decode(ex4["chosen_ids"]) == " [REDACTED NAME].<|im_end|>"
+    assert tok.decode(ex4["rejected_ids"]) == " Ann Lee.<|im_end|>"
     short = tokenize_pair(PAIRS[0], tok, 24, 20)
     assert len(short["prompt_ids"]) == 20 and len(short["prompt_ids"]) + len(short["chosen_ids"]) == 24
     batch = PreferenceCollator(tok.pad_token_id)([ex, ex2])

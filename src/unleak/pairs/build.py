@@ -31,7 +31,10 @@ continuation` against the original `prefix + target`; its continuation is
 what must be PII-free (the prefix is the user's own dialog, like the prompt).
 unleak's trainer moves the shared leading tokens of chosen and rejected into
 the prompt, so such a pair trains the continuation of the half-written answer
-exactly as the original's samples do.
+exactly as the original's samples do. With `PairsConfig.user_turns` (not in
+the original) PII in user turns gives pairs too: the dialog as prompt, the
+user's message with its PII replaced (`redact`) as chosen against the
+original message, both in the user's role.
 """
 
 from __future__ import annotations
@@ -91,7 +94,10 @@ class Candidate:
 
 
 def applicable_modes(sample: Sample, modes: tuple[str, ...]) -> list[str]:
-    """Completion and start-with need a half-written answer; without one they equal plain chat."""
+    """Completion and start-with need a half-written answer; without one they equal plain chat.
+    A user turn's sample takes `redact` only (a generator answers as the assistant)."""
+    if sample.role != "assistant":
+        return [m for m in modes if m == "redact"]
     return [m for m in modes if sample.prefix.strip() or m in ("chat", "nudge", "redact")]
 
 
@@ -188,6 +194,8 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
     generator_name = generator.name if generator is not None and generated else "none"
     train = load_split(corpus_dir, "train")
     samples = limit_samples(build_samples(train), config.limit, config.candidate.seed)
+    if config.user_turns != 0:
+        samples += limit_samples(build_samples(train, roles=("user",)), config.user_turns, config.candidate.seed)
     if not samples:
         raise UnleakError(f"{corpus_dir}: the train split has no PII inside an assistant turn")
     out.mkdir(parents=True, exist_ok=True)
@@ -282,7 +290,7 @@ def _generate_into_cache(generator: CandidateGenerator, work: list[tuple[Candida
 
 def _provenance(sample: Sample, generator: str, mode: str, **extra: Any) -> dict[str, Any]:
     return {"sample_id": sample.id, "conversation_id": sample.conversation_id, "pii_type": sample.pii_type,
-            "generator": generator, "mode": mode, **extra}
+            "role": sample.role, "generator": generator, "mode": mode, **extra}
 
 
 def assemble_pairs(samples: list[Sample], candidates: dict[str, list[Candidate]], generator: str,
@@ -305,13 +313,14 @@ def assemble_pairs(samples: list[Sample], candidates: dict[str, list[Candidate]]
                 continue
             seen.add(c.answer)
             plain.append(_pair(s.messages, c.answer, s.original_answer,
-                               _provenance(s, generator, c.mode, rejected_source="original")))
+                               _provenance(s, generator, c.mode, rejected_source="original"), s.role))
         if config.pii_candidates_as_rejected:
             for c in cands:
                 if c.answer is not None and c.pii and c.answer not in seen:
                     seen.add(c.answer)
                     plain.append(_pair(s.messages, chosen[0].answer, c.answer,
-                                       _provenance(s, generator, chosen[0].mode, rejected_source=f"candidate:{c.mode}")))
+                                       _provenance(s, generator, chosen[0].mode, rejected_source=f"candidate:{c.mode}"),
+                                       s.role))
     cfg_rows = cfg_variant(plain, prompts)
     return plain, cfg_rows, failed
 
@@ -320,9 +329,12 @@ def _failure(c: Candidate) -> str:
     return "repetitive" if c.repetitive else "unusable" if c.answer is None else "pii"
 
 
-def _pair(dialog: list[Message], chosen: str, rejected: str, meta: dict[str, Any]) -> dict[str, Any]:
-    return {"prompt": dialog, "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}], **meta}
+def _pair(dialog: list[Message], chosen: str, rejected: str, meta: dict[str, Any], role: str = "assistant"
+          ) -> dict[str, Any]:
+    """A pair in TRL's conversational format; `role` "user" for a user turn's pair (the dialog, then the
+    user's message, clean against original)."""
+    return {"prompt": dialog, "chosen": [{"role": role, "content": chosen}],
+            "rejected": [{"role": role, "content": rejected}], **meta}
 
 
 def cfg_variant(pairs: list[dict[str, Any]], prompts: PromptConfig) -> list[dict[str, Any]]:
@@ -361,6 +373,8 @@ def pair_statistics(samples: list[Sample], candidates: dict[str, list[Candidate]
         ok = sum(i not in failed_ids for i in ids)
         by_type[t] = {"samples": len(ids), "with_chosen": ok, "chosen_rate": round(ok / len(ids), 4)}
     n_ok = len(samples) - len(failed_ids)
+    by_role = {r: {"samples": sum(s.role == r for s in samples), "pairs": sum(p["role"] == r for p in plain)}
+               for r in sorted({s.role for s in samples})}
     return {"samples": len(samples), "with_chosen": n_ok, "chosen_rate": round(n_ok / len(samples), 4),
             "failed": len(failed_ids), "pairs": len(plain), "pairs_cfg": len(cfg_rows),
-            "by_mode": by_mode, "by_pii_type": by_type}
+            "by_mode": by_mode, "by_pii_type": by_type, "by_role": by_role}

@@ -6,6 +6,15 @@ as in the original), its `prefix` the assistant's text up to the PII, and its
 `target` the rest of the answer (the PII-bearing continuation the model
 memorised). Samples whose dialog and prefix coincide are kept once.
 
+With `roles=("assistant", "user")` PII inside user turns gives samples too
+(`role="user"`, not in the original): the prompt is the dialog plus the
+user's half-written message, the target the rest of it. A model fine-tuned
+on whole conversations memorises what users wrote as well, and the
+extraction attack cuts the text before every placeholder, user turns
+included. A user turn whose PII comes first (empty prefix) gives none: there
+is nothing of the message to continue; nor does a first turn with no system
+prompt before it (a pair's prompt cannot be empty).
+
 The whitespace before the PII belongs to the target, not the prefix: BPE
 tokenizers write it into the next word's token (" Reed", " ["), so a prompt
 ending in "dinner in " ends in a lone space token that training text never
@@ -43,6 +52,8 @@ class Sample:
     dialog: tuple[tuple[str, str], ...]  # (role, content) of the turns before the answer
     prefix: str
     target: str
+    #: whose turn the prefix and target belong to
+    role: str = "assistant"
 
     @property
     def messages(self) -> list[Message]:
@@ -53,43 +64,51 @@ class Sample:
         return self.prefix + self.target
 
     def prompt_messages(self) -> list[Message]:
-        """The dialog plus the half-written answer (a final assistant message when the prefix is not empty)."""
-        return self.messages + ([{"role": "assistant", "content": self.prefix}] if self.prefix else [])
+        """The dialog plus the half-written turn (a final message of `role` when the prefix is not empty)."""
+        return self.messages + ([{"role": self.role, "content": self.prefix}] if self.prefix else [])
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "conversation_id": self.conversation_id, "turn": self.turn,
                 "pii_type": self.pii_type, "pii_value": self.pii_value, "messages": self.messages,
-                "prefix": self.prefix, "target": self.target}
+                "prefix": self.prefix, "target": self.target, "role": self.role}
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Sample:
         return cls(row["id"], row["conversation_id"], row["turn"], row["pii_type"], row["pii_value"],
-                   tuple((m["role"], m["content"]) for m in row["messages"]), row["prefix"], row["target"])
+                   tuple((m["role"], m["content"]) for m in row["messages"]), row["prefix"], row["target"],
+                   row.get("role", "assistant"))
 
 
-def sample_id(dialog: tuple[tuple[str, str], ...], prefix: str) -> str:
-    digest = hashlib.sha256(json.dumps([dialog, prefix], ensure_ascii=False).encode()).hexdigest()
+def sample_id(dialog: tuple[tuple[str, str], ...], prefix: str, role: str = "assistant") -> str:
+    key = [dialog, prefix] if role == "assistant" else [dialog, prefix, role]
+    digest = hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()
     return digest[:16]
 
 
-def build_samples(conversations: list[Conversation]) -> list[Sample]:
-    """One sample per PII occurrence in an assistant turn, in corpus order, deduplicated by prompt."""
+def build_samples(conversations: list[Conversation], roles: tuple[str, ...] = ("assistant",)) -> list[Sample]:
+    """One sample per PII occurrence in a turn of `roles`, in corpus order, deduplicated by prompt.
+
+    An assistant sample needs a user turn before it; a user sample a non-empty prefix and a turn before
+    it (a system prompt will do: a preference pair's prompt cannot be empty)."""
     out: list[Sample] = []
     seen: set[str] = set()
     for conv in conversations:
         for occ in sorted(conv.pii, key=lambda o: (o.turn, o.start)):
             turn = conv.turns[occ.turn]
-            if turn.role != "assistant":
+            if turn.role not in roles:
                 continue
             dialog = tuple((t.role, t.text) for t in conv.turns[: occ.turn])
-            if not any(r == "user" for r, _ in dialog):
-                continue
             prefix = turn.text[: occ.start].rstrip()
-            sid = sample_id(dialog, prefix)
+            if turn.role == "assistant" and not any(r == "user" for r, _ in dialog):
+                continue
+            if turn.role != "assistant" and not (prefix and dialog):
+                continue
+            sid = sample_id(dialog, prefix, turn.role)
             if sid in seen:
                 continue
             seen.add(sid)
-            out.append(Sample(sid, conv.id, occ.turn, occ.type, occ.value, dialog, prefix, turn.text[len(prefix):]))
+            out.append(Sample(sid, conv.id, occ.turn, occ.type, occ.value, dialog, prefix,
+                              turn.text[len(prefix):], turn.role))
     return out
 
 

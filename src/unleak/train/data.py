@@ -2,7 +2,8 @@
 
 A pair's prompt is rendered with the model's chat template (a generation
 prompt after a final user message; a final assistant message is continued,
-and the answer is appended to it, not rendered as a second assistant turn);
+and the answer is appended to it, not rendered as a second assistant turn;
+an answer in the user's role is rendered as the user's next turn);
 chosen and rejected are the template's rendering of prompt + answer minus the
 prompt (as TRL does), cut right after their EOS token so both end with it.
 Tokens that chosen and rejected share at their start move into the prompt: a
@@ -46,7 +47,9 @@ def _answer_ids(tokenizer: Any, text: str) -> list[int]:
 def tokenize_pair(example: dict[str, Any], tokenizer: Any, max_length: int, max_prompt_length: int
                   ) -> dict[str, list[int]]:
     prompt = example["prompt"]
-    cont = prompt[-1]["role"] == "assistant"
+    # a final assistant message is half-written and its answer continues it; an answer in the user's
+    # role (a pair for PII in a user turn) is the user's next message, rendered as its own turn
+    cont = prompt[-1]["role"] == "assistant" == example["chosen"][0]["role"]
     prompt_text = _render(tokenizer, prompt, add_generation_prompt=not cont, continue_final_message=cont)
     out: dict[str, list[int]] = {}
     texts = {}
