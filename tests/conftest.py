@@ -1,5 +1,7 @@
 """Shared fixtures: the default tokenizer and a tiny random Llama model built from it.
 
+Models load on the hardware's device (a GPU when there is one) in fp32.
+
 The tiny model (2 layers, width 64) uses the embedded default's tokenizer and
 chat template, so tests exercise the real loading, chat-template and decoding
 code in seconds. `SHARED_DATA` points at ../shared/data when present.
@@ -13,6 +15,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# the suite compares greedy tokens and logits exactly: fp32 on every device (a GPU's default bf16
+# breaks near-ties differently in batched and single rows); the dtype policy has its own test
+os.environ.setdefault("UNLEAK_DTYPE", "fp32")
 SHARED_DATA = Path(os.environ.get("UNLEAK_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

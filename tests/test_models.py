@@ -32,6 +32,19 @@ def test_tiny_model_loads_fp32_on_cpu_and_generates(tiny_model_dir):
     assert tokens == greedy_tokens(model, tokenizer)  # greedy is deterministic
 
 
+def test_default_dtype_follows_the_hardware_unless_overridden(monkeypatch):
+    monkeypatch.delenv("UNLEAK_DTYPE", raising=False)
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    assert models.default_dtype("cpu") == torch.float32
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)  # AMX-BF16: bf16 is not emulated
+    assert models.default_dtype("cpu") == torch.bfloat16
+    monkeypatch.setenv("UNLEAK_DTYPE", "fp32")
+    assert models.default_dtype("cpu") == torch.float32 and models.default_dtype("cuda:0") == torch.float32
+    monkeypatch.setenv("UNLEAK_DTYPE", "int3")
+    with pytest.raises(UnleakError, match="unknown dtype"):
+        models.default_dtype("cpu")
+
+
 def test_dtype_override(tiny_model_dir):
     assert load_model(str(tiny_model_dir), device="cpu", dtype="bf16").dtype == torch.bfloat16
     with pytest.raises(UnleakError, match="unknown dtype"):
@@ -82,8 +95,8 @@ def test_merged_adapter_gives_the_adapter_outputs(tiny_model_dir, tmp_path):
         if "lora_B" in name:
             param.data.normal_(0, 0.5)  # a zero B would make the adapter a no-op
     peft.save_pretrained(tmp_path / "adapter")
-    ids = torch.tensor([[1, 5, 9, 42, 7]])
     plain = load_model(str(tiny_model_dir))
+    ids = torch.tensor([[1, 5, 9, 42, 7]], device=plain.device)
     unmerged = load_model(str(tiny_model_dir), adapter=tmp_path / "adapter")
     merged = load_model(str(tiny_model_dir), adapter=tmp_path / "adapter", merge=True)
     assert isinstance(unmerged, PeftModel) and not isinstance(merged, PeftModel) and not merged.training

@@ -11,7 +11,8 @@
 - any Hugging Face hub id (needs the network or a warm HF cache).
 
 The dtype follows the hardware unless given: bf16 on GPUs that support it,
-fp32 on CPUs (bf16 is emulated on most CPUs and ~25x slower).
+fp32 on CPUs (bf16 is emulated on most CPUs and ~25x slower); `$UNLEAK_DTYPE`
+overrides the default.
 """
 
 from __future__ import annotations
@@ -148,9 +149,12 @@ def cpu_has_native_bf16() -> bool:
 
 
 def default_dtype(device: str) -> Any:
-    """bf16 on a GPU that supports it or a CPU with AMX-BF16, else fp32."""
+    """bf16 on a GPU that supports it or a CPU with AMX-BF16, else fp32; `$UNLEAK_DTYPE` (fp32, bf16,
+    fp16) overrides it everywhere (e.g. fp32 on a GPU to compare outputs exactly)."""
     import torch
 
+    if os.environ.get("UNLEAK_DTYPE"):
+        return parse_dtype(os.environ["UNLEAK_DTYPE"])
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device == "cpu" and cpu_has_native_bf16():

@@ -98,9 +98,9 @@ def test_batched_mc_equals_one_by_one(tiny_model_dir, tmp_path):
     scores = multiple_choice_letter_logprobs(model, tok, qs, batch_size=4, progress=False)
     batched = multiple_choice_predictions(model, tok, qs, batch_size=4, progress=False)
     for q, pred, got in zip(qs, batched, scores):
-        ids = torch.tensor([tok(format_question(q), add_special_tokens=False)["input_ids"]])
+        ids = torch.tensor([tok(format_question(q), add_special_tokens=False)["input_ids"]], device=model.device)
         with torch.no_grad():
-            logits = model(input_ids=ids).logits[0, -1].float()
+            logits = model(input_ids=ids).logits[0, -1].float().cpu()
         want = torch.log_softmax(logits, -1)[letter_token_ids(tok, 4)]
         assert torch.allclose(torch.tensor(got), want, atol=1e-4), (q["subject"], got, want.tolist())
         assert pred == int(want.argmax())

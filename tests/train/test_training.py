@@ -75,7 +75,7 @@ def test_sft_labels_only_assistant_turns(default_tokenizer):
 
 def _mean_log_odds_gap(model, tok) -> float:
     rows = [tokenize_pair(p, tok, 2048, 1900) for p in PAIRS]
-    batch = PreferenceCollator(tok.pad_token_id)(rows)
+    batch = {k: v.to(model.device) for k, v in PreferenceCollator(tok.pad_token_id)(rows).items()}
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     sums, counts = sequence_logps(logits, batch["labels"])
@@ -142,7 +142,8 @@ def test_shared_prompt_forward_equals_the_concatenated_one(tiny_model_dir, defau
 
     def loss_and_grads(share: bool):
         model.zero_grad()
-        out, _ = orpo_batch_loss(model, PreferenceCollator(tok.pad_token_id, share_prompt=share)(rows), beta=0.1)
+        batch = PreferenceCollator(tok.pad_token_id, share_prompt=share)(rows)
+        out, _ = orpo_batch_loss(model, {k: v.to(model.device) for k, v in batch.items()}, beta=0.1)
         out.loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         return out, grads
@@ -164,10 +165,10 @@ def test_merge_equals_adapter(tiny_model_dir, pairs_file, tmp_path):
     adapter = train_orpo(str(tiny_model_dir), pairs_file, tmp_path / "o",
                          OrpoSettings(epochs=1, learning_rate=5e-3, save_per_epoch=False), quiet=True)
     merged = merge_adapter(str(tiny_model_dir), adapter, tmp_path / "merged")
-    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with_adapter, plain = load_model(str(tiny_model_dir), adapter=adapter), load_model(str(merged))
+    ids = torch.tensor([[1, 2, 3, 4, 5]], device=plain.device)
     with torch.no_grad():
-        a = load_model(str(tiny_model_dir), adapter=adapter)(input_ids=ids).logits
-        b = load_model(str(merged))(input_ids=ids).logits
+        a, b = with_adapter(input_ids=ids).logits, plain(input_ids=ids).logits
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
@@ -239,3 +240,21 @@ def test_sft_can_freeze_the_embeddings(tiny_model_dir, tmp_path):
     before, after = load_file(tiny_model_dir / "model.safetensors"), load_file(out / "model.safetensors")
     torch.testing.assert_close(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
     assert not torch.equal(after["model.layers.0.mlp.up_proj.weight"], before["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_training_device_follows_accelerate(monkeypatch):
+    """`accelerate launch --cpu` means CPU even with a GPU; each rank of a launch takes its own GPU."""
+    from unleak.train.arguments import training_device, use_bf16
+
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training_device() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert training_device() == "cuda:0"
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert training_device() == "cuda:3"
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    assert training_device() == "cpu"
+    monkeypatch.setattr("unleak.models.cpu_has_native_bf16", lambda: False)
+    assert use_bf16() is False  # fp32 on a CPU without native bf16, whatever GPU the machine has

@@ -15,12 +15,27 @@ from typing import Any
 import torch
 
 
-def use_bf16() -> bool:
+def training_device() -> str:
+    """The device this training process runs on, as `accelerate` decides it.
+
+    `cpu` when accelerate is told so (`accelerate launch --cpu` sets `ACCELERATE_USE_CPU`) or no GPU
+    is visible; else this process's GPU (`cuda:LOCAL_RANK`: each rank of a multi-GPU launch loads its
+    model onto its own GPU, not all onto GPU 0)."""
+    import os
+
+    from accelerate.utils import parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+
+
+def use_bf16(device: str | None = None) -> bool:
     from unleak.models import cpu_has_native_bf16
 
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_native_bf16()
+    if (device or training_device()) == "cpu":
+        return cpu_has_native_bf16()
+    return torch.cuda.is_bf16_supported()
 
 
 def training_arguments(out_dir: str | Path, *, epochs: float, batch_size: int, learning_rate: float,
@@ -31,7 +46,7 @@ def training_arguments(out_dir: str | Path, *, epochs: float, batch_size: int, l
                        group_by_length: bool = False) -> Any:
     from transformers import TrainingArguments
 
-    on_gpu = torch.cuda.is_available()
+    on_gpu = training_device() != "cpu"
     # transformers 5.x renamed `gradient_checkpointing` to `activation_checkpointing` (the old name warns)
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
@@ -47,7 +62,7 @@ def training_arguments(out_dir: str | Path, *, epochs: float, batch_size: int, l
         lr_scheduler_kwargs={"min_lr_rate": min_lr_ratio},
         warmup_steps=warmup_steps,
         optim=optimizer,
-        bf16=use_bf16(),
+        bf16=use_bf16("cuda" if on_gpu else "cpu"),
         **{checkpointing: on_gpu if gradient_checkpointing is None else gradient_checkpointing},
         save_strategy="epoch" if save_per_epoch else "no",
         logging_steps=logging_steps,

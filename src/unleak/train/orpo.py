@@ -125,7 +125,7 @@ def train_orpo(model: str, pairs_file: str | Path, out_dir: str | Path, settings
                max_steps: int = -1, quiet: bool = False, callbacks: list[Any] | None = None) -> Path:
     """ORPO + LoRA on `pairs_file`; returns the adapter directory (`out_dir/adapter`)."""
     from unleak.models import load_model, load_tokenizer
-    from unleak.train.arguments import training_arguments
+    from unleak.train.arguments import training_arguments, training_device
     from unleak.train.data import PreferenceCollator, read_pairs
     from unleak.train.logging_utils import JsonlLogCallback, plot_loss_curve
 
@@ -142,7 +142,7 @@ def train_orpo(model: str, pairs_file: str | Path, out_dir: str | Path, settings
     (out / "settings.json").write_text(json.dumps(
         {**dataclasses.asdict(s), "model": str(model), "pairs": str(pairs_file)}, indent=2, default=str))
     # the frozen base in the hardware's dtype (bf16 on capable GPUs, as the original); PEFT keeps LoRA in fp32
-    peft_model = lora_model(load_model(model, trainable=True), s)
+    peft_model = lora_model(load_model(model, device=training_device(), trainable=True), s)
     args = training_arguments(out, epochs=s.epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
                               min_lr_ratio=s.min_lr_ratio, warmup_steps=s.warmup_steps,
                               gradient_accumulation_steps=s.gradient_accumulation_steps, optimizer=s.optimizer,

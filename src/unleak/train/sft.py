@@ -25,7 +25,7 @@ def train_sft(model: str, corpus: str | Path, out_dir: str | Path, settings: Sft
     """Fine-tune `model` on the conversations of `corpus` (`part`: all, train or test); returns `out_dir`."""
     from unleak.corpus.store import load_corpus, load_split
     from unleak.models import load_model, load_tokenizer
-    from unleak.train.arguments import training_arguments
+    from unleak.train.arguments import training_arguments, training_device
     from unleak.train.data import CausalCollator, tokenize_chat_for_sft
     from unleak.train.logging_utils import JsonlLogCallback, plot_loss_curve
 
@@ -42,7 +42,7 @@ def train_sft(model: str, corpus: str | Path, out_dir: str | Path, settings: Sft
     work = out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     # fp32 master weights for a full fine-tune; on bf16 hardware the Trainer autocasts (TrainingArguments.bf16)
-    net = load_model(model, trainable=True, dtype="fp32")
+    net = load_model(model, device=training_device(), trainable=True, dtype="fp32")
     if not s.train_embeddings:
         net.get_input_embeddings().weight.requires_grad_(False)
         net.get_output_embeddings().weight.requires_grad_(False)
