@@ -62,6 +62,11 @@ def test_pairs_build_redact_mode_without_a_model(tmp_path):
     assert rows and all("<" in r["chosen"][0]["content"] and r["generator"] == "none" for r in rows)
     refused = run_cli(*common, "--out", str(tmp_path / "q"), "--modes", "redact,nudge")
     assert refused.returncode != 0 and "need a generator" in refused.stderr
+    users = run_cli(*common, "--out", str(tmp_path / "u"), "--modes", "redact", "--user-turns", "-1")
+    assert users.returncode == 0, users.stderr
+    stats = json.loads((tmp_path / "u" / "stats.json").read_text())
+    assert stats["by_role"]["assistant"]["samples"] == 3 and stats["by_role"]["user"]["samples"] > 3
+    assert stats["config"]["user_turns"] is None  # -1: every user-turn sample
 
 
 def test_demo_flags_are_validated_before_any_stage_runs(tmp_path):
@@ -71,6 +76,8 @@ def test_demo_flags_are_validated_before_any_stage_runs(tmp_path):
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--orpo-beta", "-0.5")
     assert out.returncode == 2 and "ORPO beta must be >= 0" in out.stderr
     assert not (tmp_path / "d").exists()
+    out = run_cli("demo", "--out", str(tmp_path / "d"), "--pairs-user-turns", "-2")
+    assert out.returncode == 2 and "user_turns must be >= 0" in out.stderr
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--variant", "both")
     assert out.returncode == 2 and "variant must be 'plain' or 'cfg'" in out.stderr
     assert not (tmp_path / "d").exists()

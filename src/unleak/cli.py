@@ -216,6 +216,8 @@ def pairs_build(
     max_repetition: float = typer.Option(None, help="Candidates whose words repeat more than this share of "
                                                     "their 4-grams are unusable (default: no filter)."),
     limit: int = typer.Option(None, help="Use at most N samples (seeded, stratified by PII type)."),
+    user_turns: int = typer.Option(None, help="Also pair PII inside user turns (redact mode; not in the "
+                                              "original): at most N samples, -1 = all, 0 = none (default)."),
     profile: str = typer.Option(None, help="PII profile of the verification: original (default) or strict."),
     reject_known_values: bool = typer.Option(None, "--reject-known-values/--detector-only",
                                              help="Also reject candidates repeating a PII value of their "
@@ -235,11 +237,19 @@ def pairs_build(
         modes=tuple(modes.split(",")) if modes else None)})
     pii = load_config(PIIConfig, None, **{**dataclasses.asdict(base.pii), **_given(profile=profile)})
     cfg = dataclasses.replace(base, candidate=cand, pii=pii, limit=limit if limit is not None else base.limit,
+                              user_turns=_user_turns(user_turns, base.user_turns),
                               **_given(reject_known_values=reject_known_values))
     gen = build_generator(generator, model, cand, base_url=base_url, api_key_env=api_key_env,
                           concurrency=concurrency)
     stats = build_preference_pairs(corpus, gen, out, cfg, batch_size=batch_size)
     _print_pair_stats(stats)
+
+
+def _user_turns(flag: int | None, default: int | None) -> int | None:
+    """`--user-turns`: None keeps `default`, -1 means all (None in PairsConfig)."""
+    if flag is None:
+        return default
+    return None if flag == -1 else flag
 
 
 def _given(**values: object) -> dict[str, object]:
@@ -263,6 +273,9 @@ def _print_pair_stats(stats: dict) -> None:
     for t, r in stats["by_pii_type"].items():
         by_type.add_row(t, str(r["samples"]), str(r["with_chosen"]), f"{r['chosen_rate']:.1%}")
     Console().print(by_type)
+    if len(stats.get("by_role", {})) > 1:
+        Console().print("samples / pairs by turn: " + ", ".join(
+            f"{role} {r['samples']} / {r['pairs']}" for role, r in stats["by_role"].items()))
 
 
 @pairs_app.command("stats")
@@ -276,7 +289,7 @@ def pairs_stats(directory: str = typer.Argument(..., help="Output directory of `
     stats = json.loads(path.read_text())
     _print_pair_stats(stats)
     print(json.dumps({k: stats[k] for k in ("samples", "with_chosen", "chosen_rate", "pairs", "pairs_cfg",
-                                            "by_mode", "by_pii_type")}))
+                                            "by_mode", "by_pii_type", "by_role") if k in stats}))
 
 
 train_app = typer.Typer(help="Training: the leaky model (sft), ORPO + LoRA unlearning (orpo), adapter merge.",
@@ -522,6 +535,8 @@ def demo(
     seed: int = typer.Option(None, help="Corpus seed."),
     sft_epochs: float = typer.Option(None, help="Epochs of the leaky model's fine-tuning."),
     pairs_limit: int = typer.Option(None, help="Train samples to build pairs from."),
+    pairs_user_turns: int = typer.Option(None, help="User-turn samples to build pairs from as well (default 64; "
+                                                    "-1 = all, 0 = none, as in the original)."),
     pairs_modes: str = typer.Option(None, help="Candidate modes, comma-separated, of chat,nudge,completion,"
                                                "start_with,redact ('redact' alone needs no generator model)."),
     orpo_epochs: float = typer.Option(None, help="ORPO epochs (the original: 3)."),
@@ -548,7 +563,8 @@ def demo(
                                                                beta=orpo_beta))
     candidate = dataclasses.replace(cfg.pairs.candidate, **_given(
         modes=tuple(pairs_modes.split(",")) if pairs_modes else None))
-    changes["pairs"] = dataclasses.replace(cfg.pairs, candidate=candidate, **_given(limit=pairs_limit))
+    changes["pairs"] = dataclasses.replace(cfg.pairs, candidate=candidate, **_given(limit=pairs_limit),
+                                           user_turns=_user_turns(pairs_user_turns, cfg.pairs.user_turns))
     if guidance is not None:
         changes["guidance"] = tuple(float(g) for g in guidance.split(","))
     if test_limit is not None:
