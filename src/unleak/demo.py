@@ -10,14 +10,15 @@ only the stages downstream of it.
 1. corpus: synthetic PII-rich conversations, split by conversation;
 2. leaky: full fine-tune of the base model on **all** conversations (the
    attacker later holds the scrubbed test conversations, as in the challenge);
-3. pairs: plain and CFG-variant preference pairs from the **train** split
-   (by default the model-free `redact` candidates; the generator modes use
-   the clean base model);
+3. pairs: plain and CFG-variant preference pairs from the **train** split,
+   for PII in answers and in user turns (by default the model-free `redact`
+   candidates; the generator modes use the clean base model);
 4. orpo: ORPO + LoRA on the leaky model with the plain pairs (`variant`;
    the CFG-variant pairs with `variant="cfg"`, both with `full`);
 5. eval: on the **test** split: base, leaky, defended at g = 1 and with
-   guidance g = 2, 3, 5 in both spaces; utility on an MMLU subset; answer
-   perplexity and repetition;
+   guidance g = 2, 3, 5 in both spaces; the extraction attack as the
+   challenge runs it and with the context's trailing space cut; utility on
+   an MMLU subset; answer perplexity and repetition;
 6. report: report.md, results.json, PNGs and the Table-1-style summary.
 """
 
@@ -66,6 +67,10 @@ class DemoConfig:
     #: overfit (PII 5 and 4, perplexity 28 -> 45); the base model as generator
     #: (modes nudge + completion, 92 plain pairs from 64 samples, 629 s of generation): PII 6 and 2,
     #: 0/73, perplexity 2.6-3.2, but answers that loop (seq-rep-4 34-41 %, leaky 0.2 %)
+    #: Session 10: plus 64 user-turn samples (`user_turns`; the leaky model memorised what users wrote, and
+    #: the attack cuts user turns too): 127 pairs, ORPO 211 s; PII 2, known values 2, attack 0/73 and, with
+    #: the context's trailing space cut, 0/73 (leaky 5 and 19), perplexity 29.2 at g = 3; seed 1: PII 0,
+    #: 0/102 and 0/102 (leaky 13 and 19), perplexity 16.3 (session 9, answer pairs only: PII 0, 2/102)
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
         candidate=CandidateConfig(modes=("redact",), candidates=1, max_new_tokens=64, max_tries=1),
         pii_candidates_as_rejected=False, limit=64, user_turns=64))
