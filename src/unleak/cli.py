@@ -479,7 +479,7 @@ def eval_run(
     report = write_report(out)
     from unleak.eval.report import markdown_table
 
-    Console().print(markdown_table(report["rows"]))
+    Console().print(markdown_table(report["rows"] + report["reference_rows"]))
     print(json.dumps({"report": report["report"], "plots": report["plots"]}))
 
 
@@ -489,7 +489,7 @@ def eval_report(directory: str = typer.Argument(..., help="Output directory of `
     from unleak.eval.report import markdown_table, write_report
 
     report = write_report(directory)
-    Console().print(markdown_table(report["rows"]))
+    Console().print(markdown_table(report["rows"] + report["reference_rows"]))
     print(json.dumps({"report": report["report"], "plots": report["plots"]}))
 
 

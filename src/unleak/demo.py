@@ -144,6 +144,10 @@ class _Stages:
         return d
 
 
+def _count(limit: int | None) -> str:
+    return "all" if limit is None else str(limit)
+
+
 def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo") -> dict[str, Any]:
     from unleak.corpus.store import corpus_stats, load_corpus, save_corpus, split_corpus
     from unleak.corpus.synth import synthesize_corpus
@@ -218,7 +222,8 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     times = {**stages.times, "total": round(time.time() - started, 1)}
     preamble = (f"Model: {c.model} ({base}); corpus: {stats['conversations']} synthetic conversations, seed "
                 f"{c.seed}, test fraction {c.test_fraction}; SFT {c.sft.epochs:g} epochs; pairs from "
-                f"{c.pairs.limit or 'all'} train samples, modes {', '.join(c.pairs.candidate.modes)}; ORPO "
+                f"{_count(c.pairs.limit)} train samples of answers and {_count(c.pairs.user_turns)} of user "
+                f"turns, modes {', '.join(c.pairs.candidate.modes)}; ORPO "
                 f"({c.variant} pairs) {c.orpo.epochs:g} epoch(s), lr {c.orpo.learning_rate:g}, beta "
                 f"{c.orpo.beta}, LoRA r{c.orpo.lora.r}; MMLU subset "
                 f"{c.mmlu_limit if mmlu else 'not run (no file)'}. Wall times (s): "
@@ -229,5 +234,5 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     for p in report["plots"]:
         shutil.copy(p, out / Path(p).name)
     shutil.copy(evaluation / "results.json", out / "results.json")
-    Console().print(markdown_table(report["rows"]))
+    Console().print(markdown_table(report["rows"] + report["reference_rows"]))
     return {"report": str(out / "report.md"), "rows": report["rows"], "times": times}

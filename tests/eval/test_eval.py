@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -188,9 +189,21 @@ def test_full_evaluation_and_report(tiny_model_dir, tmp_path, monkeypatch):
             conv = test_conversations[x["conversation"]]
             parts = {o.value.lower() for o in conv.pii} | {w.lower() for o in conv.pii for w in o.value.split()}
             assert all(v in x["answer"] and v.lower() in parts for v in x["known_values"])
+    refs = {r["name"]: r for r in json.loads((out / "references.json").read_text())["rows"]}
+    written, redacted = refs["reference: test answers"], refs["reference: test answers, redacted"]
+    assert written["known_values"]["total"] > 0 and redacted["known_values"]["total"] == 0
+    assert redacted["template"] == "[REDACTED {name}]" and "[REDACTED" in redacted["examples"][0]["answer"]
+    assert written["test_prompts"] == redacted["test_prompts"] == results[0]["test_prompts"]
+    assert 0 < written["fluency"]["tokens"] <= 8 * written["test_prompts"]  # cut like the answers
     stamp = (out / "configs" / "g3.json").stat().st_mtime_ns
     run_evaluation(corpus, confs, out, settings, progress=False)  # resumed: nothing recomputed
     assert (out / "configs" / "g3.json").stat().st_mtime_ns == stamp
+    other = dataclasses.replace(settings, reference_template="<{type}>")  # only the references change
+    run_evaluation(corpus, confs, out, other, progress=False)
+    assert (out / "configs" / "g3.json").stat().st_mtime_ns == stamp
+    redone = json.loads((out / "references.json").read_text())["rows"][1]
+    assert redone["template"] == "<{type}>" and redone["examples"][0]["answer"].lstrip().startswith("<")
+    run_evaluation(corpus, confs, out, settings, progress=False)
     (out / "answers" / "g3.jsonl").unlink()  # a configuration without its answers is evaluated again
     run_evaluation(corpus, confs, out, settings, progress=False)
     assert (out / "answers" / "g3.jsonl").is_file() and (out / "configs" / "g3.json").stat().st_mtime_ns != stamp
@@ -198,7 +211,7 @@ def test_full_evaluation_and_report(tiny_model_dir, tmp_path, monkeypatch):
     report = write_report(out)
     md = (out / "report.md").read_text()
     assert "| base |" in md and "| g3 |" in md and "+0.0 ± 0.0" in md and "repetition %" in md
-    assert "known values" in md
+    assert "known values" in md and "| reference: test answers, redacted |" in md
     attack_cells = {line.split("|")[1].strip(): line.split("|")[7:9] for line in md.splitlines()
                     if line.startswith("| base |") or line.startswith("| g3 |")}
     for r in results:  # both attacks in the table, as hits/attempts

@@ -53,6 +53,19 @@ def summary_rows(results: list[dict[str, Any]], reference: str | None = None) ->
     return rows
 
 
+def reference_rows(out_dir: str | Path) -> list[dict[str, Any]]:
+    """Table rows of `references.json` (the test split's own answers, as written and redacted), if any."""
+    path = Path(out_dir) / "references.json"
+    if not path.is_file():
+        return []
+    return [{"configuration": r["name"], "test_prompts": r["test_prompts"],
+             "pii_original": r["pii"].get("original", {}).get("total"),
+             "pii_strict": r["pii"].get("strict", {}).get("total"), "known_values": r["known_values"]["total"],
+             "asr": None, "attack_successes": None, "attack_attempts": None,
+             "perplexity": r["fluency"]["perplexity"], "repetition": r["fluency"].get("repetition")}
+            for r in json.loads(path.read_text())["rows"]]
+
+
 def _fmt(v: Any, pct: bool = False) -> str:
     if v is None:
         return "–"
@@ -163,14 +176,20 @@ def write_report(out_dir: str | Path, title: str = "unleak evaluation", preamble
     out = Path(out_dir)
     results = load_results(out)
     rows = summary_rows(results, reference)
+    references = reference_rows(out)
     ref = reference if any(r["name"] == reference for r in results) else results[0]["name"]
     plots = [p for p in (plot_guidance(rows, out / "guidance.png"), plot_tradeoff(rows, out / "tradeoff.png")) if p]
     n = rows[0]["test_prompts"]
     md = [f"# {title}", "", preamble, "",
           f"Test prompts: {n} (test split: never used to build the defence). Utility: multiple-choice accuracy by "
-          f"letter log-likelihood; Δ is the paired difference to `{ref}` over the same questions.", "",
-          markdown_table(rows)]
+          f"letter log-likelihood; Δ is the paired difference to `{ref}` over the same questions."
+          + (" The `reference` rows score the test split's own answers (cut to the answers' length), as "
+             "written and with their PII replaced by the redaction template: what copying the values, and "
+             "a perfect redaction of them, score on the same counts." if references else ""), "",
+          markdown_table(rows + references)]
     md += [f"![{p.stem}]({p.name})" for p in plots]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
-    atomic_write_text(out / "results.json", json.dumps({"rows": rows, "results": results}, indent=1) + "\n")
-    return {"rows": rows, "report": str(out / "report.md"), "plots": [str(p) for p in plots]}
+    atomic_write_text(out / "results.json", json.dumps({"rows": rows, "results": results,
+                                                         "reference_rows": references}, indent=1) + "\n")
+    return {"rows": rows, "reference_rows": references, "report": str(out / "report.md"),
+            "plots": [str(p) for p in plots]}

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from unleak.config import AttackConfig, GuidanceConfig, PIIConfig, settings_hash
+from unleak.config import AttackConfig, CandidateConfig, GuidanceConfig, PIIConfig, settings_hash
 from unleak.errors import UnleakError
 from unleak.jsonl import atomic_write_jsonl, atomic_write_text
 from unleak.pairs.samples import SAMPLES_VERSION
@@ -61,6 +61,10 @@ class EvalSettings:
     reference_model: str = "default"
     profiles: tuple[str, ...] = ("original", "strict")
     batch_size: int = 16
+    #: also score the test split's own answers, as written and with their PII replaced by this template
+    #: (the `redact` candidates' default), under the same counts and the reference model: what a perfect
+    #: redaction of the true answer scores (`references.json`, two rows of the report); None: off
+    reference_template: str | None = field(default_factory=lambda: CandidateConfig().redact_template)
 
 
 def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], out_dir: str | Path,
@@ -97,7 +101,9 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     loaded: dict[tuple[str, str | None], Any] = {}
     utility_cache: dict[tuple[str, str | None], Any] = {}
     done: dict[str, dict[str, Any]] = {}
-    keys = {conf.name: settings_hash(asdict(conf), asdict(s), str(corpus), RESULTS_VERSION, SAMPLES_VERSION)
+    # a configuration's results do not depend on the reference rows' template
+    conf_settings = {k: v for k, v in asdict(s).items() if k != "reference_template"}
+    keys = {conf.name: settings_hash(asdict(conf), conf_settings, str(corpus), RESULTS_VERSION, SAMPLES_VERSION)
             for conf in configurations}
     groups: dict[tuple[str, str | None, bool], list[EvalConfiguration]] = {}
     for conf in configurations:
@@ -178,7 +184,48 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
             }
             atomic_write_text(out / "configs" / f"{conf.name}.json", json.dumps(result, indent=1) + "\n")
             done[conf.name] = result
+    if s.reference_template is not None:
+        key = settings_hash(asdict(s), str(corpus), RESULTS_VERSION, SAMPLES_VERSION)
+        path = out / "references.json"
+        if not (path.is_file() and json.loads(path.read_text()).get("hash") == key):
+            if reference is None:
+                ref_tok = load_tokenizer(s.reference_model)
+                reference = (load_model(s.reference_model), ref_tok,
+                             [ref_tok(render_prompt(ref_tok, x.prompt_messages(), continue_final=bool(x.prefix)),
+                                      add_special_tokens=False)["input_ids"] for x in samples])
+            rows = reference_answers(samples, {c.id: c for c in test}, s.reference_template, reference,
+                                     s.leakage_max_new_tokens, detectors, values)
+            atomic_write_text(path, json.dumps({"hash": key, "rows": rows}, indent=1) + "\n")
     return [done[conf.name] for conf in configurations]
+
+
+def reference_answers(samples: list[Any], conversations: dict[str, Any], template: str,
+                      reference: tuple[Any, Any, list[list[int]]], max_tokens: int, detectors: dict[str, Any],
+                      values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The test samples' own continuations (the first `max_tokens` tokens, as the evaluated answers are cut),
+    as written and with each PII value replaced by `template`: PII, known values, perplexity, repetition."""
+    from unleak.config import REDACT_TYPE_NAMES
+    from unleak.eval.fluency import answer_fluency
+    from unleak.eval.leakage import count_pii
+    from unleak.pairs.build import redacted_continuation
+    from unleak.pii.known import count_known_values
+
+    model, tok, prompt_ids = reference
+    texts = {"reference: test answers": [x.target for x in samples],
+             "reference: test answers, redacted": [redacted_continuation(
+                 x, conversations[x.conversation_id], template, REDACT_TYPE_NAMES) for x in samples]}
+    ids = {name: [tok(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in ts] for name, ts in texts.items()}
+    texts = {name: [tok.decode(i) for i in rows] for name, rows in ids.items()}
+    fluency = answer_fluency(model, tok, prompt_ids, list(ids.values()))
+    rows = []
+    for (name, ts), flu in zip(texts.items(), fluency, strict=True):
+        pii = {p: count_pii(ts, d) for p, d in detectors.items()}
+        known = count_known_values(ts, [values[x.conversation_id] for x in samples])
+        rows.append({"name": name, "template": template if name.endswith("redacted") else None,
+                     "test_prompts": len(samples), "pii": {p: {"total": r["total"]} for p, r in pii.items()},
+                     "known_values": {"total": known["total"]}, "fluency": flu,
+                     "examples": [{"sample": x.id, "answer": t} for x, t in zip(samples[:3], ts[:3])]})
+    return rows
 
 
 def answer_rows(samples: list[Any], texts: list[str], leakage: dict[str, dict[str, Any]], known: dict[str, Any],
