@@ -81,3 +81,22 @@ def test_demo_flags_are_validated_before_any_stage_runs(tmp_path):
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--variant", "both")
     assert out.returncode == 2 and "variant must be 'plain' or 'cfg'" in out.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_eval_run_writes_the_table_and_can_leave_the_references_out(tiny_model_dir, tmp_path):
+    import json
+
+    assert run_cli("corpus", "synth", "--n", "8", "--seed", "4", "--out", str(tmp_path / "c")).returncode == 0
+    assert run_cli("corpus", "split", str(tmp_path / "c")).returncode == 0
+    common = ("eval", "run", "--model", str(tiny_model_dir), "--corpus", str(tmp_path / "c"), "--guidance", "1,3",
+              "--test-limit", "2", "--max-new-tokens", "4")
+    done = run_cli(*common, "--out", str(tmp_path / "e"))
+    assert done.returncode == 0, done.stderr
+    report = (tmp_path / "e" / "report.md").read_text()
+    assert f"| {tiny_model_dir.name}-g1 |" in report and "| reference: test answers, redacted |" in report
+    rows = json.loads((tmp_path / "e" / "results.json").read_text())["rows"]
+    assert [r["guidance"] for r in rows] == [1.0, 3.0] and all(r["asr_stripped"] is not None for r in rows)
+    bare = run_cli(*common, "--out", str(tmp_path / "f"), "--reference-template", "", "--no-stripped-attack")
+    assert bare.returncode == 0, bare.stderr
+    assert not (tmp_path / "f" / "references.json").exists()
+    assert all(r["asr_stripped"] is None for r in json.loads((tmp_path / "f" / "results.json").read_text())["rows"])

@@ -466,6 +466,9 @@ def eval_run(
     task_message: int = typer.Option(2, help="Attack task message variant: 0, 1 or 2."),
     stripped_attack: bool = typer.Option(True, help="Also run the attack with the context's trailing space cut "
                                          "(a stronger variant of the challenge's)."),
+    reference_template: str = typer.Option(CandidateConfig.redact_template, help="Reference rows: the test "
+                                           "answers as written and with their PII replaced by this template "
+                                           "('' = no reference rows)."),
 ) -> None:
     """Evaluate every configuration; then write the report (see `unleak eval report`)."""
     from unleak.config import AttackConfig
@@ -474,7 +477,7 @@ def eval_run(
 
     settings = EvalSettings(leakage_max_new_tokens=max_new_tokens, test_limit=test_limit, mmlu=mmlu,
                             mmlu_limit=mmlu_limit, attack=AttackConfig(task_message=task_message),
-                            stripped_attack=stripped_attack)
+                            stripped_attack=stripped_attack, reference_template=reference_template or None)
     run_evaluation(corpus, eval_configurations(model, adapter, guidance, cfg_space, baseline), out, settings)
     report = write_report(out)
     from unleak.eval.report import markdown_table
