@@ -132,7 +132,8 @@ def plot_guidance(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
         axes[0].axhline(r["pii_original"], **style)
         axes[1].axhline(100 * r["asr"], **style)
         if r.get("asr_stripped") is not None:
-            axes[1].axhline(100 * r["asr_stripped"], **{**style, "linestyle": ":", "label": style["label"] + ", space cut"})
+            axes[1].axhline(100 * r["asr_stripped"],
+                            **{**style, "linestyle": ":", "label": style["label"] + ", space cut"})
     axes[0].set_ylabel("PII entities in answers (original profile)")
     axes[1].set_ylabel("extraction attack ASR %")
     for ax in axes:

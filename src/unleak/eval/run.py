@@ -93,7 +93,16 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     values = conversation_values(test)
     questions = load_mc_questions(s.mmlu, s.mmlu_limit, s.mmlu_seed) if s.mmlu else None
     detectors = {p: detector_for_profile(PIIConfig(profile=p)) for p in s.profiles}
-    reference: tuple[Any, Any, list[list[int]]] | None = None  # model, tokenizer, test prompt ids
+    reference: list[tuple[Any, Any, list[list[int]]]] = []  # model, tokenizer, test prompt ids (loaded once)
+
+    def reference_model() -> tuple[Any, Any, list[list[int]]]:
+        if not reference:
+            ref_tok = load_tokenizer(s.reference_model)
+            reference.append((load_model(s.reference_model), ref_tok,
+                              [ref_tok(render_prompt(ref_tok, x.prompt_messages(), continue_final=bool(x.prefix)),
+                                       add_special_tokens=False)["input_ids"] for x in samples]))
+        return reference[0]
+
     attacks = {"attack": s.attack}
     if s.stripped_attack and not s.attack.strip_trailing_space:
         attacks["attack_stripped"] = replace(s.attack, strip_trailing_space=True)
@@ -143,12 +152,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                 task = bar.add_task(f"{label}: {variant.replace('_', ' ')} prompts", total=len(prompts))
                 attack_outs[variant] = run_attack(gen, prompts, guidances, attack, served=served,
                                                   on_batch=lambda n, task=task: bar.advance(task, n))
-        if reference is None:
-            ref_tok = load_tokenizer(s.reference_model)
-            reference = (load_model(s.reference_model), ref_tok,
-                         [ref_tok(render_prompt(ref_tok, x.prompt_messages(), continue_final=bool(x.prefix)),
-                                  add_special_tokens=False)["input_ids"] for x in samples])
-        ref_model, ref_tok, prompt_ids = reference
+        ref_model, ref_tok, prompt_ids = reference_model()
         utility = None
         if questions is not None:
             if mkey not in utility_cache:
@@ -188,12 +192,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
         key = settings_hash(asdict(s), str(corpus), RESULTS_VERSION, SAMPLES_VERSION)
         path = out / "references.json"
         if not (path.is_file() and json.loads(path.read_text()).get("hash") == key):
-            if reference is None:
-                ref_tok = load_tokenizer(s.reference_model)
-                reference = (load_model(s.reference_model), ref_tok,
-                             [ref_tok(render_prompt(ref_tok, x.prompt_messages(), continue_final=bool(x.prefix)),
-                                      add_special_tokens=False)["input_ids"] for x in samples])
-            rows = reference_answers(samples, {c.id: c for c in test}, s.reference_template, reference,
+            rows = reference_answers(samples, {c.id: c for c in test}, s.reference_template, reference_model(),
                                      s.leakage_max_new_tokens, detectors, values)
             atomic_write_text(path, json.dumps({"hash": key, "rows": rows}, indent=1) + "\n")
     return [done[conf.name] for conf in configurations]
