@@ -46,7 +46,8 @@ def training_arguments(out_dir: str | Path, *, epochs: float, batch_size: int, l
                        group_by_length: bool = False) -> Any:
     from transformers import TrainingArguments
 
-    on_gpu = training_device() != "cpu"
+    device = training_device()
+    on_gpu = device != "cpu"
     # transformers 5.x renamed `gradient_checkpointing` to `activation_checkpointing` (the old name warns)
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
@@ -62,7 +63,7 @@ def training_arguments(out_dir: str | Path, *, epochs: float, batch_size: int, l
         lr_scheduler_kwargs={"min_lr_rate": min_lr_ratio},
         warmup_steps=warmup_steps,
         optim=optimizer,
-        bf16=use_bf16("cuda" if on_gpu else "cpu"),
+        bf16=use_bf16(device),
         **{checkpointing: on_gpu if gradient_checkpointing is None else gradient_checkpointing},
         save_strategy="epoch" if save_per_epoch else "no",
         logging_steps=logging_steps,
