@@ -24,7 +24,7 @@ from unleak.pairs.build import (build_preference_pairs, candidate_answer, cfg_va
                                 is_repetitive, mode_request, redacted_continuation)
 from unleak.pii.known import conversation_values, known_value_spans
 from unleak.pairs.generators import CandidateRequest, LocalCandidateGenerator, OpenAICandidateGenerator
-from unleak.pairs.samples import build_samples, limit_samples
+from unleak.pairs.samples import build_samples, limit_samples, opening_stratum
 from unleak.pii import build_detector
 from unleak.serve.background import live_server
 
@@ -90,6 +90,18 @@ def test_limit_is_seeded_and_stratified():
     picked = limit_samples(samples, 11, seed=0)
     assert len(picked) == 11 and picked == limit_samples(samples, 11, seed=0)
     assert len({s.pii_type for s in picked}) >= min(11, len({s.pii_type for s in samples}))
+
+
+def test_pairs_limit_keeps_answers_that_open_with_their_pii():
+    samples = build_samples(synthesize_corpus(30, seed=3))
+    openings = [s for s in samples if not s.prefix.strip()]
+    assert len(openings) == 4 and len(samples) == 147
+    strata = {opening_stratum(s) for s in samples}
+    assert len(strata) == 12  # 11 types, and names that open an answer
+    for seed in range(5):  # by type alone a limit of 12 picks none of the 4; by these strata always one
+        assert not any(not s.prefix.strip() for s in limit_samples(samples, 12, seed=seed))
+        picked = limit_samples(samples, 12, seed=seed, stratum=opening_stratum)
+        assert sum(not s.prefix.strip() for s in picked) == 1 and {opening_stratum(s) for s in picked} == strata
 
 
 def test_mode_requests():
@@ -250,6 +262,17 @@ def test_redact_mode_needs_no_generator_and_checks_its_candidates(corpus_dir, tm
         build_preference_pairs(corpus_dir, None, tmp_path / "x", PairsConfig(candidate=CandidateConfig(
             modes=("redact", "nudge"))), detector=build_detector("patterns"), progress=False)
 
+
+
+def test_pairs_build_draws_its_limit_with_the_opening_strata(tmp_path):
+    d = tmp_path / "corpus"
+    save_corpus(d, synthesize_corpus(30, seed=3), {"generator": "test"})
+    split_corpus(d, 0.25, seed=0)
+    cfg = PairsConfig(candidate=CandidateConfig(modes=("redact",), max_tries=1), pii_candidates_as_rejected=False,
+                      limit=12)
+    build_preference_pairs(d, None, tmp_path / "pairs", cfg, detector=build_detector("patterns"), progress=False)
+    picked = [json.loads(x)["prefix"] for x in (tmp_path / "pairs" / "samples.jsonl").read_text().splitlines()]
+    assert len(picked) == 12 and sum(not p.strip() for p in picked) == 1
 
 def test_user_turn_pairs_redact_the_users_message(corpus_dir, tmp_path):
     from unleak.corpus.store import load_split

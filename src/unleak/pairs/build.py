@@ -56,7 +56,7 @@ from unleak.corpus.store import SPLIT, load_split
 from unleak.errors import UnleakError
 from unleak.jsonl import append_jsonl, atomic_write_jsonl, atomic_write_text
 from unleak.pairs.generators import CandidateGenerator, CandidateRequest
-from unleak.pairs.samples import Sample, build_samples, limit_samples
+from unleak.pairs.samples import Sample, build_samples, limit_samples, opening_stratum
 from unleak.pii.known import conversation_values, known_value_spans
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
         raise UnleakError(f"modes {', '.join(generated)} need a generator model (only 'redact' runs without)")
     generator_name = generator.name if generator is not None and generated else "none"
     train = load_split(corpus_dir, "train")
-    samples = limit_samples(build_samples(train), config.limit, config.candidate.seed)
+    samples = limit_samples(build_samples(train), config.limit, config.candidate.seed, opening_stratum)
     if config.user_turns != 0:
         samples += limit_samples(build_samples(train, roles=("user",)), config.user_turns, config.candidate.seed)
     if not samples:

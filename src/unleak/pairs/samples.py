@@ -31,15 +31,17 @@ import hashlib
 import json
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from unleak.chat import Message
 from unleak.corpus.model import Conversation
 
-#: bump when the samples of a corpus change (2: the space before the PII moved from prefix to target), so
-#: cached stages built on the old ones are rebuilt
-SAMPLES_VERSION = 2
+#: bump when the samples of a corpus, or the ones a limit picks, change (2: the space before the PII moved
+#: from prefix to target; 3: the pairs' limit picks answers that open with their PII as a stratum of their
+#: own), so cached stages built on the old ones are rebuilt
+SAMPLES_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -112,21 +114,37 @@ def build_samples(conversations: list[Conversation], roles: tuple[str, ...] = ("
     return out
 
 
-def limit_samples(samples: list[Sample], limit: int | None, seed: int = 0) -> list[Sample]:
-    """At most `limit` samples, chosen with a seed and stratified by PII type (round-robin over types)."""
+def pii_type_stratum(sample: Sample) -> tuple[str, ...]:
+    """The evaluation's strata: the PII type."""
+    return (sample.pii_type,)
+
+
+def opening_stratum(sample: Sample) -> tuple[str, ...]:
+    """The pairs' strata: the PII type, and apart from it the samples whose turn opens with their PII.
+
+    Such a sample has an empty half-written part: the model writes the whole answer, and a fine-tuned
+    model opens it with a name from the dialog. They are rare (2 of the demo's 170 train samples, seed 0),
+    and a stratification by type alone left both out of its 64, so no pair taught that shape: the
+    defended model's one leaked name (session 10, seed 0) was the user's, opening such an answer."""
+    return (sample.pii_type, "opening") if not sample.prefix.strip() else (sample.pii_type,)
+
+
+def limit_samples(samples: list[Sample], limit: int | None, seed: int = 0,
+                  stratum: Callable[[Sample], tuple[str, ...]] = pii_type_stratum) -> list[Sample]:
+    """At most `limit` samples, chosen with a seed and stratified by `stratum` (round-robin over strata)."""
     if limit is None or limit >= len(samples):
         return samples
     rng = random.Random(seed)
-    by_type: dict[str, list[Sample]] = defaultdict(list)
+    groups: dict[tuple[str, ...], list[Sample]] = defaultdict(list)
     for s in samples:
-        by_type[s.pii_type].append(s)
-    for group in by_type.values():
+        groups[stratum(s)].append(s)
+    for group in groups.values():
         rng.shuffle(group)
     chosen: list[Sample] = []
-    types = sorted(by_type)
+    keys = sorted(groups)
     while len(chosen) < limit:
-        for t in types:
-            if by_type[t] and len(chosen) < limit:
-                chosen.append(by_type[t].pop())
+        for k in keys:
+            if groups[k] and len(chosen) < limit:
+                chosen.append(groups[k].pop())
     keep = {s.id for s in chosen}
     return [s for s in samples if s.id in keep]
