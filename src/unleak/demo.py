@@ -70,10 +70,16 @@ class DemoConfig:
     #: Session 10: plus 64 user-turn samples (`user_turns`; the leaky model memorised what users wrote, and
     #: the attack cuts user turns too): 127 pairs, ORPO 211 s; PII 2, known values 2, attack 0/73 and, with
     #: the context's trailing space cut, 0/73 (leaky 5 and 19), perplexity 29.2 at g = 3; seed 1: PII 0,
-    #: 0/102 and 0/102 (leaky 13 and 19), perplexity 16.3 (session 9, answer pairs only: PII 0, 2/102)
+    #: 0/102 and 0/102 (leaky 13 and 19), perplexity 16.3 (session 9, answer pairs only: PII 0, 2/102).
+    #: Session 11: `completion` candidates of the base model beside these (no_repeat_ngram_size 4,
+    #: max_repetition 0.1; 23 of 64 PII-free, 150 pairs, 77 s of generation, ORPO 265 s): PII 2, 1/73 at
+    #: g = 1, perplexity 23.2 at g = 3, within this run-to-run spread: not adopted. All 170 answer samples
+    #: instead of 64 (231 pairs, ORPO 423 s instead of 247 s): PII 2 -> 1 (`48 hours`, a TIME entity the
+    #: perfectly redacted test answers hold too), strict and known values 1 -> 0, attack 0/73 both ways,
+    #: perplexity 28.6 (64 samples: 25.4); the user's first name that opened one answer is gone: the default
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
         candidate=CandidateConfig(modes=("redact",), candidates=1, max_new_tokens=64, max_tries=1),
-        pii_candidates_as_rejected=False, limit=64, user_turns=64))
+        pii_candidates_as_rejected=False, limit=None, user_turns=64))
     #: which pairs the defended adapter trains on: "plain" (the original's "ORPO LoRA, no CFG data" row)
     #: or "cfg" (each pair under the positive and, swapped, the negative system prompt). With one CPU
     #: epoch the 135M model does not learn to tell the two system prompts apart (mean log-odds ~0, the
