@@ -76,7 +76,9 @@ class DemoConfig:
     #: g = 1, perplexity 23.2 at g = 3, within this run-to-run spread: not adopted. All 170 answer samples
     #: instead of 64 (231 pairs, ORPO 423 s instead of 247 s): PII 2 -> 1 (`48 hours`, a TIME entity the
     #: perfectly redacted test answers hold too), strict and known values 1 -> 0, attack 0/73 both ways,
-    #: perplexity 28.6 (64 samples: 25.4); the user's first name that opened one answer is gone: the default
+    #: perplexity 28.6 (64 samples: 25.4); the user's first name that opened one answer is gone: the default.
+    #: Seed 1 (224 pairs, ORPO 395 s): PII 0, attack 0/102, space cut 1/102 (a user message's organisation;
+    #: 64 samples: 0/102), perplexity 19.0 (16.3)
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
         candidate=CandidateConfig(modes=("redact",), candidates=1, max_new_tokens=64, max_tries=1),
         pii_candidates_as_rejected=False, limit=None, user_turns=64))
