@@ -538,7 +538,7 @@ def demo(
     seed: int = typer.Option(None, help="Corpus seed."),
     sft_epochs: float = typer.Option(None, help="Epochs of the leaky model's fine-tuning."),
     pairs_limit: int = typer.Option(None, help="Train answer samples to build pairs from (default: all)."),
-    pairs_user_turns: int = typer.Option(None, help="User-turn samples to build pairs from as well (default 64; "
+    pairs_user_turns: int = typer.Option(None, help="User-turn samples to build pairs from as well (default: all; "
                                                     "-1 = all, 0 = none, as in the original)."),
     pairs_modes: str = typer.Option(None, help="Candidate modes, comma-separated, of chat,nudge,completion,"
                                                "start_with,redact ('redact' alone needs no generator model)."),

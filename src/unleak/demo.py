@@ -78,10 +78,12 @@ class DemoConfig:
     #: perfectly redacted test answers hold too), strict and known values 1 -> 0, attack 0/73 both ways,
     #: perplexity 28.6 (64 samples: 25.4); the user's first name that opened one answer is gone: the default.
     #: Seed 1 (224 pairs, ORPO 395 s): PII 0, attack 0/102, space cut 1/102 (a user message's organisation;
-    #: 64 samples: 0/102), perplexity 19.0 (16.3)
+    #: 64 samples: 0/102), perplexity 19.0 (16.3). Every user-turn sample too (128 / 123 instead of 64;
+    #: ORPO 503 / 474 s): seed 0 PII 1, strict 0, both attacks 0/73, perplexity 25.0; seed 1 PII 0, both
+    #: attacks 0/102, perplexity 19.9: the default
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
         candidate=CandidateConfig(modes=("redact",), candidates=1, max_new_tokens=64, max_tries=1),
-        pii_candidates_as_rejected=False, limit=None, user_turns=64))
+        pii_candidates_as_rejected=False, limit=None, user_turns=None))
     #: which pairs the defended adapter trains on: "plain" (the original's "ORPO LoRA, no CFG data" row)
     #: or "cfg" (each pair under the positive and, swapped, the negative system prompt). With one CPU
     #: epoch the 135M model does not learn to tell the two system prompts apart (mean log-odds ~0, the
