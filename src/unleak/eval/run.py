@@ -16,6 +16,7 @@ on the demo's 24 test prompts with equal answers)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -93,15 +94,13 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     values = conversation_values(test)
     questions = load_mc_questions(s.mmlu, s.mmlu_limit, s.mmlu_seed) if s.mmlu else None
     detectors = {p: detector_for_profile(PIIConfig(profile=p)) for p in s.profiles}
-    reference: list[tuple[Any, Any, list[list[int]]]] = []  # model, tokenizer, test prompt ids (loaded once)
-
+    @functools.cache
     def reference_model() -> tuple[Any, Any, list[list[int]]]:
-        if not reference:
-            ref_tok = load_tokenizer(s.reference_model)
-            reference.append((load_model(s.reference_model), ref_tok,
-                              [ref_tok(render_prompt(ref_tok, x.prompt_messages(), continue_final=bool(x.prefix)),
-                                       add_special_tokens=False)["input_ids"] for x in samples]))
-        return reference[0]
+        """The reference model, its tokenizer and the test prompts' ids (loaded once, when first needed)."""
+        ref_tok = load_tokenizer(s.reference_model)
+        return (load_model(s.reference_model), ref_tok,
+                [ref_tok(render_prompt(ref_tok, x.prompt_messages(), continue_final=bool(x.prefix)),
+                         add_special_tokens=False)["input_ids"] for x in samples])
 
     attacks = {"attack": s.attack}
     if s.stripped_attack and not s.attack.strip_trailing_space:
