@@ -94,6 +94,13 @@ def render_prompt(tokenizer: Any, messages: list[Message], continue_final: bool 
     )
 
 
+def system_header_ids(tokenizer: Any, system: str) -> list[int]:
+    """Token ids of a chat that holds only the system message `system`: what a served model puts in front
+    of a raw (template-free) prompt, such as the extraction attack's text or a multiple-choice question."""
+    text = tokenizer.apply_chat_template([{"role": "system", "content": system}], tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def messages_from_prompt(prompt: str) -> ParsedChat:
     """A user prompt or a full chat string as messages (a plain string is one user message)."""
     if not prompt or not prompt.strip():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from unleak.decoding.cfg import cfg_mix_logprobs, cfg_mix_probs, cfg_scores
+from unleak.decoding.cfg import cfg_mix, cfg_mix_logprobs, cfg_mix_probs, cfg_scores
 from unleak.decoding.sampling import ban_repeated_ngrams, filter_top_k, filter_top_p, sample_next_token
 
 # p_pos = [.5, .25, .25], p_neg = [.25, .5, .25] (logits are log-probs, so softmax is exact)
@@ -111,3 +111,19 @@ def test_repeated_ngrams_are_banned_per_row():
     banned = torch.isinf(out).nonzero().tolist()
     assert banned == [[0, 2], [1, 2], [2, 0], [2, 5]]
     assert not torch.isinf(scores).any()  # the input is left as it is
+
+
+def test_mix_on_a_subset_of_the_vocabulary_is_the_full_mix_there():
+    """Tokens 0 and 2 only (their log-probs normalised over all three): the mix there is the full mix's.
+
+    prob, g = 3: [1, .25] (token 1's -.25 is not renormalised away); log, g = 3: [ln 2, ln .25].
+    """
+    cols = [0, 2]
+    assert torch.allclose(cfg_mix(POS[:, cols], NEG[:, cols], 3.0, "prob"), torch.tensor([[1.0, 0.25]]), atol=1e-6)
+    assert torch.allclose(cfg_mix(POS[:, cols], NEG[:, cols], 3.0, "log").exp(), torch.tensor([[2.0, 0.25]]),
+                          atol=1e-6)
+    for space in ("log", "prob"):
+        full = cfg_mix(POS, NEG, 3.0, space)
+        assert torch.allclose(cfg_mix(POS[:, cols], NEG[:, cols], 3.0, space), full[:, cols])
+    with pytest.raises(ValueError, match="unknown CFG space"):
+        cfg_mix(POS, NEG, 3.0, "linear")

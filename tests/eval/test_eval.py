@@ -107,6 +107,60 @@ def test_batched_mc_equals_one_by_one(tiny_model_dir, tmp_path):
         assert pred == int(want.argmax())
 
 
+def test_guided_choice_by_hand():
+    """Two letters, their log-probs normalised over a larger vocabulary.
+
+    pos [.30, .28], neg [.25, .01]: alone A; g = 3, prob: [.25 + 3 (.05), .01 + 3 (.27)] = [.40, .82] -> B;
+    log: [.25 * 1.2^3, .01 * 28^3] = [.432, 219.5] -> B. pos [.1, .05], neg [.3, .12], g = 3, prob:
+    [.3 - .6, .12 - .21] = [-.30, -.09]: both letters get no mass; the unclamped mix ranks B first.
+    """
+    from unleak.config import GuidanceConfig
+    from unleak.eval.utility import guided_choice
+
+    pos, neg = [math.log(0.30), math.log(0.28)], [math.log(0.25), math.log(0.01)]
+    assert guided_choice(pos, neg, GuidanceConfig(1.0)) == 0 and guided_choice(pos, None, GuidanceConfig(3.0)) == 0
+    assert guided_choice(pos, neg, GuidanceConfig(3.0, "prob")) == 1
+    assert guided_choice(pos, neg, GuidanceConfig(3.0, "log")) == 1
+    assert guided_choice([math.log(0.1), math.log(0.05)], [math.log(0.3), math.log(0.12)],
+                         GuidanceConfig(3.0, "prob")) == 1
+
+
+def test_served_mc_predictions_equal_the_decoders_choice_one_by_one(tiny_model_dir):
+    """Behind the system prompts, batched and prefix-shared: each question alone, its full next-token
+    distributions mixed by the decoder's own `cfg_scores`, the best letter; raw (None): as before."""
+    from unleak.chat import system_header_ids
+    from unleak.config import GuidanceConfig, PromptConfig
+    from unleak.decoding.cfg import cfg_scores
+    from unleak.eval.utility import letter_token_ids, served_multiple_choice_predictions
+    from unleak.models import load_model, load_tokenizer
+
+    tok, model = load_tokenizer(str(tiny_model_dir)), load_model(str(tiny_model_dir))
+    qs = [{"subject": "s", "question": "w" * (i + 1) + "?", "choices": ["a", "b", "c", "d"], "answer": 0}
+          for i in range(7)]
+    # a scale large enough that guidance changes choices on this random model
+    guidances = [GuidanceConfig(1.0), GuidanceConfig(8.0, "log"), GuidanceConfig(8.0, "prob")]
+    prompts = PromptConfig()
+    served = served_multiple_choice_predictions(model, tok, qs, guidances, prompts, batch_size=3, progress=False)
+    raw = served_multiple_choice_predictions(model, tok, qs, guidances, None, batch_size=3, progress=False)
+    assert raw == [multiple_choice_predictions(model, tok, qs, batch_size=3, progress=False)] * 3
+    letters = letter_token_ids(tok, 4)
+
+    def last_logits(head: list[int], q: dict) -> torch.Tensor:
+        ids = torch.tensor([head + tok(format_question(q), add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            return model(input_ids=ids).logits[:, -1].float()
+
+    for i, q in enumerate(qs):
+        pos = last_logits(system_header_ids(tok, prompts.positive), q)
+        neg = last_logits(system_header_ids(tok, prompts.negative), q)
+        assert served[0][i] == int(pos[0, letters].argmax())
+        for k, g in enumerate(guidances[1:], 1):
+            want = cfg_scores(pos, neg, g.guidance_scale, g.cfg_space)[0, letters]
+            if torch.isfinite(want).any():  # the unclamped ranking only matters where no letter keeps mass
+                assert served[k][i] == int(want.argmax()), (i, g)
+    assert served[0] != served[1] or served[0] != served[2]  # guidance changes some choice here
+
+
 def test_common_prefix_leaves_one_token():
     from unleak.eval.utility import _common_prefix
 
@@ -210,7 +264,10 @@ def test_full_evaluation_and_report(tiny_model_dir, tmp_path, monkeypatch):
     stamp = (out / "configs" / "g3.json").stat().st_mtime_ns
     report = write_report(out)
     md = (out / "report.md").read_text()
-    assert "| base |" in md and "| g3 |" in md and "+0.0 ± 0.0" in md and "repetition %" in md
+    assert "| base |" in md and "| g3 |" in md and "repetition %" in md
+    diff = paired_difference(results[1]["utility"]["correct"], results[0]["utility"]["correct"])
+    assert f"| g3 | {100 * results[1]['utility']['accuracy']:.1f} ± " in md  # g3's own, guided utility
+    assert f"{100 * diff['difference']:+.1f} ± {100 * diff['se']:.1f}" in md
     assert "known values" in md and "| reference: test answers, redacted |" in md
     attack_cells = {line.split("|")[1].strip(): line.split("|")[7:9] for line in md.splitlines()
                     if line.startswith("| base |") or line.startswith("| g3 |")}
@@ -239,13 +296,18 @@ def test_guidance_settings_of_one_model_evaluated_together_equal_each_alone(tiny
     confs = [EvalConfiguration("g1", model), EvalConfiguration("g3-log", model, guidance_scale=3.0, cfg_space="log"),
              EvalConfiguration("g3-prob", model, guidance_scale=3.0, cfg_space="prob"),
              EvalConfiguration("raw", model, served=False)]
-    settings = EvalSettings(leakage_max_new_tokens=6, attack_limit=4, reference_model=model, batch_size=2)
+    mmlu = tmp_path / "mc.jsonl"
+    mmlu.write_text("".join(json.dumps({"subject": "s", "question": f"Q{i}" + "?" * i, "choices": ["a", "b", "c", "d"],
+                                        "answer": i % 4}) + "\n" for i in range(6)))
+    settings = EvalSettings(leakage_max_new_tokens=6, attack_limit=4, reference_model=model, batch_size=2,
+                            mmlu=str(mmlu), mmlu_limit=None)
     together = run_evaluation(corpus, confs, tmp_path / "together", settings, progress=False)
     alone = [run_evaluation(corpus, [c], tmp_path / c.name, settings, progress=False)[0] for c in confs]
     assert [r["evaluated_with"] for r in together] == [["g1", "g3-log", "g3-prob"]] * 3 + [["raw"]]
     for t, a in zip(together, alone):
         assert {k: t[k] for k in ("pii_per_answer", "attack", "fluency", "examples")} == \
             {k: a[k] for k in ("pii_per_answer", "attack", "fluency", "examples")}
+        assert t["utility"]["correct"] == a["utility"]["correct"]
     assert together[1]["examples"] != together[2]["examples"] or together[1]["attack"] != together[2]["attack"] \
         or together[1]["fluency"] != together[2]["fluency"]  # the settings differ on this model
 

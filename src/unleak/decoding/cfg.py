@@ -29,14 +29,29 @@ def _as_column(g: float | Tensor, like: Tensor) -> Tensor | float:
     return float(g)
 
 
+def cfg_mix(logp_pos: Tensor, logp_neg: Tensor, g: float | Tensor, space: str) -> Tensor:
+    """The guided mix of two log-probability tensors [B, K] in its own space, fp32.
+
+    log: ``logp_neg + g * (logp_pos - logp_neg)``; prob: ``p_neg + g * (p_pos - p_neg)``,
+    unclamped. The inputs must be normalised over the whole vocabulary; the mix
+    is elementwise, so `K` may be a subset of it (the answer letters of a
+    multiple-choice question): the result is the full mix at those tokens.
+    """
+    lp, ln = logp_pos.float(), logp_neg.float()
+    scale = _as_column(g, lp)
+    if space == "log":
+        return ln + scale * (lp - ln)
+    if space == "prob":
+        return ln.exp() + scale * (lp.exp() - ln.exp())
+    raise ValueError(f"unknown CFG space {space!r}")
+
+
 def cfg_mix_logprobs(logits_pos: Tensor, logits_neg: Tensor, g: float | Tensor) -> Tensor:
     """Log-space mix ``logp_neg + g * (logp_pos - logp_neg)`` of two [B, V] logit tensors.
 
     `g` is a float or a [B] tensor (one scale per row). Returns [B, V] fp32.
     """
-    lp = torch.log_softmax(logits_pos.float(), dim=-1)
-    ln = torch.log_softmax(logits_neg.float(), dim=-1)
-    return ln + _as_column(g, lp) * (lp - ln)
+    return cfg_mix(torch.log_softmax(logits_pos.float(), -1), torch.log_softmax(logits_neg.float(), -1), g, "log")
 
 
 def cfg_mix_probs(logits_pos: Tensor, logits_neg: Tensor, g: float | Tensor) -> Tensor:
@@ -45,9 +60,7 @@ def cfg_mix_probs(logits_pos: Tensor, logits_neg: Tensor, g: float | Tensor) -> 
     Returns the raw mix [B, V] fp32; it sums to 1 but may have negative entries
     for g > 1 (see `cfg_scores` for the clamped, renormalisable form).
     """
-    pp = torch.softmax(logits_pos.float(), dim=-1)
-    pn = torch.softmax(logits_neg.float(), dim=-1)
-    return pn + _as_column(g, pp) * (pp - pn)
+    return cfg_mix(torch.log_softmax(logits_pos.float(), -1), torch.log_softmax(logits_neg.float(), -1), g, "prob")
 
 
 def cfg_scores(logits_pos: Tensor, logits_neg: Tensor, g: float | Tensor, space: str | Tensor) -> Tensor:
@@ -57,13 +70,9 @@ def cfg_scores(logits_pos: Tensor, logits_neg: Tensor, g: float | Tensor, space:
     where a row uses probability space. For probability space the mix is
     clamped at 0 and its log taken (-inf where the mix is <= 0).
     """
+    lp, ln = torch.log_softmax(logits_pos.float(), -1), torch.log_softmax(logits_neg.float(), -1)
     if isinstance(space, str):
-        if space == "log":
-            return cfg_mix_logprobs(logits_pos, logits_neg, g)
-        if space == "prob":
-            return torch.log(cfg_mix_probs(logits_pos, logits_neg, g).clamp_min(0.0))
-        raise ValueError(f"unknown CFG space {space!r}")
-    use_prob = space.to(device=logits_pos.device).reshape(-1, 1)
-    log_mix = cfg_mix_logprobs(logits_pos, logits_neg, g)
-    prob_mix = torch.log(cfg_mix_probs(logits_pos, logits_neg, g).clamp_min(0.0))
-    return torch.where(use_prob, prob_mix, log_mix)
+        mix = cfg_mix(lp, ln, g, space)
+        return torch.log(mix.clamp_min(0.0)) if space == "prob" else mix
+    prob_scores = torch.log(cfg_mix(lp, ln, g, "prob").clamp_min(0.0))
+    return torch.where(space.to(device=lp.device).reshape(-1, 1), prob_scores, cfg_mix(lp, ln, g, "log"))

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from unleak.chat import system_header_ids
 from unleak.config import (ATTACK_TASK_MESSAGE_1 as TASK_MESSAGE_1, ATTACK_TASK_MESSAGE_2 as TASK_MESSAGE_2,
                            ATTACK_TYPE_DESCRIPTIONS as TYPE_DESCRIPTIONS, AttackConfig, GuidanceConfig,
                            PromptConfig, SamplingConfig)
@@ -97,12 +98,8 @@ def run_attack(generator: Any, prompts: list[AttackPrompt], guidances: Sequence[
     tok = generator.tokenizer
     prompts_cfg: PromptConfig = generator.prompts
 
-    def header(system: str) -> list[int]:
-        text = tok.apply_chat_template([{"role": "system", "content": system}], tokenize=False)
-        return tok(text, add_special_tokens=False)["input_ids"]
-
-    pos_head = header(prompts_cfg.positive) if served else []
-    neg_head = header(prompts_cfg.negative) if served else []
+    pos_head = system_header_ids(tok, prompts_cfg.positive) if served else []
+    neg_head = system_header_ids(tok, prompts_cfg.negative) if served else []
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens)
     groups = []
     for p in prompts:

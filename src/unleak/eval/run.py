@@ -9,8 +9,11 @@ configurations already done with the same settings (resumable) and recomputes
 those from before a metric was added. The configurations of one model
 (model, adapter, served) are evaluated together: the model is loaded once,
 every test and attack prompt is prefilled once for all their guidance
-settings (`CFGGenerator.generate_grouped`), and utility is computed once,
-since it does not depend on guidance here. Adapters are merged into the
+settings (`CFGGenerator.generate_grouped`), and each multiple-choice question
+is scored once per system prompt, its letters then mixed for each setting:
+utility is measured under guidance, as the model is served (a served
+configuration sees the questions behind its system prompt, as it sees the
+attack). Adapters are merged into the
 weights for evaluation (same outputs, ~1.25x faster decoding on CPU, measured
 on the demo's 24 test prompts with equal answers)."""
 
@@ -30,8 +33,8 @@ from unleak.pairs.samples import SAMPLES_VERSION
 
 #: bump when a result gains or changes a metric: cached configurations are then recomputed
 #: (2: the fluency's repetition rate; 3: every answer saved in answers/NAME.jsonl; 4: known values;
-#: 5: the stripped-space attack)
-RESULTS_VERSION = 5
+#: 5: the stripped-space attack; 6: utility under guidance, behind the serving system prompt)
+RESULTS_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     from unleak.eval.attack import attack_prompts, extraction_attack_success_rate, run_attack
     from unleak.eval.fluency import answer_fluency
     from unleak.eval.leakage import count_pii, generate_answers
-    from unleak.eval.utility import accuracy_with_se, load_mc_questions, multiple_choice_predictions
+    from unleak.eval.utility import accuracy_with_se, load_mc_questions, served_multiple_choice_predictions
     from unleak.models import load_model, load_tokenizer
     from unleak.pairs.samples import build_samples, limit_samples
     from unleak.pii.base import detector_for_profile
@@ -107,7 +110,6 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
         attacks["attack_stripped"] = replace(s.attack, strip_trailing_space=True)
     attack_sets: dict[tuple[str, str], list[Any]] = {}  # attack prompts per tokenizer (model path) and variant
     loaded: dict[tuple[str, str | None], Any] = {}
-    utility_cache: dict[tuple[str, str | None], Any] = {}
     done: dict[str, dict[str, Any]] = {}
     # a configuration's results do not depend on the reference rows' template
     conf_settings = {k: v for k, v in asdict(s).items() if k != "reference_template"}
@@ -152,19 +154,20 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                 attack_outs[variant] = run_attack(gen, prompts, guidances, attack, served=served,
                                                   on_batch=lambda n, task=task: bar.advance(task, n))
         ref_model, ref_tok, prompt_ids = reference_model()
-        utility = None
+        utilities: list[dict[str, Any] | None] = [None] * len(group)
         if questions is not None:
-            if mkey not in utility_cache:
-                t0 = time.time()
-                preds = multiple_choice_predictions(gen.model, tok, questions, s.batch_size, progress=progress)
-                correct = [p == q["answer"] for p, q in zip(preds, questions)]
-                utility_cache[mkey] = {**accuracy_with_se(correct), "correct": correct,
-                                       "seconds": round(time.time() - t0, 1)}
-            utility = utility_cache[mkey]
+            t0 = time.time()
+            predictions = served_multiple_choice_predictions(gen.model, tok, questions, guidances,
+                                                             gen.prompts if served else None, s.batch_size,
+                                                             progress=progress)
+            utility_seconds = round(time.time() - t0, 1)  # the group's: its settings share the scoring
+            utilities = [{**accuracy_with_se(correct), "correct": correct, "seconds": utility_seconds}
+                         for correct in ([p == q["answer"] for p, q in zip(preds, questions)] for preds in predictions)]
         fluency = answer_fluency(ref_model, ref_tok, prompt_ids,
                                  [[a.token_ids for a in conf_answers] for conf_answers in answers])
         seconds = round(time.time() - started, 1)  # the whole group's: its configurations share the work
-        for i, (conf, conf_answers, conf_fluency) in enumerate(zip(group, answers, fluency, strict=True)):
+        for i, (conf, conf_answers, conf_fluency, utility) in enumerate(zip(group, answers, fluency, utilities,
+                                                                            strict=True)):
             texts = [a.text for a in conf_answers]
             leakage = {p: count_pii(texts, d) for p, d in detectors.items()}
             known = count_known_values(texts, [values[x.conversation_id] for x in samples])

@@ -10,6 +10,13 @@ batched (left padding, last position only). On 2 CPU cores this is
 compute-bound: ~230 prompt tokens/s for SmolLM2-135M, the matmuls at ~90 % of
 what the cores do on one large matmul (`benchmarks/bench_mmlu.py`).
 
+A defence is served behind its system prompt and with guidance, so it is
+scored that way too (`served_multiple_choice_predictions`): each question
+behind the positive system prompt's header and, for guided settings, the
+negative one's, the letters ranked by the guided mix of the two next-token
+distributions (`guided_choice`, the decoder's `cfg_mix`), as the original
+measured MMLU-Pro at g = 3 on the guided model.
+
 `accuracy_with_se` and `paired_difference` give the standard errors a
 comparison of two models needs (a defence is judged on the paired difference
 over the same questions).
@@ -21,11 +28,15 @@ import json
 import math
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from unleak.chat import system_header_ids
+from unleak.config import GuidanceConfig, PromptConfig
+from unleak.decoding.cfg import cfg_mix
 from unleak.errors import UnleakError
 from unleak.models import output_cache
 
@@ -121,8 +132,13 @@ def _common_prefix(seqs: list[list[int]]) -> int:
 @torch.no_grad()
 def multiple_choice_letter_logprobs(model: Any, tokenizer: Any, questions: list[dict[str, Any]],
                                     batch_size: int = 16, max_length: int = 2048,
-                                    progress: bool = True, share_prefix: bool = True) -> list[list[float]]:
+                                    progress: bool = True, share_prefix: bool = True,
+                                    head: Sequence[int] = ()) -> list[list[float]]:
     """Log-probabilities of the choice letters at the answer position, per question.
+
+    `head`: token ids put in front of every question (a served model's system
+    prompt header, `unleak.chat.system_header_ids`); the question is cut from
+    the left to fit `max_length` with it.
 
     The prompts' common leading tokens run once; their KV cache is reused by
     every batch (~9 % of MMLU's tokens; grouping by subject to share the whole
@@ -136,7 +152,11 @@ def multiple_choice_letter_logprobs(model: Any, tokenizer: Any, questions: list[
     from rich.progress import Progress
     from transformers import DynamicCache
 
-    prompts = [tokenizer(format_question(q), add_special_tokens=False)["input_ids"][-max_length:] for q in questions]
+    head = list(head)
+    room = max_length - len(head)
+    if room < 1:
+        raise UnleakError(f"a head of {len(head)} tokens leaves no room for a question in {max_length}")
+    prompts = [head + tokenizer(format_question(q), add_special_tokens=False)["input_ids"][-room:] for q in questions]
     out: list[list[float]] = [[] for _ in prompts]
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -177,6 +197,46 @@ def multiple_choice_predictions(model: Any, tokenizer: Any, questions: list[dict
     """The predicted choice index per question (argmax of the letter log-probs)."""
     scores = multiple_choice_letter_logprobs(model, tokenizer, questions, batch_size, max_length, progress)
     return [max(range(len(s)), key=s.__getitem__) for s in scores]
+
+
+def guided_choice(logp_pos: Sequence[float], logp_neg: Sequence[float] | None, guidance: GuidanceConfig) -> int:
+    """The choice a guided model ranks first, from its letters' log-probabilities under the positive and the
+    negative system prompt (each normalised over the whole vocabulary).
+
+    The letters are ranked by the guided mix at those tokens (`cfg_mix`), so
+    the ranking is that of the served model's next-token distribution. In
+    probability space a letter's mix can be negative (the decoder clamps it to
+    0); ranking the unclamped mix keeps an order among such letters, as
+    log-likelihood scoring ranks letters whatever mass the rest of the
+    vocabulary holds. g = 1 or no negative row: the positive row alone.
+    """
+    if logp_neg is None or guidance.guidance_scale == 1.0:
+        return max(range(len(logp_pos)), key=logp_pos.__getitem__)
+    mix = cfg_mix(torch.tensor([logp_pos]), torch.tensor([logp_neg]), guidance.guidance_scale, guidance.cfg_space)
+    return int(mix[0].argmax())
+
+
+def served_multiple_choice_predictions(model: Any, tokenizer: Any, questions: list[dict[str, Any]],
+                                       guidances: Sequence[GuidanceConfig], prompts: PromptConfig | None,
+                                       batch_size: int = 16, max_length: int = 2048,
+                                       progress: bool = True) -> list[list[int]]:
+    """The predicted choice per question under each of `guidances`, for a model as it is served.
+
+    `prompts`: each question behind the positive system prompt's header (and,
+    when a setting is guided, behind the negative one's too, mixed letter by
+    letter with `guided_choice`), as the extraction attack runs against a
+    served model; None: the bare question (a model served without a system
+    prompt, e.g. the leaky baseline). Each branch is scored once for all
+    settings. Returns one list of predictions per setting.
+    """
+    guided = prompts is not None and any(g.guidance_scale != 1.0 for g in guidances)
+    pos_head = system_header_ids(tokenizer, prompts.positive) if prompts is not None else []
+    pos = multiple_choice_letter_logprobs(model, tokenizer, questions, batch_size, max_length, progress,
+                                          head=pos_head)
+    neg = multiple_choice_letter_logprobs(model, tokenizer, questions, batch_size, max_length, progress,
+                                          head=system_header_ids(tokenizer, prompts.negative)) if guided else None
+    return [[guided_choice(pos[i], neg[i] if neg is not None else None, g) for i in range(len(questions))]
+            for g in guidances]
 
 
 def accuracy_with_se(correct: list[bool]) -> dict[str, float]:
