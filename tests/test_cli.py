@@ -96,7 +96,10 @@ def test_eval_run_writes_the_table_and_can_leave_the_references_out(tiny_model_d
     assert f"| {tiny_model_dir.name}-g1 |" in report and "| reference: test answers, redacted |" in report
     rows = json.loads((tmp_path / "e" / "results.json").read_text())["rows"]
     assert [r["guidance"] for r in rows] == [1.0, 3.0] and all(r["asr_stripped"] is not None for r in rows)
-    bare = run_cli(*common, "--out", str(tmp_path / "f"), "--reference-template", "", "--no-stripped-attack")
+    assert all(r["attack_attempts"] > 2 for r in rows)
+    bare = run_cli(*common, "--out", str(tmp_path / "f"), "--reference-template", "", "--no-stripped-attack",
+                   "--attack-limit", "2")
     assert bare.returncode == 0, bare.stderr
     assert not (tmp_path / "f" / "references.json").exists()
-    assert all(r["asr_stripped"] is None for r in json.loads((tmp_path / "f" / "results.json").read_text())["rows"])
+    rows = json.loads((tmp_path / "f" / "results.json").read_text())["rows"]
+    assert all(r["asr_stripped"] is None and r["attack_attempts"] == 2 for r in rows)

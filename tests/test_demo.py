@@ -29,8 +29,13 @@ def test_quick_demo_runs_caches_and_reruns_only_what_changed(tmp_path, default_m
     assert pairs and all(p["mode"] == "redact" and "[" in p["chosen"][0]["content"] for p in pairs)
     stamps = {s: (out / s / "stage.json").stat().st_mtime_ns for s in ("corpus", "leaky", "pairs", "orpo", "eval")}
 
-    run_demo(cfg, out)  # everything cached
+    assert result["times"]["stages"] == pytest.approx(sum(result["times"][s] for s in stamps), abs=0.2)
+    assert "cached:" not in report
+
+    again = run_demo(cfg, out)  # everything cached
     assert {s: (out / s / "stage.json").stat().st_mtime_ns for s in stamps} == stamps
+    assert again["times"]["stages"] == result["times"]["stages"] > again["times"]["this_run"]
+    assert "(cached: corpus, leaky, pairs, orpo, eval)" in (out / "report.md").read_text()
 
     run_demo(dataclasses.replace(cfg, test_limit=3), out)  # an evaluation setting: only eval reruns
     after = {s: (out / s / "stage.json").stat().st_mtime_ns for s in stamps}

@@ -462,6 +462,7 @@ def eval_run(
     mmlu: str = typer.Option(None, help="Multiple-choice questions: JSONL/CSV/parquet file or hub id."),
     mmlu_limit: int = typer.Option(2000, help="Stratified, seeded subset size."),
     test_limit: int = typer.Option(None, help="At most N test prompts (seeded, stratified by PII type)."),
+    attack_limit: int = typer.Option(None, help="At most the first N attack prompts (placeholders)."),
     max_new_tokens: int = typer.Option(64, help="Tokens per leakage answer."),
     task_message: int = typer.Option(2, help="Attack task message variant: 0, 1 or 2."),
     stripped_attack: bool = typer.Option(True, help="Also run the attack with the context's trailing space cut "
@@ -477,6 +478,7 @@ def eval_run(
 
     settings = EvalSettings(leakage_max_new_tokens=max_new_tokens, test_limit=test_limit, mmlu=mmlu,
                             mmlu_limit=mmlu_limit, attack=AttackConfig(task_message=task_message),
+                            attack_limit=attack_limit,
                             stripped_attack=stripped_attack, reference_template=reference_template or None)
     run_evaluation(corpus, eval_configurations(model, adapter, guidance, cfg_space, baseline), out, settings)
     report = write_report(out)

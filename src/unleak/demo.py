@@ -131,6 +131,7 @@ class _Stages:
         self.out = out
         self.times: dict[str, float] = {}
         self.hashes: dict[str, str] = {}
+        self.cached: list[str] = []  # stages reused from an earlier run
 
     def run(self, name: str, settings: Any, after: tuple[str, ...], work: Callable[[Path], Any],
             number: int, total: int) -> Path:
@@ -140,6 +141,7 @@ class _Stages:
         stamp = d / "stage.json"
         if stamp.is_file() and json.loads(stamp.read_text()).get("hash") == key:
             self.times[name] = json.loads(stamp.read_text()).get("seconds", 0.0)
+            self.cached.append(name)
             console.print(f"[green]✓[/green] stage {number}/{total} {name}: cached ({d})")
             return d
         if stamp.is_file():
@@ -229,7 +231,9 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     evaluation = stages.run("eval", [[dataclasses.asdict(x) for x in confs], dataclasses.asdict(settings),
                                    RESULTS_VERSION],
                             ("leaky", "orpo"), lambda d: run_evaluation(corpus, confs, d, settings), 5, total)
-    times = {**stages.times, "total": round(time.time() - started, 1)}
+    # every stage's own time (a cached one's from when it ran), their sum, and this invocation's wall time
+    times = {**stages.times, "stages": round(sum(stages.times.values()), 1),
+             "this_run": round(time.time() - started, 1)}
     preamble = (f"Model: {c.model} ({base}); corpus: {stats['conversations']} synthetic conversations, seed "
                 f"{c.seed}, test fraction {c.test_fraction}; SFT {c.sft.epochs:g} epochs; pairs from "
                 f"{_count(c.pairs.limit)} train samples of answers and {_count(c.pairs.user_turns)} of user "
@@ -237,7 +241,9 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
                 f"({c.variant} pairs) {c.orpo.epochs:g} epoch(s), lr {c.orpo.learning_rate:g}, beta "
                 f"{c.orpo.beta}, LoRA r{c.orpo.lora.r}; MMLU subset "
                 f"{c.mmlu_limit if mmlu else 'not run (no file)'}. Wall times (s): "
-                + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) + ".")
+                + ", ".join(f"{k} {v:.0f}" for k, v in stages.times.items())
+                + f"; stages {times['stages']:.0f}, this run {times['this_run']:.0f}"
+                + (f" (cached: {', '.join(stages.cached)})" if stages.cached else "") + ".")
     console.rule("stage 6/6: report")
     report = write_report(evaluation, title="unleak demo", preamble=preamble, reference="leaky")
     shutil.copy(evaluation / "report.md", out / "report.md")

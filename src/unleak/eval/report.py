@@ -183,7 +183,9 @@ def write_report(out_dir: str | Path, title: str = "unleak evaluation", preamble
     n = rows[0]["test_prompts"]
     md = [f"# {title}", "", preamble, "",
           f"Test prompts: {n} (test split: never used to build the defence). Utility: multiple-choice accuracy by "
-          f"letter log-likelihood; Δ is the paired difference to `{ref}` over the same questions."
+          f"letter log-likelihood, each configuration as served (a defence behind its system prompt and under "
+          f"its guidance, a baseline on the bare question); Δ is the paired difference to `{ref}` over the same "
+          f"questions."
           + (" The `reference` rows score the test split's own answers (cut to the answers' length), as "
              "written and with their PII replaced by the redaction template: what copying the values, and "
              "a perfect redaction of them, score on the same counts." if references else ""), "",
