@@ -1,5 +1,7 @@
 """The method's constants have the original values; YAML fills the same dataclasses."""
 
+import dataclasses
+
 import pytest
 
 from unleak.config import (
@@ -57,3 +59,26 @@ def test_unknown_yaml_key_names_file_and_field(tmp_path):
 def test_invalid_settings_are_rejected(make):
     with pytest.raises(UnleakError):
         make()
+
+
+def test_a_partial_nested_mapping_keeps_the_base_values_and_kinds_are_checked(tmp_path):
+    """The demo's own SFT settings differ from SftSettings' defaults: a YAML that sets one keeps the rest.
+    (YAML 1.1 reads `2e-4` as a string; a float field takes it as the number.)"""
+    from unleak.demo import DemoConfig
+
+    path = tmp_path / "demo.yaml"
+    path.write_text("sft:\n  learning_rate: 2e-4\norpo:\n  lora:\n    r: 32\ntest_limit: null\nguidance: [3]\n")
+    base = DemoConfig()
+    cfg = load_config(DemoConfig, path, base=base)
+    assert cfg.sft.learning_rate == 2e-4 and cfg.orpo.lora.r == 32 and cfg.test_limit is None
+    assert cfg.guidance == (3,)
+    assert dataclasses.replace(cfg.sft, learning_rate=base.sft.learning_rate) == base.sft  # batch 2, loss on all...
+    assert cfg.orpo.lora.alpha == base.orpo.lora.alpha and cfg.orpo.learning_rate == base.orpo.learning_rate
+    for text, message in [("sft: 3\n", r"demo.yaml: field 'sft': expected a mapping of SftSettings"),
+                          ("orpo:\n  epochs: three\n", r"demo.yaml:orpo: field 'epochs': expected a number"),
+                          ("full: 1\n", r"field 'full': expected true or false"),
+                          ("orpo:\n  lora:\n    rank: 8\n", r"demo.yaml:orpo:lora: unknown field 'rank'"),
+                          ("variant: both\n", "variant must be 'plain' or 'cfg'")]:
+        path.write_text(text)
+        with pytest.raises(UnleakError, match=message):
+            load_config(DemoConfig, path, base=base)

@@ -43,3 +43,33 @@ def test_quick_demo_runs_caches_and_reruns_only_what_changed(tmp_path, default_m
         {s: stamps[s] for s in ("corpus", "leaky", "pairs", "orpo")}
     assert after["eval"] != stamps["eval"]
     assert json.loads((out / "results.json").read_text())["rows"][0]["test_prompts"] == 3
+
+
+def test_demo_on_ones_own_corpus_and_leaky_model(tmp_path, tiny_model_dir):
+    """`--corpus`: a user's corpus directory with its own train/test split; `--leaky`: a model that already
+    leaks instead of the fine-tune (here the first run's); on a tiny model (fast)."""
+    from unleak.corpus.store import save_corpus
+    from unleak.corpus.synth import synthesize_corpus
+
+    convs = synthesize_corpus(10, seed=5)
+    src = save_corpus(tmp_path / "mine", convs, {})
+    split = {"train": [c.id for c in convs[:7]], "test": [c.id for c in convs[7:]]}
+    (src / "split.json").write_text(json.dumps(split))
+    out = tmp_path / "demo"
+    cfg = DemoConfig.quick(model=str(tiny_model_dir), corpus=str(src), guidance=(3.0,), mmlu_limit=4)
+    result = run_demo(cfg, out)
+    assert json.loads((out / "corpus" / "split.json").read_text()) == split
+    report = (out / "report.md").read_text()
+    assert f"corpus: 10 conversations from {src}, split by conversation: 7 train, 3 test" in report
+    tested = {json.loads(line)["conversation"] for line in (out / "eval" / "answers" / "leaky.jsonl").open()}
+    assert tested and tested <= set(split["test"])  # evaluated on the user's test split only
+    assert [r["configuration"] for r in result["rows"]] == ["base", "leaky", "orpo-plain-g1", "orpo-plain-g3-prob"]
+    stamps = {s: (out / s / "stage.json").stat().st_mtime_ns for s in ("corpus", "pairs", "orpo", "eval")}
+
+    given = run_demo(dataclasses.replace(cfg, leaky=str(out / "leaky")), out)
+    after = {s: (out / s / "stage.json").stat().st_mtime_ns for s in stamps}
+    assert {s: after[s] for s in ("corpus", "pairs")} == {s: stamps[s] for s in ("corpus", "pairs")}
+    assert after["orpo"] != stamps["orpo"] and after["eval"] != stamps["eval"]  # the defence of the given model
+    assert "leaky" not in given["times"] and f"leaky model given: {out / 'leaky'}" in (out / "report.md").read_text()
+    leaky_conf = json.loads((out / "eval" / "configs" / "leaky.json").read_text())["configuration"]
+    assert leaky_conf["model"] == str(out / "leaky")

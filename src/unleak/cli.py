@@ -535,7 +535,13 @@ def demo(
     quick: bool = typer.Option(False, help="Tiny sizes, a few minutes (numbers not meaningful)."),
     full: bool = typer.Option(False, help="Also ORPO on the other variant's pairs and the negation route."),
     variant: str = typer.Option(None, help="Pairs the defended adapter trains on: plain (default) or cfg."),
+    config: str = typer.Option(None, help="YAML of DemoConfig fields, nested for sft, pairs, orpo (e.g. "
+                                          "'orpo: {lora: {r: 32}}'); the flags override it."),
     model: str = typer.Option(None, help="Base model (default: the embedded SmolLM2-135M-Instruct)."),
+    leaky: str = typer.Option(None, help="A model that already leaks (hub id or directory, e.g. the challenge's) "
+                                         "instead of fine-tuning --model on every conversation."),
+    corpus: str = typer.Option(None, help="An existing corpus instead of the synthetic one: a corpus directory "
+                                          "(`unleak corpus synth/import`) or chat JSONL; its own split is kept."),
     conversations: int = typer.Option(None, help="Synthetic conversations."),
     seed: int = typer.Option(None, help="Corpus seed."),
     sft_epochs: float = typer.Option(None, help="Epochs of the leaky model's fine-tuning."),
@@ -557,9 +563,11 @@ def demo(
     """Run every stage end to end on the embedded default and print the Table-1-style summary."""
     from unleak.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig.quick() if quick else DemoConfig()
-    changes: dict = _given(model=model, conversations=conversations, seed=seed, mmlu=mmlu, mmlu_limit=mmlu_limit,
-                           variant=variant)
+    from unleak.config import load_config
+
+    cfg = load_config(DemoConfig, config, base=DemoConfig.quick() if quick else DemoConfig())
+    changes: dict = _given(model=model, leaky=leaky, corpus=corpus, conversations=conversations, seed=seed, mmlu=mmlu,
+                           mmlu_limit=mmlu_limit, variant=variant)
     if full:
         changes["full"] = True
     if sft_epochs is not None:

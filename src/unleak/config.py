@@ -343,8 +343,26 @@ def cache_dir() -> Path:
 T = TypeVar("T")
 
 
-def config_from_dict(cls: type[T], data: dict[str, Any], *, source: str = "<dict>") -> T:
-    """Build dataclass `cls` from a (possibly nested) dict, rejecting unknown keys."""
+def _check_kind(current: Any, value: Any, where: str) -> None:
+    """Refuse a value of another kind than the field's current one (a mapping for settings, a number, a
+    yes/no); fields that are None by default, strings and lists take what they are given."""
+    if dataclasses.is_dataclass(current) and not dataclasses.is_dataclass(value):
+        raise UnleakError(f"{where}: expected a mapping of {type(current).__name__} fields, got {value!r}")
+    if isinstance(current, bool) and not isinstance(value, bool):
+        raise UnleakError(f"{where}: expected true or false, got {value!r}")
+    if isinstance(current, (int, float)) and not isinstance(current, bool) and \
+            (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise UnleakError(f"{where}: expected a number, got {value!r}")
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any], *, source: str = "<dict>", base: T | None = None) -> T:
+    """Build dataclass `cls` from a (possibly nested) dict, rejecting unknown keys.
+
+    Keys the dict leaves out keep `base`'s values (default: the class's
+    defaults). A nested dict fills its field's current value, so a partial
+    `lora: {r: 8}` keeps the other LoRA settings of `base` (or of the field's
+    default factory, which may differ from the nested class's own defaults).
+    """
     if not isinstance(data, dict):
         raise UnleakError(f"{source}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -352,21 +370,31 @@ def config_from_dict(cls: type[T], data: dict[str, Any], *, source: str = "<dict
     for key, value in data.items():
         if key not in fields:
             raise UnleakError(f"{source}: unknown field {key!r} for {cls.__name__} (known: {', '.join(fields)})")
-        default = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
-        nested = default() if default is not None else None
-        if dataclasses.is_dataclass(nested) and isinstance(value, dict):
-            value = config_from_dict(type(nested), value, source=f"{source}:{key}")
+        if base is not None:
+            current = getattr(base, key)
+        else:
+            factory = fields[key].default_factory
+            current = factory() if factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            value = config_from_dict(type(current), value, source=f"{source}:{key}", base=current)
         elif isinstance(value, list):
             value = tuple(value)
+        elif isinstance(value, str) and isinstance(current, float):
+            try:  # YAML 1.1 reads 1e-4 (no dot) as a string
+                value = float(value)
+            except ValueError:
+                pass
+        if not (value is None and "None" in str(fields[key].type)):  # an optional field may be emptied
+            _check_kind(current, value, f"{source}: field {key!r}")
         kwargs[key] = value
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)  # type: ignore[type-var]
     except TypeError as exc:
         raise UnleakError(f"{source}: {exc}") from None
 
 
-def load_config(cls: type[T], path: str | Path | None = None, **overrides: Any) -> T:
-    """Load `cls` from a YAML file (optional), then apply non-None keyword overrides."""
+def load_config(cls: type[T], path: str | Path | None = None, base: T | None = None, **overrides: Any) -> T:
+    """Load `cls` from a YAML file (optional), then apply non-None keyword overrides, on top of `base`."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -377,4 +405,4 @@ def load_config(cls: type[T], path: str | Path | None = None, **overrides: Any) 
         except yaml.YAMLError as exc:
             raise UnleakError(f"{p}: invalid YAML: {exc}") from None
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return config_from_dict(cls, data, source=str(path or "<overrides>"))
+    return config_from_dict(cls, data, source=str(path or "<overrides>"), base=base)

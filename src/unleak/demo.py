@@ -7,9 +7,11 @@ stages, an interrupted stage resumes where its own machinery allows (pairs'
 candidate cache, evaluation per configuration), and a changed setting reruns
 only the stages downstream of it.
 
-1. corpus: synthetic PII-rich conversations, split by conversation;
+1. corpus: synthetic PII-rich conversations, split by conversation (or the
+   user's corpus, `corpus`, with its own split when it has one);
 2. leaky: full fine-tune of the base model on **all** conversations (the
-   attacker later holds the scrubbed test conversations, as in the challenge);
+   attacker later holds the scrubbed test conversations, as in the challenge),
+   or a model that already leaks (`leaky`, e.g. the challenge model);
 3. pairs: plain and CFG-variant preference pairs from the **train** split,
    for PII in answers and in user turns (by default the model-free `redact`
    candidates; the generator modes use the clean base model);
@@ -48,9 +50,18 @@ class DemoConfig:
     """Sizes and budgets of the demo; the defaults take about 30 minutes on a 2-core CPU."""
 
     model: str = "default"
+    #: an existing corpus instead of the synthetic one: a corpus directory (`unleak corpus synth` or
+    #: `import`, e.g. the LLM-PC data) or a chat-JSONL file; its own train/test split is kept when it has
+    #: one, else it is split with `test_fraction` and `seed` (`conversations` then does not apply)
+    corpus: str | None = None
     conversations: int = 40
     seed: int = 0
     test_fraction: float = 0.25
+    #: an already leaky model (e.g. the LLM-PC challenge model: hub id or checkpoint directory) instead of
+    #: stage 2's fine-tune of `model` on every conversation; `model` stays the clean base (the generator of
+    #: generated candidates, the reference of the perplexity, the base row). Keyed by its name: a checkpoint
+    #: changed in place under the same path is not noticed
+    leaky: str | None = None
     #: the whole conversation carries the loss, so PII first disclosed in user turns is memorised too
     #: (what the extraction attack probes); frozen embeddings make a CPU step ~20 % cheaper. A high lr
     #: and small batches stand in for the many epochs a really leaky model saw: measured on 40
@@ -109,6 +120,8 @@ class DemoConfig:
     mmlu_limit: int = 60
 
     def __post_init__(self) -> None:
+        if self.corpus is not None and not Path(self.corpus).exists():
+            raise UnleakError(f"demo corpus {self.corpus}: no such file or directory")
         if self.variant not in PAIR_FILES:
             raise UnleakError(f"demo variant must be 'plain' or 'cfg' (a key of PAIR_FILES), got {self.variant!r}")
 
@@ -155,13 +168,20 @@ class _Stages:
         console.print(f"[green]✓[/green] {name} done in {self.times[name]:.0f} s")
         return d
 
+    def given(self, name: str, model: str, number: int, total: int) -> str:
+        """A stage's output the user brought (a model): keyed by its name, nothing to run."""
+        self.hashes[name] = settings_hash(name, model)
+        console.print(f"[green]✓[/green] stage {number}/{total} {name}: given ({model})")
+        return model
+
 
 def _count(limit: int | None) -> str:
     return "all" if limit is None else str(limit)
 
 
 def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo") -> dict[str, Any]:
-    from unleak.corpus.store import corpus_stats, load_corpus, save_corpus, split_corpus
+    from unleak.corpus.store import (copy_corpus, corpus_digest, corpus_stats, load_corpus, save_corpus,
+                                     split_corpus)
     from unleak.corpus.synth import synthesize_corpus
     from unleak.eval.report import markdown_table, write_report
     from unleak.eval.run import RESULTS_VERSION, EvalConfiguration, EvalSettings, run_evaluation
@@ -175,22 +195,31 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     from unleak.train.sft import train_sft
 
     c = config or DemoConfig()
+    base = resolve_model_path(c.model)
+    given_leaky = resolve_model_path(c.leaky) if c.leaky is not None else None  # bad names fail before any stage
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    base = resolve_model_path(c.model)
     stages = _Stages(out)
     total = 6
     started = time.time()
 
-    corpus = stages.run("corpus", [c.conversations, c.seed, c.test_fraction], (), lambda d: (
-        save_corpus(d, synthesize_corpus(c.conversations, seed=c.seed),
-                    {"generator": "unleak.corpus.synth", "seed": c.seed, "n": c.conversations}),
-        split_corpus(d, c.test_fraction, seed=c.seed)), 1, total)
+    if c.corpus is not None:
+        source = c.corpus
+        corpus = stages.run("corpus", [corpus_digest(source), c.seed, c.test_fraction], (),
+                            lambda d: copy_corpus(source, d, c.test_fraction, c.seed), 1, total)
+    else:
+        corpus = stages.run("corpus", [c.conversations, c.seed, c.test_fraction], (), lambda d: (
+            save_corpus(d, synthesize_corpus(c.conversations, seed=c.seed),
+                        {"generator": "unleak.corpus.synth", "seed": c.seed, "n": c.conversations}),
+            split_corpus(d, c.test_fraction, seed=c.seed)), 1, total)
     stats = corpus_stats(load_corpus(corpus))
     console.print(f"corpus: {stats['conversations']} conversations, {stats['pii_occurrences']} PII occurrences")
 
-    leaky = stages.run("leaky", [base, dataclasses.asdict(c.sft)], ("corpus",),
-                       lambda d: train_sft(base, corpus, d, c.sft, part="all", quiet=True), 2, total)
+    if given_leaky is not None:
+        leaky = Path(stages.given("leaky", given_leaky, 2, total))
+    else:
+        leaky = stages.run("leaky", [base, dataclasses.asdict(c.sft)], ("corpus",),
+                           lambda d: train_sft(base, corpus, d, c.sft, part="all", quiet=True), 2, total)
 
     def make_pairs(d: Path) -> None:
         candidate = c.pairs.candidate
@@ -234,8 +263,13 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     # every stage's own time (a cached one's from when it ran), their sum, and this invocation's wall time
     times = {**stages.times, "stages": round(sum(stages.times.values()), 1),
              "this_run": round(time.time() - started, 1)}
-    preamble = (f"Model: {c.model} ({base}); corpus: {stats['conversations']} synthetic conversations, seed "
-                f"{c.seed}, test fraction {c.test_fraction}; SFT {c.sft.epochs:g} epochs; pairs from "
+    described = (f"{stats['conversations']} conversations from {c.corpus}" if c.corpus is not None
+                 else f"{stats['conversations']} synthetic conversations, seed {c.seed}")
+    split = json.loads((corpus / "split.json").read_text())
+    preamble = (f"Model: {c.model} ({base}); corpus: {described}, split by conversation: "
+                f"{len(split['train'])} train, {len(split['test'])} test; "
+                + (f"leaky model given: {c.leaky}" if c.leaky is not None else f"SFT {c.sft.epochs:g} epochs")
+                + f"; pairs from "
                 f"{_count(c.pairs.limit)} train samples of answers and {_count(c.pairs.user_turns)} of user "
                 f"turns, modes {', '.join(c.pairs.candidate.modes)}; ORPO "
                 f"({c.variant} pairs) {c.orpo.epochs:g} epoch(s), lr {c.orpo.learning_rate:g}, beta "

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
+import pytest
+
 from unleak.corpus.store import corpus_stats, load_corpus, load_split, read_chat_jsonl, save_corpus, split_corpus
-from unleak.corpus.store import write_chat_jsonl
+from unleak.corpus.store import copy_corpus, corpus_digest, write_chat_jsonl
 from unleak.corpus.synth import SITUATIONS, synthesize_corpus
+from unleak.errors import UnleakError
 
 TYPES = {"NAME", "LOC", "DATE", "PHONE", "EMAIL", "SSN", "ADDRESS", "ORG", "URL", "IP", "ACCOUNT"}
 
@@ -70,6 +74,31 @@ def test_chat_jsonl_round_trip(tmp_path):
     write_chat_jsonl(tmp_path / "c.jsonl", convs)
     back = read_chat_jsonl(tmp_path / "c.jsonl")
     assert [c.turns for c in back] == [c.turns for c in convs] and [c.pii for c in back] == [c.pii for c in convs]
+
+
+def test_a_corpus_is_copied_with_its_own_split_or_split_here(tmp_path):
+    convs = synthesize_corpus(12, 1)
+    src = save_corpus(tmp_path / "src", convs, {"seed": 1})
+    ids = [c.id for c in convs]
+    own = {"train": ids[:3], "test": ids[3:5]}  # not what split_corpus would draw
+    (src / "split.json").write_text(json.dumps(own))
+    digest = corpus_digest(src)
+    assert copy_corpus(src, tmp_path / "a", 0.5, seed=0) == own
+    assert [c.turns for c in load_split(tmp_path / "a", "test")] == [c.turns for c in convs[3:5]]
+    assert json.loads((tmp_path / "a" / "meta.json").read_text())["source"] == str(src.resolve())
+    write_chat_jsonl(tmp_path / "c.jsonl", convs)  # a file has no split: drawn with the given fraction and seed
+    drawn = copy_corpus(tmp_path / "c.jsonl", tmp_path / "b", 0.25, seed=3)
+    assert len(drawn["test"]) == 3 and drawn == split_corpus(tmp_path / "a", 0.25, seed=3)
+    bad = [({"train": ids[:3], "test": ["nobody"]}, "field 'test': 1 ids not in the corpus, e.g. 'nobody'"),
+           ({"train": ids[:3]}, "field 'test': expected a non-empty list"),
+           ({"train": ids[:3], "test": ids[2:4]}, "1 conversations in both train and test")]
+    for split, message in bad:
+        (src / "split.json").write_text(json.dumps(split))
+        assert corpus_digest(src) != digest  # the split is part of what a cached stage is keyed by
+        with pytest.raises(UnleakError, match=re.escape(f"{src / 'split.json'}: {message}")):
+            copy_corpus(src, tmp_path / "x", 0.5)
+    with pytest.raises(UnleakError, match="no corpus here"):
+        corpus_digest(tmp_path / "empty")
 
 
 def test_cli_synth_split_stats(tmp_path):

@@ -15,6 +15,7 @@ Users bring their own data as chat JSONL: `{"messages": [{"role", "content"}],
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections import Counter
@@ -60,6 +61,49 @@ def split_corpus(directory: str | Path, test_fraction: float = 0.2, seed: int = 
     n_test = max(1, round(len(order) * test_fraction))
     split = {"seed": seed, "test_fraction": test_fraction,
              "train": sorted(order[n_test:], key=ids.index), "test": sorted(order[:n_test], key=ids.index)}
+    atomic_write_text(Path(directory) / SPLIT, json.dumps(split, indent=1) + "\n")
+    return split
+
+
+def corpus_digest(source: str | Path) -> str:
+    """A hash of a corpus directory's files (conversations, ground truth, split) or of a chat-JSONL file."""
+    p = Path(source)
+    files = [p] if p.is_file() else [p / name for name in (SCRUBBED, PII, SPANS, SPLIT) if (p / name).is_file()]
+    if not files:
+        raise UnleakError(f"{p}: no corpus here (a corpus directory or a chat-JSONL file)")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def copy_corpus(source: str | Path, directory: str | Path, test_fraction: float = 0.2,
+                seed: int = 0) -> dict[str, Any]:
+    """A corpus (directory or chat-JSONL file) saved into `directory`, with its own train/test split when it
+    has one (checked against its conversations), else split here; returns the split."""
+    src = Path(source)
+    conversations = load_corpus(src)
+    if not conversations:
+        raise UnleakError(f"{src}: no conversations")
+    save_corpus(directory, conversations, {"source": str(src.resolve())})
+    split_path = src / SPLIT if src.is_dir() else None
+    if split_path is None or not split_path.is_file():
+        return split_corpus(directory, test_fraction, seed)
+    try:
+        split = json.loads(split_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UnleakError(f"{split_path}: invalid JSON: {exc.msg}") from None
+    ids = {c.id for c in conversations}
+    for part in ("train", "test"):
+        if not isinstance(split, dict) or not isinstance(split.get(part), list) or not split[part]:
+            raise UnleakError(f"{split_path}: field {part!r}: expected a non-empty list of conversation ids")
+        unknown = [i for i in split[part] if i not in ids]
+        if unknown:
+            raise UnleakError(f"{split_path}: field {part!r}: {len(unknown)} ids not in the corpus, e.g. "
+                              f"{unknown[0]!r}")
+    both = set(split["train"]) & set(split["test"])
+    if both:
+        raise UnleakError(f"{split_path}: {len(both)} conversations in both train and test, e.g. {min(both)!r}")
     atomic_write_text(Path(directory) / SPLIT, json.dumps(split, indent=1) + "\n")
     return split
 
