@@ -115,8 +115,9 @@ def test_one_forward_per_step_and_finished_pairs_leave(tiny):
     assert sizes == [5, 5, 3, 3, 3]
 
 
-def test_identical_rows_are_prefilled_once_with_equal_results(tiny):
-    """One prompt under several guidance settings: its positive and its negative row run through the prefill once."""
+def test_identical_rows_run_once_while_they_agree_with_equal_results(tiny):
+    """One prompt under several guidance settings: its positive and its negative row run through the prefill
+    once, and each decode step once per distinct (prompt, tokens so far)."""
     model, tokenizer = tiny
     gen = no_eos(CFGGenerator(model, tokenizer))
     reqs = [request(DIALOGS[0], 1.0, "prob", 6), request(DIALOGS[0], 3.0, "log", 6),
@@ -130,8 +131,19 @@ def test_identical_rows_are_prefilled_once_with_equal_results(tiny):
         handle.remove()
     assert [r.token_ids for r in together] == alone
     assert len({tuple(a) for a in alone[:4]}) > 1  # the settings do differ on this model
-    # prefill: 2 distinct positive + 2 distinct negative rows; then 5 positive + 4 negative rows per step
-    assert sizes == [4] + [9] * 5
+    # prefill: 2 distinct positive + 2 distinct negative rows; then, each step, one row per distinct
+    # (prompt, tokens so far) among the 5 positive and the 4 negative rows: rows that agree run once
+    prompts, guided = [0, 0, 0, 0, 1], [False, True, True, True, True]
+    distinct = [len({(d, tuple(a[:t])) for d, a in zip(prompts, alone)})
+                + len({(d, tuple(a[:t])) for d, a, g in zip(prompts, alone, guided) if g}) for t in range(1, 6)]
+    assert sizes == [4] + distinct and max(distinct) < 9  # here the settings agree for a token or more
+    sizes.clear()
+    handle = model.get_input_embeddings().register_forward_hook(lambda m, i, o: sizes.append(o.shape[0]))
+    try:  # requests that never disagree run as one pair of rows throughout
+        twins = gen.generate([request(DIALOGS[0], 3.0, "log", 6)] * 3)
+    finally:
+        handle.remove()
+    assert [r.token_ids for r in twins] == [alone[1]] * 3 and sizes == [2] * 6
 
 
 def test_grouped_requests_stay_in_one_batch_and_report_progress(tiny):
@@ -145,8 +157,11 @@ def test_grouped_requests_stay_in_one_batch_and_report_progress(tiny):
     finally:
         handle.remove()
     assert done == [2, 1]  # groups per batch: 2 of the 3, then the last
-    # batch 1: 2 prompts x (positive, negative) prefilled once, then 2 x 3 rows; batch 2: 2, then 3 rows
-    assert sizes == [4, 6, 6, 2, 3, 3]
+    # batch 1: 2 prompts x (positive, negative) prefilled once; batch 2: 1 x 2. Then, each step, the negative
+    # row of each prompt and one positive row per distinct (prompt, tokens so far)
+    def steps(batch: list[int]) -> list[int]:
+        return [len(batch) + len({(d, tuple(r.token_ids[:t])) for d in batch for r in out[d]}) for t in (1, 2)]
+    assert sizes == [4, *steps([0, 1]), 2, *steps([2])]
     assert [[r.token_ids for r in g] for g in out] == [[gen.generate([r])[0].token_ids for r in g] for g in groups]
 
 

@@ -8,9 +8,11 @@ logits of the last position only. Each step the two rows of a pair are mixed
 (`cfg.cfg_scores`), one token is chosen (`sampling.sample_next_token`) and
 appended to both rows. A pair leaves the batch as soon as it stops (EOS, a
 stop string or its token budget), so finished requests cost nothing. Requests
-with guidance scale 1 have no negative row at all. Identical rows (one prompt
-under several guidance settings, or sampled n times) are prefilled once and
-their KV cache copied, so comparing settings costs the decode steps only.
+with guidance scale 1 have no negative row at all. Rows that are identical so
+far (one prompt under several guidance settings, or sampled n times) run as
+one physical row, prefill and decode steps alike, until their tokens differ;
+then the row's KV cache is copied. Comparing settings thus costs only the
+steps where they disagree.
 
 Per request: guidance scale and space, sampling settings and seed, stop
 strings, and, on a `peft.PeftModel`, the adapter (on, off, or a named one;
@@ -259,8 +261,7 @@ class CFGGenerator:
         input_ids, mask = input_ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         # identical rows (same ids and adapter: one prompt under several guidance settings, the
-        # positive and negative row of equal prompts, n samples of one prompt) are prefilled once;
-        # the cache and logits are then gathered back to one row each
+        # positive and negative row of equal prompts, n samples of one prompt) are one physical row
         row_adapters = [p.enc.request.adapter for p in pairs] + [pairs[k].enc.request.adapter for k in neg_owner]
         first_of: dict[tuple[tuple[int, ...], AdapterChoice], int] = {}
         unique: list[int] = []  # the first row of each distinct (ids, adapter)
@@ -276,28 +277,27 @@ class CFGGenerator:
         cache = DynamicCache(config=getattr(self.model, "config", None))
         active = list(range(len(pairs)))  # indices into `pairs` of unfinished pairs, row order
         neg_active = list(neg_owner)  # owners of the current negative rows, row order
-        step_inputs, step_positions = input_ids, positions
-        prefill = len(unique) < len(rows_ids)
+        # the cache holds physical rows only: one per distinct (prompt, adapter, tokens so far). Rows that
+        # agree so far (one prompt under several guidance settings while their choices coincide, the
+        # positive rows of settings that all chose the same tokens) run once; a row is copied when its
+        # token first differs from its twin's. `phys_of` maps each logical row to its physical row.
+        phys_of = expand
+        phys_adapters = [row_adapters[r] for r in unique]
+        step_inputs, step_mask, step_positions = input_ids[unique], mask[unique], positions[unique]
         with torch.inference_mode(), skinny_cpu_linear(self.model):
             while active:
-                choices = [pairs[k].enc.request.adapter for k in active + neg_active]
-                rows = unique if prefill else slice(None)
-                with self._adapter_scope([choices[r] for r in unique] if prefill else choices) as extra:
+                with self._adapter_scope(phys_adapters) as extra:
                     out = self.model(
-                        input_ids=step_inputs[rows],
-                        attention_mask=mask[rows],
-                        position_ids=step_positions[rows],
+                        input_ids=step_inputs,
+                        attention_mask=step_mask,
+                        position_ids=step_positions,
                         cache=cache,
                         use_cache=True,
                         logits_to_keep=1,
                         **extra,
                     )
                 cache = output_cache(out)
-                logits = out.logits[:, -1, :]
-                if prefill:
-                    gather = torch.tensor(expand, device=device)
-                    cache.batch_select_indices(gather)
-                    logits, prefill = logits[gather], False
+                logits = out.logits[:, -1, :][torch.tensor(phys_of, device=device)]
                 tokens = self._choose(logits, [pairs[k] for k in active], neg_active, active)
                 finished_events: list[StreamEvent] = []
                 for k, token in zip(active, tokens.tolist()):
@@ -310,17 +310,30 @@ class CFGGenerator:
                 still_neg = [k for k in neg_active if pairs[k].done is None]
                 if not still:
                     break
-                keep_rows = [active.index(k) for k in still] + [len(active) + neg_active.index(k) for k in still_neg]
-                if len(keep_rows) != mask.shape[0]:
-                    keep = torch.tensor(keep_rows, device=device)
+                # the chosen token goes to both rows of its pair; (physical row, token) is the next physical row
+                token_of = dict(zip(active, tokens.tolist()))
+                old_rows = [active.index(k) for k in still] + [len(active) + neg_active.index(k) for k in still_neg]
+                first_of_next: dict[tuple[int, int], int] = {}
+                select: list[int] = []  # physical row each next physical row continues
+                next_inputs: list[int] = []
+                next_phys_of: list[int] = []
+                for r, k in zip(old_rows, still + still_neg):
+                    key = (phys_of[r], token_of[k])
+                    if key not in first_of_next:
+                        first_of_next[key] = len(select)
+                        select.append(key[0])
+                        next_inputs.append(key[1])
+                    next_phys_of.append(first_of_next[key])
+                if select != list(range(step_mask.shape[0])):
+                    keep = torch.tensor(select, device=device)
                     cache.batch_select_indices(keep)
-                    mask, step_positions = mask[keep], step_positions[keep]
-                # the chosen token goes to both rows of its pair
-                tokens = tokens[[active.index(k) for k in still] + [active.index(k) for k in still_neg]]
-                active, neg_active = still, still_neg
-                step_inputs = tokens.reshape(-1, 1).to(device)
+                    step_mask, step_positions = step_mask[keep], step_positions[keep]
+                phys_adapters = [phys_adapters[i] for i in select]
+                phys_of, active, neg_active = next_phys_of, still, still_neg
+                step_inputs = torch.tensor(next_inputs, dtype=torch.long, device=device).reshape(-1, 1)
                 step_positions = step_positions[:, -1:] + 1
-                mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1)
+                step_mask = torch.cat([step_mask, torch.ones((step_mask.shape[0], 1), dtype=step_mask.dtype,
+                                                             device=device)], dim=1)
 
     def _choose(self, logits: torch.Tensor, active_pairs: list[_Pair], neg_active: list[int],
                 active: list[int]) -> torch.Tensor:
