@@ -231,11 +231,11 @@ def pairs_build(
     from unleak.pairs.generators import build_generator
 
     base = load_config(PairsConfig, config)
-    cand = load_config(CandidateConfig, None, **{**dataclasses.asdict(base.candidate), **_given(
+    cand = load_config(CandidateConfig, None, base=base.candidate, **_given(
         candidates=candidates, max_tries=max_tries, max_new_tokens=max_new_tokens, redact_template=redact_template,
         no_repeat_ngram_size=no_repeat_ngram_size, max_repetition=max_repetition,
-        modes=tuple(modes.split(",")) if modes else None)})
-    pii = load_config(PIIConfig, None, **{**dataclasses.asdict(base.pii), **_given(profile=profile)})
+        modes=tuple(modes.split(",")) if modes else None))
+    pii = load_config(PIIConfig, None, base=base.pii, **_given(profile=profile))
     cfg = dataclasses.replace(base, candidate=cand, pii=pii, limit=limit if limit is not None else base.limit,
                               user_turns=_user_turns(user_turns, base.user_turns),
                               **_given(reject_known_values=reject_known_values))
@@ -338,10 +338,9 @@ def train_orpo_cmd(
 
     base = load_config(OrpoSettings, config)
     lora = dataclasses.replace(base.lora, **_given(r=lora_r, alpha=lora_alpha))
-    settings = load_config(OrpoSettings, None, **{**dataclasses.asdict(base), "lora": dataclasses.asdict(lora),
-                                                  **_given(epochs=epochs, batch_size=batch_size, beta=beta,
-                                                           learning_rate=learning_rate, max_length=max_length,
-                                                           max_prompt_length=max_prompt_length)})
+    settings = load_config(OrpoSettings, None, base=dataclasses.replace(base, lora=lora),
+                           **_given(epochs=epochs, batch_size=batch_size, beta=beta, learning_rate=learning_rate,
+                                    max_length=max_length, max_prompt_length=max_prompt_length))
     print(train_orpo(model, pairs, out, settings, resume=resume, tensorboard=tensorboard, deepspeed=deepspeed))
 
 
