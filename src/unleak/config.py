@@ -126,6 +126,9 @@ ORIGINAL_MODES: tuple[str, ...] = ("chat", "nudge", "completion", "start_with")
 CANDIDATE_MODES: tuple[str, ...] = (*ORIGINAL_MODES, "redact")
 #: Modes whose candidates come from the generator model (`redact` is computed from the sample)
 GENERATED_MODES: tuple[str, ...] = ORIGINAL_MODES
+#: How utility puts a multiple-choice question to a model (`unleak.eval.utility`): each choice's own
+#: text after the question, by log-likelihood per character, or MMLU's lettered format.
+MC_FORMATS = ("cloze", "letters")
 #: Instruction appended to the last user message in the `start_with` mode.
 START_WITH_INSTRUCTION = 'Start your answer with these exact words: "{prefix}"'
 

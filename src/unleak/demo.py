@@ -39,6 +39,7 @@ from rich.console import Console
 
 from unleak.config import CandidateConfig, LoraSettings, OrpoSettings, PairsConfig, SftSettings, settings_hash
 from unleak.errors import UnleakError
+from unleak.eval.run import EvalSettings
 from unleak.jsonl import atomic_write_text
 from unleak.pairs.build import PAIR_FILES
 
@@ -119,6 +120,8 @@ class DemoConfig:
     attack_limit: int | None = None
     mmlu: str | None = None
     mmlu_limit: int = 60
+    #: "cloze" or "letters" (`EvalSettings.mmlu_format`): the 135M model answers letters at chance
+    mmlu_format: str = EvalSettings.mmlu_format
 
     def __post_init__(self) -> None:
         if self.corpus is not None and not Path(self.corpus).exists():
@@ -256,7 +259,8 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
             confs.append(EvalConfiguration(f"orpo-{c.variant}-g{g:g}-{space}", str(leaky), adapter, g, space))
     mmlu = c.mmlu or shared_mmlu_file()
     settings = EvalSettings(leakage_max_new_tokens=c.leakage_max_new_tokens, test_limit=c.test_limit,
-                            attack_limit=c.attack_limit, mmlu=mmlu, mmlu_limit=c.mmlu_limit, reference_model=base)
+                            attack_limit=c.attack_limit, mmlu=mmlu, mmlu_limit=c.mmlu_limit, mmlu_format=c.mmlu_format,
+                            reference_model=base)
 
     evaluation = stages.run("eval", [[dataclasses.asdict(x) for x in confs], dataclasses.asdict(settings),
                                    RESULTS_VERSION],
@@ -275,7 +279,7 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
                 f"turns, modes {', '.join(c.pairs.candidate.modes)}; ORPO "
                 f"({c.variant} pairs) {c.orpo.epochs:g} epoch(s), lr {c.orpo.learning_rate:g}, beta "
                 f"{c.orpo.beta}, LoRA r{c.orpo.lora.r}; MMLU subset "
-                f"{c.mmlu_limit if mmlu else 'not run (no file)'}. Wall times (s): "
+                f"{f'{c.mmlu_limit} ({c.mmlu_format})' if mmlu else 'not run (no file)'}. Wall times (s): "
                 + ", ".join(f"{k} {v:.0f}" for k, v in stages.times.items())
                 + f"; stages {times['stages']:.0f}, this run {times['this_run']:.0f}"
                 + (f" (cached: {', '.join(stages.cached)})" if stages.cached else "") + ".")

@@ -161,6 +161,81 @@ def test_served_mc_predictions_equal_the_decoders_choice_one_by_one(tiny_model_d
     assert served[0] != served[1] or served[0] != served[2]  # guidance changes some choice here
 
 
+def test_guided_logprobs_by_hand():
+    """p_pos [.5, .3, .2], p_neg [.2, .3, .5], g = 3. prob: [.2 + .9, .3, .5 - .9] = [1.1, .3, -.4], clamped and
+    renormalised [1.1, .3, 0] / 1.4; log: [.2 * 2.5^3, .3, .5 * .4^3] = [3.125, .3, .032] / 3.457."""
+    from unleak.config import GuidanceConfig
+    from unleak.eval.utility import guided_logprobs
+
+    pos, neg = torch.tensor([[0.5, 0.3, 0.2]]).log(), torch.tensor([[0.2, 0.3, 0.5]]).log()
+    prob = guided_logprobs(pos, neg, GuidanceConfig(3.0, "prob")).exp()
+    assert torch.allclose(prob, torch.tensor([[1.1 / 1.4, 0.3 / 1.4, 0.0]]), atol=1e-6)
+    log = guided_logprobs(pos, neg, GuidanceConfig(3.0, "log")).exp()
+    assert torch.allclose(log, torch.tensor([[3.125, 0.3, 0.032]]) / 3.457, atol=1e-5)
+    for alone in (guided_logprobs(pos, None, GuidanceConfig(3.0)), guided_logprobs(pos, neg, GuidanceConfig(1.0))):
+        assert torch.allclose(alone.exp(), torch.tensor([[0.5, 0.3, 0.2]]), atol=1e-6)
+
+
+def test_cloze_scores_equal_each_choice_alone(tiny_model_dir):
+    """Batched, caches repeated per choice, both branches in one pass: each (head, prompt, choice) run alone,
+    its two branches' distributions mixed by the decoder's `cfg_scores` at every token of the choice, the
+    choice's log-likelihood divided by its characters; questions of 3 and 4 choices of unequal lengths."""
+    from unleak.chat import system_header_ids
+    from unleak.config import GuidanceConfig, PromptConfig
+    from unleak.decoding.cfg import cfg_scores
+    from unleak.eval.utility import (cloze_continuations, cloze_prompt, multiple_choice_cloze_scores,
+                                     served_multiple_choice_predictions)
+    from unleak.models import load_model, load_tokenizer
+
+    tok, model = load_tokenizer(str(tiny_model_dir)), load_model(str(tiny_model_dir))
+    qs = [{"subject": "s", "question": "What is " + "w" * (i + 1) + "?", "answer": 0,
+           "choices": ["yes", "no", "a much longer answer " * (i % 3)][: 3] + (["maybe not"] if i % 2 else [])}
+          for i in range(7)]
+    prompts = PromptConfig()
+    heads = [system_header_ids(tok, prompts.positive), system_header_ids(tok, prompts.negative)]
+    guidances = [GuidanceConfig(1.0), GuidanceConfig(8.0, "log"), GuidanceConfig(8.0, "prob")]
+    # 24 rows: the 3 questions of 4 choices in one batch, the 4 of 3 in another, each of unequal lengths
+    scores = multiple_choice_cloze_scores(model, tok, qs, guidances, heads, batch_size=24, progress=False)
+    bare = multiple_choice_cloze_scores(model, tok, qs, guidances[:1], batch_size=12, progress=False)
+    assert scores[0] != scores[1] != scores[2] != scores[0]
+
+    def logits(head: list[int], q: dict, cont: list[int]) -> torch.Tensor:
+        ctx = head + tok(cloze_prompt(q), add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ctx + cont])).logits[0].float()
+        return out[len(ctx) - 1: len(ctx) - 1 + len(cont)]
+
+    for i, q in enumerate(qs):
+        assert len(scores[0][i]) == len(q["choices"]) == len(bare[0][i])
+        for k, text in enumerate(cloze_continuations(q)):
+            cont = tok(text, add_special_tokens=False)["input_ids"]
+            target = torch.tensor(cont)[:, None]
+            pos, neg = logits(heads[0], q, cont), logits(heads[1], q, cont)
+            alone = torch.log_softmax(logits([], q, cont), -1).gather(-1, target).sum() / len(text)
+            assert abs(bare[0][i][k] - alone.item()) < 1e-3
+            for s, g in enumerate(guidances):
+                mixed = torch.log_softmax(pos, -1) if g.guidance_scale == 1 else \
+                    torch.log_softmax(cfg_scores(pos, neg, g.guidance_scale, g.cfg_space), -1)
+                want = (mixed.gather(-1, target).sum() / len(text)).item()
+                got = scores[s][i][k]
+                assert (got == want == -math.inf) or abs(got - want) < 1e-3, (i, k, g, got, want)
+    served = served_multiple_choice_predictions(model, tok, qs, guidances, prompts, batch_size=24, progress=False,
+                                                mc_format="cloze")
+    assert served == [[max(range(len(x)), key=x.__getitem__) for x in per] for per in scores]
+    assert served_multiple_choice_predictions(model, tok, qs, guidances[:1], None, progress=False,
+                                              mc_format="cloze") == [[max(range(len(x)), key=x.__getitem__)
+                                                                      for x in bare[0]]]
+    with pytest.raises(UnleakError, match="multiple-choice format 'words'"):
+        served_multiple_choice_predictions(model, tok, qs, guidances, prompts, mc_format="words")
+
+
+def test_eval_settings_refuse_an_unknown_mc_format():
+    from unleak.eval.run import EvalSettings
+
+    with pytest.raises(UnleakError, match="mmlu_format must be one of cloze, letters"):
+        EvalSettings(mmlu_format="words")
+
+
 def test_common_prefix_leaves_one_token():
     from unleak.eval.utility import _common_prefix
 

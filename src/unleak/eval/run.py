@@ -26,15 +26,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from unleak.config import AttackConfig, CandidateConfig, GuidanceConfig, PIIConfig, settings_hash
+from unleak.config import MC_FORMATS, AttackConfig, CandidateConfig, GuidanceConfig, PIIConfig, settings_hash
 from unleak.errors import UnleakError
 from unleak.jsonl import atomic_write_jsonl, atomic_write_text
 from unleak.pairs.samples import SAMPLES_VERSION
 
 #: bump when a result gains or changes a metric: cached configurations are then recomputed
 #: (2: the fluency's repetition rate; 3: every answer saved in answers/NAME.jsonl; 4: known values;
-#: 5: the stripped-space attack; 6: utility under guidance, behind the serving system prompt)
-RESULTS_VERSION = 6
+#: 5: the stripped-space attack; 6: utility under guidance, behind the serving system prompt; 7: cloze
+#: utility by default)
+RESULTS_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class EvalSettings:
     mmlu: str | None = None
     mmlu_limit: int | None = 2000
     mmlu_seed: int = 0
+    #: "cloze" (each choice's text, by log-likelihood per character) or "letters" (MMLU's lettered
+    #: format); see `unleak.eval.utility`: models below ~1B score at chance with letters
+    mmlu_format: str = "cloze"
     reference_model: str = "default"
     profiles: tuple[str, ...] = ("original", "strict")
     batch_size: int = 16
@@ -69,6 +73,10 @@ class EvalSettings:
     #: (the `redact` candidates' default), under the same counts and the reference model: what a perfect
     #: redaction of the true answer scores (`references.json`, two rows of the report); None: off
     reference_template: str | None = field(default_factory=lambda: CandidateConfig().redact_template)
+
+    def __post_init__(self) -> None:
+        if self.mmlu_format not in MC_FORMATS:
+            raise UnleakError(f"mmlu_format must be one of {', '.join(MC_FORMATS)}, got {self.mmlu_format!r}")
 
 
 def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], out_dir: str | Path,
@@ -159,7 +167,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
             t0 = time.time()
             predictions = served_multiple_choice_predictions(gen.model, tok, questions, guidances,
                                                              gen.prompts if served else None, s.batch_size,
-                                                             progress=progress)
+                                                             progress=progress, mc_format=s.mmlu_format)
             utility_seconds = round(time.time() - t0, 1)  # the group's: its settings share the scoring
             utilities = [{**accuracy_with_se(correct), "correct": correct, "seconds": utility_seconds}
                          for correct in ([p == q["answer"] for p, q in zip(preds, questions)] for preds in predictions)]

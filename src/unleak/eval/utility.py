@@ -1,14 +1,20 @@
-"""Utility: multiple-choice accuracy by the log-likelihood of each answer letter (MMLU, MMLU-Pro).
+"""Utility: multiple-choice accuracy (MMLU, MMLU-Pro) by log-likelihood, in two formulations.
 
-Each question becomes one prompt in the MMLU format (subject header,
-question, lettered choices, "Answer:"); one forward pass scores all choices at
-once by the log-probabilities of the letter tokens " A", " B", ... at the last
-position, so the choices share the question prefix and cost nothing extra.
-The leading tokens all prompts share (the MMLU header up to the subject name)
-run once and are reused from the KV cache; the rest is sorted by length and
-batched (left padding, last position only). On 2 CPU cores this is
-compute-bound: ~230 prompt tokens/s for SmolLM2-135M, the matmuls at ~90 % of
-what the cores do on one large matmul (`benchmarks/bench_mmlu.py`).
+- ``letters`` (MMLU's own format): the prompt lists the lettered choices and
+  ends in "Answer:"; one forward pass scores all choices at once by the
+  log-probabilities of the letter tokens " A", " B", ... at the last position.
+  The leading tokens all prompts share (the MMLU header up to the subject
+  name) run once and are reused from the KV cache; the rest is sorted by
+  length and batched (left padding, last position only). On 2 CPU cores this
+  is compute-bound: ~230 prompt tokens/s for SmolLM2-135M, the matmuls at
+  ~90 % of what the cores do on one large matmul (`benchmarks/bench_mmlu.py`).
+- ``cloze``: "Question: ...\nAnswer:" followed by each choice's own text,
+  ranked by its log-likelihood per character (lighteval's cloze formulation
+  and `acc_norm`). Small models have not learned to answer with a letter: the
+  embedded 135M model scores at chance (21-29 % on 300 questions) with
+  letters but above it with cloze (~29-30 %), so only cloze shows what a
+  defence costs them. Each question's prompt is prefilled once and its KV
+  cache repeated for the choices.
 
 A defence is served behind its system prompt and with guidance, so it is
 scored that way too (`served_multiple_choice_predictions`): each question
@@ -35,8 +41,8 @@ from typing import Any
 import torch
 
 from unleak.chat import system_header_ids
-from unleak.config import GuidanceConfig, PromptConfig
-from unleak.decoding.cfg import cfg_mix
+from unleak.config import MC_FORMATS, GuidanceConfig, PromptConfig
+from unleak.decoding.cfg import cfg_mix, cfg_scores
 from unleak.errors import UnleakError
 from unleak.models import output_cache
 
@@ -216,10 +222,114 @@ def guided_choice(logp_pos: Sequence[float], logp_neg: Sequence[float] | None, g
     return int(mix[0].argmax())
 
 
+def cloze_prompt(q: dict[str, Any]) -> str:
+    return f"Question: {q['question'].strip()}\nAnswer:"
+
+
+def cloze_continuations(q: dict[str, Any]) -> list[str]:
+    return [" " + str(c).strip() for c in q["choices"]]
+
+
+def guided_logprobs(logits_pos: torch.Tensor, logits_neg: torch.Tensor | None,
+                    guidance: GuidanceConfig) -> torch.Tensor:
+    """Log-probabilities [N, V] of the distribution a guided model samples from, given the two branches'
+    logits [N, V]: the decoder's `cfg_scores` renormalised (in probability space the clamped mix).
+    No negative branch or g = 1: the positive branch alone."""
+    if logits_neg is None or guidance.guidance_scale == 1.0:
+        return torch.log_softmax(logits_pos.float(), -1)
+    return torch.log_softmax(cfg_scores(logits_pos, logits_neg, guidance.guidance_scale, guidance.cfg_space), -1)
+
+
+@torch.no_grad()
+def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dict[str, Any]],
+                                 guidances: Sequence[GuidanceConfig], heads: Sequence[Sequence[int]] = ((),),
+                                 batch_size: int = 16, max_length: int = 2048,
+                                 progress: bool = True) -> list[list[list[float]]]:
+    """Each choice's log-likelihood per character as its text follows the cloze prompt, per guidance setting:
+    ``scores[setting][question][choice]``.
+
+    `heads`: the token ids in front of every prompt, one per branch: the
+    positive system header alone, or the positive and the negative one
+    (`unleak.chat.system_header_ids`), the branches mixed token by token as
+    the guided model samples (`guided_logprobs`; a choice holding a token the
+    guided model cannot emit scores -inf). A batch prefills its prompts once
+    per branch, repeats each cache once per choice, and scores every choice's
+    tokens in one more pass; masking and position ids make the result equal
+    to scoring each (head, prompt, choice) alone. `batch_size` bounds the rows
+    (branches x choices) of that pass. Prompts are cut from the left to fit
+    `max_length` with their head and longest choice.
+    """
+    from rich.progress import Progress
+    from transformers import DynamicCache
+
+    if not 1 <= len(heads) <= 2:
+        raise ValueError("heads: the positive branch's, and optionally the negative one's")
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = getattr(model, "config", None)
+    contexts = [tokenizer(cloze_prompt(q), add_special_tokens=False)["input_ids"] for q in questions]
+    choices = [[tokenizer(c, add_special_tokens=False)["input_ids"] for c in cloze_continuations(q)]
+               for q in questions]
+    for q, conts in zip(questions, choices):
+        if any(not c for c in conts):
+            raise UnleakError(f"question {q.get('row', '?')}: a choice has no text")
+    out: list[list[list[float]]] = [[[] for _ in questions] for _ in guidances]
+    # batches of questions with the same number of choices, similar lengths together
+    order = sorted(range(len(questions)), key=lambda i: (len(choices[i]), len(contexts[i])))
+    batches: list[list[int]] = []
+    for i in order:
+        per = max(1, batch_size // (len(heads) * len(choices[i])))
+        if batches and len(batches[-1]) < per and len(choices[batches[-1][0]]) == len(choices[i]):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("multiple choice (cloze)", total=len(questions))
+        for idx in batches:
+            n = len(choices[idx[0]])
+            longest = max(len(c) for j in idx for c in choices[j])
+            rows = []  # branch-major: all questions behind head 0, then behind head 1
+            for head in heads:
+                room = max_length - len(head) - longest
+                if room < 1:
+                    raise UnleakError(f"a head of {len(head)} tokens and a choice of {longest} leave no room for "
+                                      f"a question in {max_length}")
+                rows += [list(head) + contexts[j][-room:] for j in idx]
+            width = max(len(r) for r in rows)
+            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+            out_prefill = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+                                cache=DynamicCache(config=config), use_cache=True, logits_to_keep=1)
+            cache = output_cache(out_prefill)
+            cache.batch_repeat_interleave(n)
+            first = out_prefill.logits[:, -1:].float().repeat_interleave(n, 0)
+            conts = [choices[j][k] for _ in heads for j in idx for k in range(n)]
+            tokens = torch.tensor([c + [pad] * (longest - len(c)) for c in conts], device=device)
+            scored = torch.tensor([[1] * len(c) + [0] * (longest - len(c)) for c in conts], device=device)
+            lengths = mask.sum(-1, keepdim=True).repeat_interleave(n, 0)
+            logits = model(input_ids=tokens, attention_mask=torch.cat([mask.repeat_interleave(n, 0), scored], -1),
+                           position_ids=lengths + torch.arange(longest, device=device), cache=cache,
+                           use_cache=True).logits
+            logits = torch.cat([first, logits[:, :-1].float()], 1)  # [rows, longest, V]: predicts each token
+            half = len(idx) * n
+            pos = logits[:half].flatten(0, 1)
+            neg = logits[half:].flatten(0, 1) if len(heads) == 2 else None
+            target = tokens[:half].reshape(-1, 1)
+            weight = scored[:half].float()
+            chars = [len(c) for j in idx for c in cloze_continuations(questions[j])]
+            for s, guidance in enumerate(guidances):
+                logp = guided_logprobs(pos, neg, guidance).gather(-1, target).reshape(half, longest)
+                totals = torch.where(weight > 0, logp, torch.zeros_like(logp)).sum(-1)
+                for r, total in enumerate(totals.tolist()):
+                    out[s][idx[r // n]].append(total / chars[r])
+            bar.advance(task, len(idx))
+    return out
+
+
 def served_multiple_choice_predictions(model: Any, tokenizer: Any, questions: list[dict[str, Any]],
                                        guidances: Sequence[GuidanceConfig], prompts: PromptConfig | None,
                                        batch_size: int = 16, max_length: int = 2048,
-                                       progress: bool = True) -> list[list[int]]:
+                                       progress: bool = True, mc_format: str = "letters") -> list[list[int]]:
     """The predicted choice per question under each of `guidances`, for a model as it is served.
 
     `prompts`: each question behind the positive system prompt's header (and,
@@ -227,10 +337,19 @@ def served_multiple_choice_predictions(model: Any, tokenizer: Any, questions: li
     letter with `guided_choice`), as the extraction attack runs against a
     served model; None: the bare question (a model served without a system
     prompt, e.g. the leaky baseline). Each branch is scored once for all
-    settings. Returns one list of predictions per setting.
+    settings. Returns one list of predictions per setting. `mc_format`:
+    "letters" or "cloze" (see the module docstring; under guidance, cloze
+    mixes the branches at every token of a choice).
     """
+    if mc_format not in MC_FORMATS:
+        raise UnleakError(f"unknown multiple-choice format {mc_format!r} (use one of {', '.join(MC_FORMATS)})")
     guided = prompts is not None and any(g.guidance_scale != 1.0 for g in guidances)
     pos_head = system_header_ids(tokenizer, prompts.positive) if prompts is not None else []
+    if mc_format == "cloze":
+        heads = [pos_head] + ([system_header_ids(tokenizer, prompts.negative)] if guided and prompts else [])
+        scores = multiple_choice_cloze_scores(model, tokenizer, questions, guidances, heads, batch_size,
+                                              max_length, progress)
+        return [[max(range(len(s)), key=s.__getitem__) for s in per_setting] for per_setting in scores]
     pos = multiple_choice_letter_logprobs(model, tokenizer, questions, batch_size, max_length, progress,
                                           head=pos_head)
     neg = multiple_choice_letter_logprobs(model, tokenizer, questions, batch_size, max_length, progress,
