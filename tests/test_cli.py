@@ -80,6 +80,9 @@ def test_demo_flags_are_validated_before_any_stage_runs(tmp_path):
     assert out.returncode == 2 and "user_turns must be >= 0" in out.stderr
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--variant", "both")
     assert out.returncode == 2 and "variant must be 'plain' or 'cfg'" in out.stderr
+    out = run_cli("demo", "--out", str(tmp_path / "d"), "--mmlu-format", "words")
+    assert out.returncode == 2 and "mmlu_format must be one of cloze, letters" in out.stderr
+    assert not (tmp_path / "d").exists()
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--leaky", str(tmp_path / "no-model"))
     assert out.returncode == 2 and "model path not found" in out.stderr and not (tmp_path / "d").exists()
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--corpus", str(tmp_path / "nowhere"))

@@ -82,3 +82,19 @@ def test_a_partial_nested_mapping_keeps_the_base_values_and_kinds_are_checked(tm
         path.write_text(text)
         with pytest.raises(UnleakError, match=message):
             load_config(DemoConfig, path, base=base)
+
+
+def test_the_readme_gpu_yaml_loads_as_a_demo_config(tmp_path):
+    """The README's `gpu.yaml` example is a valid `--config` on top of the demo's defaults."""
+    import re
+    from pathlib import Path
+
+    from unleak.demo import DemoConfig
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```yaml\n(# gpu\.yaml.*?)```", readme, re.S)
+    assert block, "README lost its gpu.yaml example"
+    (tmp_path / "gpu.yaml").write_text(block.group(1))
+    cfg = load_config(DemoConfig, tmp_path / "gpu.yaml", base=DemoConfig())
+    assert (cfg.orpo.epochs, cfg.orpo.learning_rate, cfg.orpo.max_length, cfg.test_limit) == (3, 1e-4, 2048, None)
+    assert (cfg.mmlu_limit, cfg.mmlu_format, cfg.variant) == (2000, "letters", DemoConfig().variant)

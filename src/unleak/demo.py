@@ -128,6 +128,8 @@ class DemoConfig:
             raise UnleakError(f"demo corpus {self.corpus}: no such file or directory")
         if self.variant not in PAIR_FILES:
             raise UnleakError(f"demo variant must be 'plain' or 'cfg' (a key of PAIR_FILES), got {self.variant!r}")
+        # refused before any stage runs, not when the evaluation builds its settings
+        EvalSettings(mmlu_format=self.mmlu_format)
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
