@@ -297,6 +297,7 @@ def test_full_evaluation_and_report(tiny_model_dir, tmp_path, monkeypatch):
     results = run_evaluation(corpus, confs, out, settings, progress=False)
     assert [r["name"] for r in results] == ["base", "g3"]
     assert results[0]["attack"]["attempts"] == 6 and results[0]["utility"]["n"] == 8
+    assert results[0]["utility"]["format"] == results[1]["utility"]["format"] == "cloze"
     assert results[0]["fluency"]["tokens"] > 0 and results[0]["test_prompts"] > 0
     assert 0 <= results[0]["fluency"]["repetition"] <= 1
     test_conversations = {c.id: c for c in load_split(corpus, "test")}
@@ -340,6 +341,7 @@ def test_full_evaluation_and_report(tiny_model_dir, tmp_path, monkeypatch):
     report = write_report(out)
     md = (out / "report.md").read_text()
     assert "| base |" in md and "| g3 |" in md and "repetition %" in md
+    assert "Utility: multiple-choice accuracy by the log-likelihood per character of each choice's text" in md
     diff = paired_difference(results[1]["utility"]["correct"], results[0]["utility"]["correct"])
     assert f"| g3 | {100 * results[1]['utility']['accuracy']:.1f} ± " in md  # g3's own, guided utility
     assert f"{100 * diff['difference']:+.1f} ± {100 * diff['se']:.1f}" in md

@@ -46,7 +46,7 @@ def summary_rows(results: list[dict[str, Any]], reference: str | None = None) ->
                "repetition": r["fluency"].get("repetition")}
         u = r.get("utility")
         if u:
-            row.update(utility=u["accuracy"], utility_se=u["se"], utility_n=u["n"])
+            row.update(utility=u["accuracy"], utility_se=u["se"], utility_n=u["n"], utility_format=u.get("format"))
             if base.get("utility") and r is not base:
                 row["utility_diff"] = paired_difference(u["correct"], base["utility"]["correct"])
         rows.append(row)
@@ -181,9 +181,13 @@ def write_report(out_dir: str | Path, title: str = "unleak evaluation", preamble
     ref = reference if any(r["name"] == reference for r in results) else results[0]["name"]
     plots = [p for p in (plot_guidance(rows, out / "guidance.png"), plot_tradeoff(rows, out / "tradeoff.png")) if p]
     n = rows[0]["test_prompts"]
+    formats = {r.get("utility_format") for r in rows if "utility" in r}
+    how = {"cloze": "the log-likelihood per character of each choice's text (cloze)",
+           "letters": "the log-likelihood of the answer letters"}
+    scored = f" by {how[formats.pop()]}" if len(formats) == 1 and None not in formats else ""
     md = [f"# {title}", "", preamble, "",
-          f"Test prompts: {n} (test split: never used to build the defence). Utility: multiple-choice accuracy by "
-          f"letter log-likelihood, each configuration as served (a defence behind its system prompt and under "
+          f"Test prompts: {n} (test split: never used to build the defence). Utility: multiple-choice accuracy"
+          f"{scored}, each configuration as served (a defence behind its system prompt and under "
           f"its guidance, a baseline on the bare question); Δ is the paired difference to `{ref}` over the same "
           f"questions."
           + (" The `reference` rows score the test split's own answers (cut to the answers' length), as "

@@ -169,7 +169,8 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                                                              gen.prompts if served else None, s.batch_size,
                                                              progress=progress, mc_format=s.mmlu_format)
             utility_seconds = round(time.time() - t0, 1)  # the group's: its settings share the scoring
-            utilities = [{**accuracy_with_se(correct), "correct": correct, "seconds": utility_seconds}
+            utilities = [{**accuracy_with_se(correct), "format": s.mmlu_format, "correct": correct,
+                          "seconds": utility_seconds}
                          for correct in ([p == q["answer"] for p, q in zip(preds, questions)] for preds in predictions)]
         fluency = answer_fluency(ref_model, ref_tok, prompt_ids,
                                  [[a.token_ids for a in conf_answers] for conf_answers in answers])
