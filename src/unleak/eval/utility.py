@@ -244,15 +244,22 @@ def guided_logprobs(logits_pos: torch.Tensor, logits_neg: torch.Tensor | None,
 def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dict[str, Any]],
                                  guidances: Sequence[GuidanceConfig], heads: Sequence[Sequence[int]] = ((),),
                                  batch_size: int = 16, max_length: int = 2048,
-                                 progress: bool = True) -> list[list[list[float]]]:
-    """Each choice's log-likelihood per character as its text follows the cloze prompt, per guidance setting:
-    ``scores[setting][question][choice]``.
+                                 progress: bool = True) -> list[list[list[tuple[int, float]]]]:
+    """Each choice's score as its text follows the cloze prompt, per guidance setting:
+    ``scores[setting][question][choice] = (-tokens outside the support, log-likelihood per character)``,
+    compared as tuples: the highest is the served model's choice.
 
     `heads`: the token ids in front of every prompt, one per branch: the
     positive system header alone, or the positive and the negative one
     (`unleak.chat.system_header_ids`), the branches mixed token by token as
-    the guided model samples (`guided_logprobs`; a choice holding a token the
-    guided model cannot emit scores -inf). A batch prefills its prompts once
+    the guided model samples (`guided_logprobs`). In probability space the
+    guided decoder gives no mass to a token whose mix is <= 0 (at g = 3: a
+    positive probability below 2/3 of the negative one's); a choice holding
+    such tokens is one the served model cannot write, so choices rank first
+    by how many tokens they hold outside the support (fewer is better), then
+    by the log-likelihood per character of the tokens inside it. Without
+    the first key, a question whose every choice scores -inf would go to its
+    first choice. A batch prefills its prompts once
     per branch, repeats each cache once per choice, and scores every choice's
     tokens in one more pass; masking and position ids make the result equal
     to scoring each (head, prompt, choice) alone. `batch_size` bounds the rows
@@ -319,9 +326,11 @@ def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dic
             chars = [len(c) for j in idx for c in cloze_continuations(questions[j])]
             for s, guidance in enumerate(guidances):
                 logp = guided_logprobs(pos, neg, guidance).gather(-1, target).reshape(half, longest)
-                totals = torch.where(weight > 0, logp, torch.zeros_like(logp)).sum(-1)
-                for r, total in enumerate(totals.tolist()):
-                    out[s][idx[r // n]].append(total / chars[r])
+                inside = (weight > 0) & torch.isfinite(logp)
+                totals = torch.where(inside, logp, torch.zeros_like(logp)).sum(-1)
+                outside = ((weight > 0) & ~inside).sum(-1)
+                for r, (total, missing) in enumerate(zip(totals.tolist(), outside.tolist())):
+                    out[s][idx[r // n]].append((-int(missing), total / chars[r]))
             bar.advance(task, len(idx))
     return out
 
