@@ -10,8 +10,9 @@ those from before a metric was added. The configurations of one model
 (model, adapter, served) are evaluated together: the model is loaded once,
 every test and attack prompt is prefilled once for all their guidance
 settings (`CFGGenerator.generate_grouped`), and each multiple-choice question
-is scored once per system prompt, its letters then mixed for each setting:
-utility is measured under guidance, as the model is served (a served
+is scored once per system prompt (both in one pass for cloze), the branches
+then mixed for each setting: utility is measured under guidance, as the model
+is served (a served
 configuration sees the questions behind its system prompt, as it sees the
 attack). Adapters are merged into the
 weights for evaluation (same outputs, ~1.25x faster decoding on CPU, measured
