@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from unleak.config import GuidanceConfig
+from unleak.config import MC_FORMATS, GuidanceConfig
 from unleak.eval.utility import (accuracy_with_se, cloze_continuations, cloze_prompt, format_question,
                                  load_mc_questions, multiple_choice_cloze_scores, multiple_choice_letter_logprobs,
                                  shared_mmlu_file)
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=2000)
     ap.add_argument("--compare", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--format", choices=("letters", "cloze"), default="letters")
+    ap.add_argument("--format", choices=MC_FORMATS, default="letters")
     args = ap.parse_args()
     if not Path(args.mmlu).exists() and not args.mmlu.count("/") == 1:
         sys.exit(f"MMLU file not found: {args.mmlu} (the shared data is needed)")

@@ -83,6 +83,10 @@ def test_demo_flags_are_validated_before_any_stage_runs(tmp_path):
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--mmlu-format", "words")
     assert out.returncode == 2 and "mmlu_format must be one of cloze, letters" in out.stderr
     assert not (tmp_path / "d").exists()
+    out = run_cli("eval", "run", "--model", "default", "--corpus", str(tmp_path / "c"), "--out", str(tmp_path / "e"),
+                  "--mmlu-format", "words")
+    assert out.returncode == 2 and "mmlu_format must be one of cloze, letters" in out.stderr
+    assert not (tmp_path / "e").exists()
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--leaky", str(tmp_path / "no-model"))
     assert out.returncode == 2 and "model path not found" in out.stderr and not (tmp_path / "d").exists()
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--corpus", str(tmp_path / "nowhere"))

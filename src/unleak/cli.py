@@ -460,8 +460,8 @@ def eval_run(
     baseline: str = typer.Option(None, help="Also evaluate this model raw (e.g. the leaky model) as the first row."),
     mmlu: str = typer.Option(None, help="Multiple-choice questions: JSONL/CSV/parquet file or hub id."),
     mmlu_limit: int = typer.Option(2000, help="Stratified, seeded subset size."),
-    mmlu_format: str = typer.Option("cloze", help="cloze (each choice's text by its log-likelihood per "
-                                    "character: use below ~1B parameters) or letters (MMLU's lettered format)."),
+    mmlu_format: str = typer.Option(None, help="cloze (default: each choice's text by its log-likelihood per "
+                                    "character; use below ~1B parameters) or letters (MMLU's lettered format)."),
     test_limit: int = typer.Option(None, help="At most N test prompts (seeded, stratified by PII type)."),
     attack_limit: int = typer.Option(None, help="At most the first N attack prompts (placeholders)."),
     max_new_tokens: int = typer.Option(64, help="Tokens per leakage answer."),
@@ -478,9 +478,10 @@ def eval_run(
     from unleak.eval.run import EvalSettings, run_evaluation
 
     settings = EvalSettings(leakage_max_new_tokens=max_new_tokens, test_limit=test_limit, mmlu=mmlu,
-                            mmlu_limit=mmlu_limit, mmlu_format=mmlu_format, attack=AttackConfig(task_message=task_message),
+                            mmlu_limit=mmlu_limit, attack=AttackConfig(task_message=task_message),
                             attack_limit=attack_limit,
-                            stripped_attack=stripped_attack, reference_template=reference_template or None)
+                            stripped_attack=stripped_attack, reference_template=reference_template or None,
+                            **_given(mmlu_format=mmlu_format))
     run_evaluation(corpus, eval_configurations(model, adapter, guidance, cfg_space, baseline), out, settings)
     report = write_report(out)
     from unleak.eval.report import markdown_table
