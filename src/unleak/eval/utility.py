@@ -280,7 +280,7 @@ def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dic
     for q, conts in zip(questions, choices):
         if any(not c for c in conts):
             raise UnleakError(f"question {q.get('row', '?')}: a choice has no text")
-    out: list[list[list[float]]] = [[[] for _ in questions] for _ in guidances]
+    out: list[list[list[tuple[int, float]]]] = [[[] for _ in questions] for _ in guidances]
     # batches of questions with the same number of choices, similar lengths together
     order = sorted(range(len(questions)), key=lambda i: (len(choices[i]), len(contexts[i])))
     batches: list[list[int]] = []
@@ -322,13 +322,13 @@ def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dic
             pos = logits[:half].flatten(0, 1)
             neg = logits[half:].flatten(0, 1) if len(heads) == 2 else None
             target = tokens[:half].reshape(-1, 1)
-            weight = scored[:half].float()
+            counted = scored[:half].bool()
             chars = [len(c) for j in idx for c in cloze_continuations(questions[j])]
             for s, guidance in enumerate(guidances):
                 logp = guided_logprobs(pos, neg, guidance).gather(-1, target).reshape(half, longest)
-                inside = (weight > 0) & torch.isfinite(logp)
+                inside = counted & torch.isfinite(logp)
                 totals = torch.where(inside, logp, torch.zeros_like(logp)).sum(-1)
-                outside = ((weight > 0) & ~inside).sum(-1)
+                outside = (counted & ~inside).sum(-1)
                 for r, (total, missing) in enumerate(zip(totals.tolist(), outside.tolist())):
                     out[s][idx[r // n]].append((-int(missing), total / chars[r]))
             bar.advance(task, len(idx))
