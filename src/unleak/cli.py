@@ -461,7 +461,13 @@ def eval_run(
     mmlu: str = typer.Option(None, help="Multiple-choice questions: JSONL/CSV/parquet file or hub id."),
     mmlu_limit: int = typer.Option(2000, help="Stratified, seeded subset size."),
     mmlu_format: str = typer.Option(None, help="cloze (default: each choice's text by its log-likelihood per "
-                                    "character; use below ~1B parameters) or letters (MMLU's lettered format)."),
+                                    "character; use below ~1B parameters), letters (MMLU's lettered format) or "
+                                    "generative (a short answer, judged; the original's protocol)."),
+    judge_url: str = typer.Option(None, help="Generative format: OpenAI-compatible base URL of the LLM judge "
+                                  "(key from $OPENAI_API_KEY); default: offline, by matching the choices."),
+    judge_model: str = typer.Option(None, help="Generative format: the judge's model name (the original: "
+                                    "gpt-4o-mini)."),
+    answer_tokens: int = typer.Option(None, help="Generative format: tokens per answer (the original: 256)."),
     test_limit: int = typer.Option(None, help="At most N test prompts (seeded, stratified by PII type)."),
     attack_limit: int = typer.Option(None, help="At most the first N attack prompts (placeholders)."),
     max_new_tokens: int = typer.Option(64, help="Tokens per leakage answer."),
@@ -473,7 +479,7 @@ def eval_run(
                                            "('' = no reference rows)."),
 ) -> None:
     """Evaluate every configuration; then write the report (see `unleak eval report`)."""
-    from unleak.config import AttackConfig
+    from unleak.config import AttackConfig, JudgeConfig
     from unleak.eval.report import write_report
     from unleak.eval.run import EvalSettings, run_evaluation
 
@@ -481,6 +487,8 @@ def eval_run(
                             mmlu_limit=mmlu_limit, attack=AttackConfig(task_message=task_message),
                             attack_limit=attack_limit,
                             stripped_attack=stripped_attack, reference_template=reference_template or None,
+                            judge=JudgeConfig(**_given(url=judge_url, model=judge_model,
+                                                       answer_max_new_tokens=answer_tokens)),
                             **_given(mmlu_format=mmlu_format))
     run_evaluation(corpus, eval_configurations(model, adapter, guidance, cfg_space, baseline), out, settings)
     report = write_report(out)
@@ -561,7 +569,9 @@ def demo(
     attack_limit: int = typer.Option(None, help="Extraction-attack prompts (0 = every placeholder of the test split)."),
     mmlu: str = typer.Option(None, help="MMLU file (default: ../shared/data/mmlu/mmlu_test.jsonl if present)."),
     mmlu_limit: int = typer.Option(None, help="MMLU questions (stratified subset)."),
-    mmlu_format: str = typer.Option(None, help="MMLU formulation: cloze (default) or letters."),
+    mmlu_format: str = typer.Option(None, help="MMLU formulation: cloze (default), letters or generative (judged "
+                                    "offline by matching the choices, or by the LLM judge set in --config's "
+                                    "'judge: {url: ..., model: ...}')."),
 ) -> None:
     """Run every stage end to end on the embedded default and print the Table-1-style summary."""
     from unleak.demo import DemoConfig, run_demo

@@ -37,7 +37,8 @@ from typing import Any
 
 from rich.console import Console
 
-from unleak.config import CandidateConfig, LoraSettings, OrpoSettings, PairsConfig, SftSettings, settings_hash
+from unleak.config import (CandidateConfig, JudgeConfig, LoraSettings, OrpoSettings, PairsConfig, SftSettings,
+                           settings_hash)
 from unleak.errors import UnleakError
 from unleak.eval.run import EvalSettings
 from unleak.jsonl import atomic_write_text
@@ -120,8 +121,10 @@ class DemoConfig:
     attack_limit: int | None = None
     mmlu: str | None = None
     mmlu_limit: int = 60
-    #: "cloze" or "letters" (`EvalSettings.mmlu_format`): the 135M model answers letters at chance
+    #: "cloze", "letters" or "generative" (`EvalSettings.mmlu_format`): the 135M model answers letters at chance
     mmlu_format: str = EvalSettings.mmlu_format
+    #: generative utility: answer length and judge (default: offline, by matching the choices)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def __post_init__(self) -> None:
         if self.corpus is not None and not Path(self.corpus).exists():
@@ -262,9 +265,9 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     mmlu = c.mmlu or shared_mmlu_file()
     settings = EvalSettings(leakage_max_new_tokens=c.leakage_max_new_tokens, test_limit=c.test_limit,
                             attack_limit=c.attack_limit, mmlu=mmlu, mmlu_limit=c.mmlu_limit, mmlu_format=c.mmlu_format,
-                            reference_model=base)
+                            judge=c.judge, reference_model=base)
 
-    evaluation = stages.run("eval", [[dataclasses.asdict(x) for x in confs], dataclasses.asdict(settings),
+    evaluation = stages.run("eval", [[dataclasses.asdict(x) for x in confs], settings.identity(),
                                    RESULTS_VERSION],
                             ("leaky", "orpo"), lambda d: run_evaluation(corpus, confs, d, settings), 5, total)
     # every stage's own time (a cached one's from when it ran), their sum, and this invocation's wall time

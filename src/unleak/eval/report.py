@@ -46,7 +46,8 @@ def summary_rows(results: list[dict[str, Any]], reference: str | None = None) ->
                "repetition": r["fluency"].get("repetition")}
         u = r.get("utility")
         if u:
-            row.update(utility=u["accuracy"], utility_se=u["se"], utility_n=u["n"], utility_format=u.get("format"))
+            row.update(utility=u["accuracy"], utility_se=u["se"], utility_n=u["n"], utility_format=u.get("format"),
+                       utility_judge=u.get("judge"))
             if base.get("utility") and r is not base:
                 row["utility_diff"] = paired_difference(u["correct"], base["utility"]["correct"])
         rows.append(row)
@@ -181,10 +182,15 @@ def write_report(out_dir: str | Path, title: str = "unleak evaluation", preamble
     ref = reference if any(r["name"] == reference for r in results) else results[0]["name"]
     plots = [p for p in (plot_guidance(rows, out / "guidance.png"), plot_tradeoff(rows, out / "tradeoff.png")) if p]
     n = rows[0]["test_prompts"]
-    formats = {r.get("utility_format") for r in rows if "utility" in r}
+    formats = {(r.get("utility_format"), r.get("utility_judge")) for r in rows if "utility" in r}
     how = {"cloze": "the log-likelihood per character of each choice's text (cloze)",
-           "letters": "the log-likelihood of the answer letters"}
-    scored = f" by {how[formats.pop()]}" if len(formats) == 1 and None not in formats else ""
+           "letters": "the log-likelihood of the answer letters",
+           "generative": "a short greedy answer to the original's request, judged"}
+    fmt, judge = formats.pop() if len(formats) == 1 else (None, None)
+    scored = f" by {how[fmt]}" if fmt is not None else ""
+    if fmt == "generative":
+        scored += (" by an LLM (the original's judge prompt; correct = its \"Correct\")" if str(judge).startswith("llm")
+                   else " offline: correct when the answer names the right choice only, by its text or number")
     md = [f"# {title}", "", preamble, "",
           f"Test prompts: {n} (test split: never used to build the defence). Utility: multiple-choice accuracy"
           f"{scored}, each configuration as served (a defence behind its system prompt and under "

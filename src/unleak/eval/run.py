@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from unleak.config import MC_FORMATS, AttackConfig, CandidateConfig, GuidanceConfig, PIIConfig, settings_hash
+from unleak.config import (MC_FORMATS, AttackConfig, CandidateConfig, GuidanceConfig, JudgeConfig, PIIConfig,
+                           settings_hash)
 from unleak.errors import UnleakError
 from unleak.jsonl import atomic_write_jsonl, atomic_write_text
 from unleak.pairs.samples import SAMPLES_VERSION
@@ -67,6 +68,8 @@ class EvalSettings:
     #: "cloze" (each choice's text, by log-likelihood per character) or "letters" (MMLU's lettered
     #: format); see `unleak.eval.utility`: models below ~1B score at chance with letters
     mmlu_format: str = "cloze"
+    #: "generative" format: the answers' length and who judges them (default: the offline choice matcher)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     reference_model: str = "default"
     profiles: tuple[str, ...] = ("original", "strict")
     batch_size: int = 16
@@ -79,6 +82,14 @@ class EvalSettings:
         if self.mmlu_format not in MC_FORMATS:
             raise UnleakError(f"mmlu_format must be one of {', '.join(MC_FORMATS)}, got {self.mmlu_format!r}")
 
+    def identity(self) -> dict[str, Any]:
+        """The settings as results depend on them (what caches are keyed by): the judge counts only for
+        generative utility, so other formats keep their cached results when it changes."""
+        d = asdict(self)
+        if self.mmlu_format != "generative":
+            d.pop("judge")
+        return d
+
 
 def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], out_dir: str | Path,
                    settings: EvalSettings | None = None, progress: bool = True) -> list[dict[str, Any]]:
@@ -87,7 +98,9 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     from unleak.eval.attack import attack_prompts, extraction_attack_success_rate, run_attack
     from unleak.eval.fluency import answer_fluency
     from unleak.eval.leakage import count_pii, generate_answers
-    from unleak.eval.utility import accuracy_with_se, load_mc_questions, served_multiple_choice_predictions
+    from unleak.eval.judge import VERDICTS, build_judge
+    from unleak.eval.utility import (accuracy_with_se, judge_answers, load_mc_questions, served_generative_answers,
+                                     served_multiple_choice_predictions)
     from unleak.models import load_model, load_tokenizer
     from unleak.pairs.samples import build_samples, limit_samples
     from unleak.pii.base import detector_for_profile
@@ -106,6 +119,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     values = conversation_values(test)
     questions = load_mc_questions(s.mmlu, s.mmlu_limit, s.mmlu_seed) if s.mmlu else None
     detectors = {p: detector_for_profile(PIIConfig(profile=p)) for p in s.profiles}
+    judge = None  # built when first needed
     @functools.cache
     def reference_model() -> tuple[Any, Any, list[list[int]]]:
         """The reference model, its tokenizer and the test prompts' ids (loaded once, when first needed)."""
@@ -121,7 +135,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     loaded: dict[tuple[str, str | None], Any] = {}
     done: dict[str, dict[str, Any]] = {}
     # a configuration's results do not depend on the reference rows' template
-    conf_settings = {k: v for k, v in asdict(s).items() if k != "reference_template"}
+    conf_settings = {k: v for k, v in s.identity().items() if k != "reference_template"}
     keys = {conf.name: settings_hash(asdict(conf), conf_settings, str(corpus), RESULTS_VERSION, SAMPLES_VERSION)
             for conf in configurations}
     groups: dict[tuple[str, str | None, bool], list[EvalConfiguration]] = {}
@@ -162,9 +176,30 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                 task = bar.add_task(f"{label}: {variant.replace('_', ' ')} prompts", total=len(prompts))
                 attack_outs[variant] = run_attack(gen, prompts, guidances, attack, served=served,
                                                   on_batch=lambda n, task=task: bar.advance(task, n))
+            responses = None  # generative utility: each setting's answers to the questions
+            if questions is not None and s.mmlu_format == "generative":
+                t0 = time.time()
+                task = bar.add_task(f"{label}: MMLU answers", total=len(questions))
+                responses = served_generative_answers(gen, questions, guidances, served, s.judge,
+                                                      on_batch=lambda n: bar.advance(task, n))
+                generation_seconds = time.time() - t0
         ref_model, ref_tok, prompt_ids = reference_model()
         utilities: list[dict[str, Any] | None] = [None] * len(group)
-        if questions is not None:
+        utility_rows: list[list[dict[str, Any]]] = [[] for _ in group]
+        if responses is not None:
+            t0 = time.time()
+            judge = judge or build_judge(s.judge)
+            verdicts = [judge_answers(questions, [r.text for r in rs], judge) for rs in responses]
+            utility_seconds = round(generation_seconds + time.time() - t0, 1)
+            utilities = [{**accuracy_with_se([v.label == "correct" for v in vs]), "format": s.mmlu_format,
+                          "judge": judge.name, "verdicts": {k: sum(v.label == k for v in vs) for k in VERDICTS},
+                          "correct": [v.label == "correct" for v in vs], "seconds": utility_seconds}
+                         for vs in verdicts]
+            utility_rows = [[{"kind": "utility", "question": i, "subject": q.get("subject"), "response": r.text,
+                              "verdict": v.label, "basis": v.basis}
+                             for i, (q, r, v) in enumerate(zip(questions, rs, vs, strict=True))]
+                            for rs, vs in zip(responses, verdicts, strict=True)]
+        elif questions is not None:
             t0 = time.time()
             predictions = served_multiple_choice_predictions(gen.model, tok, questions, guidances,
                                                              gen.prompts if served else None, s.batch_size,
@@ -183,7 +218,8 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
             known = count_known_values(texts, [values[x.conversation_id] for x in samples])
             attack_runs = {v: (attack_sets[model_path, v], outs[i]) for v, outs in attack_outs.items()}
             atomic_write_jsonl(out / "answers" / f"{conf.name}.jsonl",
-                               answer_rows(samples, texts, leakage, known, attack_runs, s.attack.match_chars))
+                               answer_rows(samples, texts, leakage, known, attack_runs, s.attack.match_chars)
+                               + utility_rows[i])
             result = {
                 "name": conf.name, "hash": keys[conf.name], "configuration": asdict(conf),
                 "test_prompts": len(samples),
@@ -201,7 +237,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
             atomic_write_text(out / "configs" / f"{conf.name}.json", json.dumps(result, indent=1) + "\n")
             done[conf.name] = result
     if s.reference_template is not None:
-        key = settings_hash(asdict(s), str(corpus), RESULTS_VERSION, SAMPLES_VERSION)
+        key = settings_hash(s.identity(), str(corpus), RESULTS_VERSION, SAMPLES_VERSION)
         path = out / "references.json"
         if not (path.is_file() and json.loads(path.read_text()).get("hash") == key):
             rows = reference_answers(samples, {c.id: c for c in test}, s.reference_template, reference_model(),

@@ -1,4 +1,4 @@
-"""Utility: multiple-choice accuracy (MMLU, MMLU-Pro) by log-likelihood, in two formulations.
+"""Utility: multiple-choice accuracy (MMLU, MMLU-Pro) by log-likelihood in two formulations, or generated.
 
 - ``letters`` (MMLU's own format): the prompt lists the lettered choices and
   ends in "Answer:"; one forward pass scores all choices at once by the
@@ -20,8 +20,13 @@ A defence is served behind its system prompt and with guidance, so it is
 scored that way too (`served_multiple_choice_predictions`): each question
 behind the positive system prompt's header and, for guided settings, the
 negative one's, the letters ranked by the guided mix of the two next-token
-distributions (`guided_choice`, the decoder's `cfg_mix`), as the original
-measured MMLU-Pro at g = 3 on the guided model.
+distributions (`guided_choice`, the decoder's `cfg_mix`). (The original's
+published evaluation asked MMLU-Pro as a chat list, a path of its `answer()`
+that never applies guidance: its g = 3 utility is the adapter's, unguided.)
+
+``generative`` (the original's protocol): a short greedy answer, as served,
+to the original's request (`served_generative_answers`), judged by
+`unleak.eval.judge` (the original's LLM judge, or offline by the choice named).
 
 `accuracy_with_se` and `paired_difference` give the standard errors a
 comparison of two models needs (a defence is judged on the paired difference
@@ -34,16 +39,17 @@ import json
 import math
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from unleak.chat import system_header_ids
-from unleak.config import MC_FORMATS, GuidanceConfig, PromptConfig
+from unleak.chat import render_prompt, system_header_ids
+from unleak.config import MC_FORMATS, GuidanceConfig, JudgeConfig, PromptConfig, SamplingConfig
 from unleak.decoding.cfg import cfg_mix, cfg_scores
 from unleak.errors import UnleakError
+from unleak.eval.judge import Judge, JudgeItem, Verdict, answer_request
 from unleak.models import output_cache
 
 LETTERS = "ABCDEFGHIJ"
@@ -352,6 +358,8 @@ def served_multiple_choice_predictions(model: Any, tokenizer: Any, questions: li
     """
     if mc_format not in MC_FORMATS:
         raise UnleakError(f"unknown multiple-choice format {mc_format!r} (use one of {', '.join(MC_FORMATS)})")
+    if mc_format == "generative":
+        raise UnleakError("generative utility is scored by a judge: use served_generative_answers and judge_answers")
     guided = prompts is not None and any(g.guidance_scale != 1.0 for g in guidances)
     pos_head = system_header_ids(tokenizer, prompts.positive) if prompts is not None else []
     if mc_format == "cloze":
@@ -365,6 +373,40 @@ def served_multiple_choice_predictions(model: Any, tokenizer: Any, questions: li
                                           head=system_header_ids(tokenizer, prompts.negative)) if guided else None
     return [[guided_choice(pos[i], neg[i] if neg is not None else None, g) for i in range(len(questions))]
             for g in guidances]
+
+
+def served_generative_answers(generator: Any, questions: list[dict[str, Any]], guidances: Sequence[GuidanceConfig],
+                              served: bool, config: JudgeConfig,
+                              on_batch: Callable[[int], None] | None = None) -> list[list[Any]]:
+    """Greedy short answers to `questions` (`config.answer_prompt`), one list of `GenerationResult` per
+    guidance setting, all settings of a question decoded in one batch.
+
+    Served: the request behind the generator's system prompts (both branches
+    when guided), as the model answers users. Not served: the original's
+    request as is, a chat with an empty system message.
+    """
+    from unleak.decoding.generator import GenerationRequest
+
+    sampling = SamplingConfig(max_new_tokens=config.answer_max_new_tokens)
+    tok = generator.tokenizer
+    groups = []
+    for q in questions:
+        user = {"role": "user", "content": answer_request(q["question"], q["choices"], config)}
+        if served:
+            groups.append([GenerationRequest(messages=[user], guidance=g, sampling=sampling) for g in guidances])
+        else:
+            ids = tok(render_prompt(tok, [{"role": "system", "content": ""}, user]),
+                      add_special_tokens=False)["input_ids"]
+            groups.append([GenerationRequest(input_ids=ids, negative_input_ids=ids, guidance=g, sampling=sampling)
+                           for g in guidances])
+    results = generator.generate_grouped(groups, on_batch)
+    return [[group[i] for group in results] for i in range(len(guidances))]
+
+
+def judge_answers(questions: list[dict[str, Any]], responses: Sequence[str], judge: Judge) -> list[Verdict]:
+    """`judge`'s verdict on each response to `questions` (same order)."""
+    return judge.judge([JudgeItem(q["question"], tuple(str(c) for c in q["choices"]), int(q["answer"]), r)
+                        for q, r in zip(questions, responses, strict=True)])
 
 
 def accuracy_with_se(correct: list[bool]) -> dict[str, float]:
