@@ -85,8 +85,17 @@ def test_demo_flags_are_validated_before_any_stage_runs(tmp_path):
     assert not (tmp_path / "d").exists()
     out = run_cli("eval", "run", "--model", "default", "--corpus", str(tmp_path / "c"), "--out", str(tmp_path / "e"),
                   "--mmlu-format", "words")
-    assert out.returncode == 2 and "mmlu_format must be one of cloze, letters" in out.stderr
+    assert out.returncode == 2 and "mmlu_format must be one of cloze, letters, generative" in out.stderr
     assert not (tmp_path / "e").exists()
+    out = run_cli("eval", "run", "--model", "default", "--corpus", str(tmp_path / "c"), "--out", str(tmp_path / "e"),
+                  "--mmlu-format", "generative", "--answer-tokens", "0")
+    assert out.returncode == 2 and "answer_max_new_tokens, reply_max_tokens and concurrency must be >= 1" in out.stderr
+    assert not (tmp_path / "e").exists()
+    config = tmp_path / "judged.yaml"  # the demo's judge comes from its YAML, checked before any stage runs
+    config.write_text("mmlu_format: generative\njudge: {url: http://127.0.0.1:9/v1, prompt: 'no fields'}\n")
+    out = run_cli("demo", "--out", str(tmp_path / "d"), "--config", str(config))
+    assert out.returncode == 2 and "judge prompt must contain {question}" in out.stderr
+    assert not (tmp_path / "d").exists()
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--leaky", str(tmp_path / "no-model"))
     assert out.returncode == 2 and "model path not found" in out.stderr and not (tmp_path / "d").exists()
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--corpus", str(tmp_path / "nowhere"))

@@ -98,3 +98,13 @@ def test_the_readme_gpu_yaml_loads_as_a_demo_config(tmp_path):
     cfg = load_config(DemoConfig, tmp_path / "gpu.yaml", base=DemoConfig())
     assert (cfg.orpo.epochs, cfg.orpo.learning_rate, cfg.orpo.max_length, cfg.test_limit) == (3, 1e-4, 2048, None)
     assert (cfg.mmlu_limit, cfg.mmlu_format, cfg.variant) == (2000, "letters", DemoConfig().variant)
+
+
+def test_a_demo_config_takes_the_generative_format_and_its_judge(tmp_path):
+    from unleak.demo import DemoConfig
+
+    (tmp_path / "judged.yaml").write_text("mmlu_format: generative\n"
+                                          "judge: {url: 'http://127.0.0.1:8001/v1', model: judge-70b}\n")
+    cfg = load_config(DemoConfig, tmp_path / "judged.yaml", base=DemoConfig())
+    assert (cfg.mmlu_format, cfg.judge.url, cfg.judge.model) == ("generative", "http://127.0.0.1:8001/v1", "judge-70b")
+    assert cfg.judge.answer_max_new_tokens == 256 and "{correct_answer}" in cfg.judge.prompt  # the rest: defaults

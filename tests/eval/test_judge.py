@@ -136,9 +136,8 @@ def test_generative_utility_through_the_evaluation(tiny_model_dir, tmp_path):
                                        for q, x in zip(questions, rows)])
         assert [x["verdict"] for x in rows] == [v.label for v in verdicts]
         assert u["correct"] == [v.label == "correct" for v in verdicts]
-    assert results[1]["utility"]["correct"] is not None
-    md = (out / "report.md").read_text() if write_report(out) else ""
-    assert "a short greedy answer to the original's request, judged offline" in md
+    write_report(out)
+    assert "a short greedy answer to the original's request, judged offline" in (out / "report.md").read_text()
 
 
 def test_judge_settings_key_results_only_for_generative_utility():

@@ -98,8 +98,8 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     from unleak.eval.attack import attack_prompts, extraction_attack_success_rate, run_attack
     from unleak.eval.fluency import answer_fluency
     from unleak.eval.leakage import count_pii, generate_answers
-    from unleak.eval.judge import VERDICTS, build_judge
-    from unleak.eval.utility import (accuracy_with_se, judge_answers, load_mc_questions, served_generative_answers,
+    from unleak.eval.judge import build_judge
+    from unleak.eval.utility import (accuracy_with_se, judged_utilities, load_mc_questions, served_generative_answers,
                                      served_multiple_choice_predictions)
     from unleak.models import load_model, load_tokenizer
     from unleak.pairs.samples import build_samples, limit_samples
@@ -187,18 +187,8 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
         utilities: list[dict[str, Any] | None] = [None] * len(group)
         utility_rows: list[list[dict[str, Any]]] = [[] for _ in group]
         if responses is not None:
-            t0 = time.time()
             judge = judge or build_judge(s.judge)
-            verdicts = [judge_answers(questions, [r.text for r in rs], judge) for rs in responses]
-            utility_seconds = round(generation_seconds + time.time() - t0, 1)
-            utilities = [{**accuracy_with_se([v.label == "correct" for v in vs]), "format": s.mmlu_format,
-                          "judge": judge.name, "verdicts": {k: sum(v.label == k for v in vs) for k in VERDICTS},
-                          "correct": [v.label == "correct" for v in vs], "seconds": utility_seconds}
-                         for vs in verdicts]
-            utility_rows = [[{"kind": "utility", "question": i, "subject": q.get("subject"), "response": r.text,
-                              "verdict": v.label, "basis": v.basis}
-                             for i, (q, r, v) in enumerate(zip(questions, rs, vs, strict=True))]
-                            for rs, vs in zip(responses, verdicts, strict=True)]
+            utilities, utility_rows = judged_utilities(questions, responses, judge, generation_seconds)
         elif questions is not None:
             t0 = time.time()
             predictions = served_multiple_choice_predictions(gen.model, tok, questions, guidances,
@@ -237,7 +227,8 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
             atomic_write_text(out / "configs" / f"{conf.name}.json", json.dumps(result, indent=1) + "\n")
             done[conf.name] = result
     if s.reference_template is not None:
-        key = settings_hash(s.identity(), str(corpus), RESULTS_VERSION, SAMPLES_VERSION)
+        key = settings_hash({k: v for k, v in s.identity().items() if k != "judge"}, str(corpus), RESULTS_VERSION,
+                            SAMPLES_VERSION)
         path = out / "references.json"
         if not (path.is_file() and json.loads(path.read_text()).get("hash") == key):
             rows = reference_answers(samples, {c.id: c for c in test}, s.reference_template, reference_model(),

@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,7 +50,7 @@ from unleak.chat import render_prompt, system_header_ids
 from unleak.config import MC_FORMATS, GuidanceConfig, JudgeConfig, PromptConfig, SamplingConfig
 from unleak.decoding.cfg import cfg_mix, cfg_scores
 from unleak.errors import UnleakError
-from unleak.eval.judge import Judge, JudgeItem, Verdict, answer_request
+from unleak.eval.judge import VERDICTS, Judge, JudgeItem, Verdict, answer_request
 from unleak.models import output_cache
 
 LETTERS = "ABCDEFGHIJ"
@@ -407,6 +408,22 @@ def judge_answers(questions: list[dict[str, Any]], responses: Sequence[str], jud
     """`judge`'s verdict on each response to `questions` (same order)."""
     return judge.judge([JudgeItem(q["question"], tuple(str(c) for c in q["choices"]), int(q["answer"]), r)
                         for q, r in zip(questions, responses, strict=True)])
+
+
+def judged_utilities(questions: list[dict[str, Any]], responses: Sequence[Sequence[Any]], judge: Judge,
+                     generation_seconds: float = 0.0) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
+    """Each setting's utility record (accuracy with its SE, the verdict counts, the judge, per-question
+    correctness) and its answer rows (`kind: utility`), from its generated `responses` to `questions`."""
+    t0 = time.time()
+    verdicts = [judge_answers(questions, [r.text for r in rs], judge) for rs in responses]
+    seconds = round(generation_seconds + time.time() - t0, 1)  # the settings share the generation
+    utilities = [{**accuracy_with_se([v.label == "correct" for v in vs]), "format": "generative", "judge": judge.name,
+                  "verdicts": {k: sum(v.label == k for v in vs) for k in VERDICTS},
+                  "correct": [v.label == "correct" for v in vs], "seconds": seconds} for vs in verdicts]
+    rows = [[{"kind": "utility", "question": i, "subject": q.get("subject"), "response": r.text, "verdict": v.label,
+              "basis": v.basis} for i, (q, r, v) in enumerate(zip(questions, rs, vs, strict=True))]
+            for rs, vs in zip(responses, verdicts, strict=True)]
+    return utilities, rows
 
 
 def accuracy_with_se(correct: list[bool]) -> dict[str, float]:
