@@ -6,8 +6,8 @@ greedily, and gpt-4o-mini, told which option is right, returns "Correct",
 "Incorrect" or "Can't tell" (`config.JUDGE_PROMPT`); accuracy is the share of
 "Correct". `OpenAIJudge` sends that prompt to any OpenAI-compatible endpoint
 (OpenAI, vLLM, `unleak serve`). `MatchJudge` needs no model: an answer is
-judged by the one choice it names (its text, or its number as the only thing
-it starts with); an answer that names none, or several, is "unknown" — so it
+judged by the one choice it names (its text, or failing that the number it
+opens with); an answer that names none, or several, is "unknown" — so it
 never counts as correct, as "Can't tell" does not. Every judge returns one
 `Verdict` per item, with what it was based on (the judge's reply, the choice
 matched) for the answers file.
@@ -88,12 +88,12 @@ def match_choice(response: str, choices: Sequence[str]) -> int | None:
     text named, an answer that opens with a choice's number ("2", "2.",
     "Option 2:", "The answer is (2)") names that choice.
     """
-    text = _normalise(response)
-    named = [i for i, c in enumerate(choices)
-             if (n := _normalise(str(c))) and re.search(rf"(?<!\w){re.escape(n)}(?!\w)", text)]
-    named = [i for i in named
-             if not any(j != i and _normalise(str(choices[i])) in _normalise(str(choices[j])) and
-                        _normalise(str(choices[i])) != _normalise(str(choices[j])) for j in named)]
+    def names(text: str, words: str) -> bool:
+        return bool(words) and re.search(rf"(?<!\w){re.escape(words)}(?!\w)", text) is not None
+
+    text, norms = _normalise(response), [_normalise(str(c)) for c in choices]
+    named = [i for i, n in enumerate(norms) if names(text, n)]
+    named = [i for i in named if not any(norms[j] != norms[i] and norms[i] in norms[j] for j in named)]
     if len(named) == 1:
         return named[0]
     if named:
