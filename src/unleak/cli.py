@@ -14,7 +14,7 @@ import sys
 import typer
 from rich.console import Console
 
-from unleak.config import CandidateConfig, GuidanceConfig
+from unleak.config import CandidateConfig, GuidanceConfig, JudgeConfig
 from unleak.errors import UnleakError
 
 console = Console(stderr=True, soft_wrap=True)
@@ -464,10 +464,11 @@ def eval_run(
                                     "character; use below ~1B parameters), letters (MMLU's lettered format) or "
                                     "generative (a short answer, judged; the original's protocol)."),
     judge_url: str = typer.Option(None, help="Generative format: OpenAI-compatible base URL of the LLM judge "
-                                  "(key from $OPENAI_API_KEY); default: offline, by matching the choices."),
-    judge_model: str = typer.Option(None, help="Generative format: the judge's model name (the original: "
-                                    "gpt-4o-mini)."),
-    answer_tokens: int = typer.Option(None, help="Generative format: tokens per answer (the original: 256)."),
+                                  f"(key from ${JudgeConfig.api_key_env}); default: offline, by matching the choices."),
+    judge_model: str = typer.Option(None, help="Generative format: the judge's model name (default, the "
+                                    f"original's: {JudgeConfig.model})."),
+    answer_tokens: int = typer.Option(None, help="Generative format: tokens per answer (default, the original's: "
+                                      f"{JudgeConfig.answer_max_new_tokens})."),
     test_limit: int = typer.Option(None, help="At most N test prompts (seeded, stratified by PII type)."),
     attack_limit: int = typer.Option(None, help="At most the first N attack prompts (placeholders)."),
     max_new_tokens: int = typer.Option(64, help="Tokens per leakage answer."),
@@ -479,7 +480,7 @@ def eval_run(
                                            "('' = no reference rows)."),
 ) -> None:
     """Evaluate every configuration; then write the report (see `unleak eval report`)."""
-    from unleak.config import AttackConfig, JudgeConfig
+    from unleak.config import AttackConfig
     from unleak.eval.report import write_report
     from unleak.eval.run import EvalSettings, run_evaluation
 

@@ -27,6 +27,8 @@ from unleak.errors import UnleakError
 
 #: a verdict's label: "correct", "incorrect" or "unknown" (the original's "Can't tell")
 VERDICTS = ("correct", "incorrect", "unknown")
+#: how the name of an LLM judge (`OpenAIJudge.name`) begins: "llm:MODEL@URL"
+LLM_JUDGE_PREFIX = "llm:"
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ class OpenAIJudge:
         import openai
 
         self.config = config
-        self.name = f"llm:{config.model}@{config.url}"
+        self.name = f"{LLM_JUDGE_PREFIX}{config.model}@{config.url}"
         self.client = client or openai.OpenAI(base_url=config.url, timeout=config.timeout_s, max_retries=3,
                                               api_key=os.environ.get(config.api_key_env) or "unused")
 

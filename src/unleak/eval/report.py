@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from unleak.errors import UnleakError
+from unleak.eval.judge import LLM_JUDGE_PREFIX
 from unleak.eval.utility import paired_difference
 from unleak.jsonl import atomic_write_text
 
@@ -189,7 +190,8 @@ def write_report(out_dir: str | Path, title: str = "unleak evaluation", preamble
     fmt, judge = formats.pop() if len(formats) == 1 else (None, None)
     scored = f" by {how[fmt]}" if fmt is not None else ""
     if fmt == "generative":
-        scored += (" by an LLM (the original's judge prompt; correct = its \"Correct\")" if str(judge).startswith("llm")
+        by_llm = str(judge).startswith(LLM_JUDGE_PREFIX)
+        scored += (" by an LLM (the original's judge prompt; correct = its \"Correct\")" if by_llm
                    else " offline: correct when the answer names the right choice only, by its text or number")
     md = [f"# {title}", "", preamble, "",
           f"Test prompts: {n} (test split: never used to build the defence). Utility: multiple-choice accuracy"
