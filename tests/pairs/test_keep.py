@@ -1,0 +1,152 @@
+"""Keep pairs: request sources, sentence trimming, invented placeholders, and their place in the pair files."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from unleak.config import (GENERAL_TEMPLATES, GENERAL_TOPICS, CandidateConfig, KeepConfig, PairsConfig,
+                           PromptConfig, REDACT_TYPE_NAMES)
+from unleak.errors import UnleakError
+from unleak.pairs.build import build_preference_pairs
+from unleak.pairs.keep import (Phrase, complete_sentences, invent_placeholders, keep_requests, noun_phrases,
+                               read_requests, request_key)
+from unleak.pii import build_detector
+
+TEMPLATE = "[REDACTED {name}]"
+
+
+def test_embedded_requests_are_seeded_topic_questions():
+    a = keep_requests(KeepConfig(requests=20, seed=1))
+    assert a == keep_requests(KeepConfig(requests=20, seed=1)) and a != keep_requests(KeepConfig(requests=20))
+    assert len(a) == 20 and len({json.dumps(d) for d in a}) == 20
+    texts = {t.format(topic=topic) for t in GENERAL_TEMPLATES for topic in GENERAL_TOPICS}
+    assert all(len(d) == 1 and d[0]["role"] == "user" and d[0]["content"] in texts for d in a)
+    assert keep_requests(KeepConfig()) == []
+    assert len(keep_requests(KeepConfig(requests=10_000))) == len(texts)
+
+
+def test_requests_from_files_and_their_errors(tmp_path):
+    txt = tmp_path / "r.txt"
+    txt.write_text("How do tides work?\n\nWhat is a prime number?\n")
+    assert read_requests(txt) == [[{"role": "user", "content": "How do tides work?"}],
+                                  [{"role": "user", "content": "What is a prime number?"}]]
+    good = tmp_path / "r.jsonl"
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why is the sky blue?"}]
+    good.write_text(json.dumps({"prompt": "Define entropy."}) + "\n" + json.dumps({"messages": chat}) + "\n")
+    assert read_requests(good) == [[{"role": "user", "content": "Define entropy."}], chat]
+    assert len(keep_requests(KeepConfig(requests=5, source=str(good)))) == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"messages": chat + [
+        {"role": "assistant", "content": "Rayleigh."}]}) + "\n")
+    with pytest.raises(UnleakError, match=r"bad.jsonl:2: field 'messages' must end in a user turn"):
+        read_requests(bad)
+    bad.write_text(json.dumps({"text": "no prompt"}) + "\n")
+    with pytest.raises(UnleakError, match=r"bad.jsonl:1: needs 'prompt'"):
+        read_requests(bad)
+    bad.write_text("{oops\n")
+    with pytest.raises(UnleakError, match=r"bad.jsonl:1: not valid JSON"):
+        read_requests(bad)
+    with pytest.raises(UnleakError, match="no such file"):
+        KeepConfig(requests=3, source=str(tmp_path / "missing.txt"))
+    with pytest.raises(UnleakError, match=">= 0"):
+        KeepConfig(requests=-1)
+
+
+def test_complete_sentences_cuts_an_unfinished_tail():
+    assert complete_sentences("Tides rise twice a day. The moon pulls the") == "Tides rise twice a day."
+    assert complete_sentences(' He said "go." Then (it stopped.) and') == 'He said "go." Then (it stopped.)'
+    assert complete_sentences("Version 2.5 is out! Really?") == "Version 2.5 is out! Really?"
+    assert complete_sentences("no sentence ends here") is None
+    assert complete_sentences("   ") is None
+
+
+def test_invent_placeholders_by_hand():
+    text = "Gravity pulls the Moon toward Earth every day."
+    phrases = [Phrase(0, 7), Phrase(14, 22, "LOC"), Phrase(30, 35, "LOC"), Phrase(36, 45, "DATE")]
+    names = dict(REDACT_TYPE_NAMES)
+    # 4 phrases, one in two -> 2 replaced; a phrase's entity label gives the type, else one is drawn
+    rng = random.Random(0)
+    picked = sorted(random.Random(0).sample(phrases, 2), key=lambda p: p.start)
+    out = invent_placeholders(text, phrases, rng, TEMPLATE, names, ("NAME",), every=2, maximum=3)
+    expected = text
+    for p in reversed(picked):
+        kind = {"LOC": "LOCATION", "DATE": "DATE"}.get(p.label or "", "NAME")
+        expected = expected[:p.start] + f"[REDACTED {kind}]" + expected[p.end:]
+    assert out == expected and out.count("[REDACTED") == 2
+    # at least one, at most `maximum`, none without phrases
+    assert invent_placeholders(text, phrases[:1], random.Random(0), TEMPLATE, names, ("ORG",)) \
+        == "[REDACTED ORGANIZATION] pulls the Moon toward Earth every day."
+    assert invent_placeholders(text, phrases, random.Random(0), "<{type}>", names, ("NAME",), every=1,
+                               maximum=1).count("<") == 1
+    assert invent_placeholders(text, [], random.Random(0), TEMPLATE, names, ("NAME",)) is None
+
+
+def test_noun_phrases_from_spacy():
+    from unleak.pii.detectors import load_spacy
+
+    nlp = load_spacy(parser=True)
+    text = "The French Revolution changed politics in Paris."
+    [phrases] = noun_phrases(nlp, [text])
+    spans = {text[p.start:p.end]: p.label for p in phrases}
+    assert "Paris" in spans and spans["Paris"] == "GPE"
+    assert "The French Revolution" in spans and "politics" in spans
+    assert noun_phrases(nlp, ["It is what it is."]) == [[]]  # pronouns are not replaced
+
+
+class TopicGenerator:
+    """Answers a general request plainly, one request with a phone number, and one without a sentence end."""
+
+    name = "topics"
+
+    def __init__(self):
+        self.calls = 0
+
+    def generate(self, requests):
+        self.calls += len(requests)
+        out = []
+        for r in requests:
+            assert r.messages[0] == {"role": "system", "content": PromptConfig().generator}
+            topic = r.messages[-1]["content"]
+            if "magnetism" in topic:
+                out.append("Call the magnetism hotline at 555-777-1234.")
+            elif "gravity" in topic:
+                out.append("gravity is a force that")
+            else:
+                out.append("The answer covers the main idea of the topic. It explains why students learn it. And")
+        return out
+
+
+def test_keep_pairs_in_both_variants(corpus_dir, tmp_path):
+    source = tmp_path / "requests.txt"
+    source.write_text("Explain magnetism.\nExplain gravity.\nExplain tides.\nExplain rivers.\n")
+    cfg = PairsConfig(candidate=CandidateConfig(modes=("redact",)), pii_candidates_as_rejected=False,
+                      keep=KeepConfig(requests=4, source=str(source)))
+    gen = TopicGenerator()
+    out = tmp_path / "pairs"
+    stats = build_preference_pairs(corpus_dir, gen, out, cfg, detector=build_detector("patterns"), progress=False)
+    assert stats["keep"] == {"requests": 4, "unusable": 1, "with_pii": 1, "no_phrase": 0, "pairs": 2}
+    assert stats["generator"] == "topics" and gen.calls == 4
+    rows = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
+    keep = [r for r in rows if r["mode"] == "keep"]
+    assert len(keep) == 2 and stats["pairs"] == len(rows)
+    assert stats["by_role"]["assistant"]["pairs"] == len(rows) - 2
+    for r in keep:
+        assert r["prompt"][0]["role"] == "user" and r["prompt"][0]["content"] in ("Explain tides.", "Explain rivers.")
+        assert r["sample_id"] == request_key(r["prompt"])
+        chosen, rejected = r["chosen"][0]["content"], r["rejected"][0]["content"]
+        assert chosen == "The answer covers the main idea of the topic. It explains why students learn it."
+        assert "[REDACTED " in rejected and "[REDACTED " not in chosen
+    cfg_rows = [json.loads(x) for x in (out / "pairs_cfg.jsonl").read_text().splitlines()]
+    keep_cfg = [r for r in cfg_rows if r["mode"] == "keep"]
+    assert {r["system"] for r in keep_cfg} == {"positive", "negative"} and len(keep_cfg) == 4
+    for r in keep_cfg:  # not swapped under the negative prompt
+        assert "[REDACTED " not in r["chosen"][0]["content"] and "[REDACTED " in r["rejected"][0]["content"]
+    # a rerun answers nothing again (the answers are cached with the candidates)
+    again = build_preference_pairs(corpus_dir, gen, out, cfg, detector=build_detector("patterns"), progress=False)
+    assert gen.calls == 4 and again["keep"] == stats["keep"]
+    with pytest.raises(UnleakError, match="keep pairs need a generator"):
+        build_preference_pairs(corpus_dir, None, tmp_path / "none", cfg, detector=build_detector("patterns"),
+                               progress=False)
