@@ -312,16 +312,17 @@ def _keep_pairs(requests: list[list[Message]], config: PairsConfig, prompts: Pro
     stats = {"requests": len(requests), "unusable": 0, "with_pii": 0, "no_phrase": 0, "pairs": 0}
     if not requests:
         return [], stats
-    work = [(Candidate(request_key(d), "keep", 0, 0, ""),
-             CandidateRequest(with_system_prompt(d, prompts.generator), False,
-                              _seed(config.candidate.seed, request_key(d)))) for d in requests]
+    keys = [request_key(d) for d in requests]
+    work = [(Candidate(key, "keep", 0, 0, ""),
+             CandidateRequest(with_system_prompt(d, prompts.generator), False, _seed(config.candidate.seed, key)))
+            for d, key in zip(requests, keys)]
     missing = [(c, r) for c, r in work if c.sample_id not in cache]
     if missing:
         assert generator is not None
         # cached under the request's key (a candidate key holds '/'s, this one has no round or index)
         _generate_into_cache(generator, missing, cache, cache_path, batch_size, progress, "keep answers",
                              key=lambda c: c.sample_id)
-    answers = [complete_sentences(cache[request_key(d)]) for d in requests]
+    answers = [complete_sentences(cache[key]) for key in keys]
     usable = [(d, a) for d, a in zip(requests, answers) if a]
     stats["unusable"] = len(requests) - len(usable)
     clean = [(d, a) for (d, a), spans in zip(usable, detector.detect([a for _, a in usable])) if not spans]

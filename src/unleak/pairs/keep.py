@@ -31,9 +31,8 @@ from unleak.chat import Message
 from unleak.config import GENERAL_TEMPLATES, GENERAL_TOPICS, KeepConfig
 from unleak.errors import UnleakError
 from unleak.jsonl import read_jsonl
+from unleak.pii.base import CANONICAL
 
-#: the PII type a noun phrase's own entity label suggests (else one is drawn)
-ENTITY_TYPES = {"PERSON": "NAME", "GPE": "LOC", "LOC": "LOC", "FAC": "ADDRESS", "ORG": "ORG", "DATE": "DATE"}
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
 
 
@@ -102,8 +101,8 @@ def invent_placeholders(text: str, phrases: Sequence[Phrase], rng: random.Random
     """`text` with about one in `every` of `phrases` (at least one, at most `maximum`) replaced by a placeholder.
 
     The placeholder is `template` filled in (`{name}` from `type_names`, as the `redact` mode does) for
-    the type that the phrase's entity label suggests, or one drawn from `types`. None when there is no
-    phrase to replace.
+    the PII type of the phrase's entity label (`pii.base.CANONICAL`), or one drawn from `types`. None when
+    there is no phrase to replace.
     """
     if not phrases:
         return None
@@ -113,7 +112,7 @@ def invent_placeholders(text: str, phrases: Sequence[Phrase], rng: random.Random
     for p in chosen:
         if p.start < last:
             continue  # overlapping phrases: the first one wins
-        kind = ENTITY_TYPES.get(p.label or "") or rng.choice(list(types))
+        kind = CANONICAL[p.label] if p.label in CANONICAL else rng.choice(list(types))
         out += [text[last:p.start], template.format(type=kind, placeholder=f"{kind}-1",
                                                      name=type_names.get(kind, kind.replace("_", " ")))]
         last = p.end
