@@ -98,7 +98,11 @@ class DemoConfig:
     #: Session 15: plus keep pairs (`KeepConfig`) from 100 general requests answered by the base model: the
     #: defence trained on redaction pairs alone wrote a placeholder into 98-99 of 100 general answers
     #: (generative MMLU 0 %, leaky 8 %); 95 keep pairs beside the 295 (experiment, 96-token answers, ORPO
-    #: 932 s) took that to 48 of 100 and 5 %, with PII 1, strict 0, known values 0, attack 0/73 both ways
+    #: 932 s) took that to 48 of 100 and 5 %, with PII 1, strict 0, known values 0, attack 0/73 both ways.
+    #: The default run (65 keep pairs: 35 of the 100 answers name `Earth` and the like, which NER counts; pairs
+    #: 113 s, ORPO 715 s, stages 27.8 min; seed 1 30.5 min): placeholders in 52 of 100 general answers, 4 % at
+    #: g = 3 (leaky 8 %); PII 3, one of them the user's first name opening an answer (strict and known values 1),
+    #: attack 0/73 both ways; seed 1: PII 0, 0/102 both ways, 3 % against the leaky model's 10 %
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
         candidate=CandidateConfig(modes=("redact",), candidates=1, max_new_tokens=64, max_tries=1),
         pii_candidates_as_rejected=False, limit=None, user_turns=None, keep=KeepConfig(requests=100)))
