@@ -44,8 +44,9 @@ def load_spacy(model: str = "auto", parser: bool = False) -> Any:
     # NER needs only its embedding layer (tok2vec / transformer): the tagger, parser and lemmatizer
     # cost a third of the time. Sentence boundaries then come from NER alone, which moved one entity
     # edge in 400 synthetic turns.
-    disable = ["senter", "lemmatizer", "textcat"] if parser else ["tagger", "parser", "attribute_ruler", "senter",
-                                                          "lemmatizer", "textcat"]
+    disable = ["senter", "lemmatizer", "textcat"]
+    if not parser:
+        disable += ["tagger", "parser", "attribute_ruler"]
     try:
         if importlib.util.find_spec(model) is not None:
             return importlib.import_module(model).load(disable=disable)
