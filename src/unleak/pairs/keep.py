@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unleak.chat import Message
+from unleak.chat import Message, validate_messages
 from unleak.config import GENERAL_TEMPLATES, GENERAL_TOPICS, KeepConfig
 from unleak.errors import UnleakError
 from unleak.jsonl import read_jsonl
@@ -69,12 +69,10 @@ def read_requests(source: str | Path) -> list[list[Message]]:
         if isinstance(row, dict) and isinstance(row.get("prompt"), str) and row["prompt"].strip():
             requests.append([{"role": "user", "content": row["prompt"]}])
             continue
-        messages = row.get("messages") if isinstance(row, dict) else None
-        if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and isinstance(m.get("content"), str)
-                and m.get("role") in ("system", "user", "assistant") for m in messages):
+        if not isinstance(row, dict) or "messages" not in row:
             raise UnleakError(f"{path}:{i}: needs 'prompt' (a string) or 'messages' (a list of "
                               "{role, content})")
+        messages = validate_messages(row["messages"], where=f"{path}:{i}: field 'messages'")
         if messages[-1]["role"] != "user":
             raise UnleakError(f"{path}:{i}: field 'messages' must end in a user turn (the request)")
         requests.append([{"role": m["role"], "content": m["content"]} for m in messages])
