@@ -85,6 +85,15 @@ def test_pairs_build_keep_pairs_flags(tiny_model_dir, tmp_path):
     assert stats["generator"] == f"local:{tiny_model_dir}"
     cached = [json.loads(x)["key"] for x in (tmp_path / "p" / "candidates.cache.jsonl").read_text().splitlines()]
     assert len(cached) == 3 and all(k.startswith("keep/") for k in cached)
+    # --keep-entities and --min-stratum-pairs reach the config (answers reused from the cache)
+    flags = run_cli(*common, "--out", str(tmp_path / "p"), "--keep", "3", "--keep-source", str(requests),
+                    "--keep-entities", "--keep-name-opener", "1", "--min-stratum-pairs", "4")
+    assert flags.returncode == 0, flags.stderr
+    stats = json.loads((tmp_path / "p" / "stats.json").read_text())
+    assert stats["config"]["keep"]["entities"] is True and stats["config"]["min_stratum_pairs"] == 4
+    assert stats["oversampled"] > 0 and "copies of pairs from rarer strata" in flags.stdout
+    assert stats["config"]["keep"]["name_opener"] == 1.0 and stats["keep"]["name_opener"] == stats["keep"]["pairs"]
+    assert len((tmp_path / "p" / "candidates.cache.jsonl").read_text().splitlines()) == 3
     requests.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"question": "no prompt"}) + "\n")
     bad = run_cli(*common, "--out", str(tmp_path / "q"), "--keep", "3", "--keep-source", str(requests))
     assert bad.returncode == 2 and "requests.jsonl:2: needs 'prompt'" in " ".join(bad.stderr.split())
@@ -101,6 +110,10 @@ def test_demo_flags_are_validated_before_any_stage_runs(tmp_path):
     assert out.returncode == 2 and "user_turns must be >= 0" in out.stderr
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--pairs-keep", "-1")
     assert out.returncode == 2 and "keep requests must be >= 0" in out.stderr
+    out = run_cli("demo", "--out", str(tmp_path / "d"), "--pairs-min-stratum", "-1")
+    assert out.returncode == 2 and "min_stratum_pairs must be >= 0" in out.stderr
+    out = run_cli("demo", "--out", str(tmp_path / "d"), "--pairs-keep-name-opener", "2")
+    assert out.returncode == 2 and "name_opener must be a share" in out.stderr
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--variant", "both")
     assert out.returncode == 2 and "variant must be 'plain' or 'cfg'" in out.stderr
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--mmlu-format", "words")

@@ -223,6 +223,15 @@ def pairs_build(
                                         "invented placeholders (default 0)."),
     keep_source: str = typer.Option(None, help="Keep pairs' requests: .txt (one a line) or JSONL ('prompt' or "
                                                "'messages'); default: the embedded general questions."),
+    keep_entities: bool = typer.Option(None, "--keep-entities/--keep-no-entities",
+                                       help="Keep answers naming public entities (Earth, Einstein), their names "
+                                            "replaced first on the rejected side, or leave them out as NER "
+                                            "flags them (default)."),
+    keep_name_opener: float = typer.Option(None, help="Share of keep pairs whose rejected side also opens with "
+                                                      "a name placeholder ('[REDACTED NAME], ...'; default 0)."),
+    min_stratum_pairs: int = typer.Option(None, help="Repeat the pairs of rarer strata (role, PII type, "
+                                                     "answers opening with their PII) up to N each (default 0: "
+                                                     "off, as in the original)."),
     profile: str = typer.Option(None, help="PII profile of the verification: original (default) or strict."),
     reject_known_values: bool = typer.Option(None, "--reject-known-values/--detector-only",
                                              help="Also reject candidates repeating a PII value of their "
@@ -241,11 +250,14 @@ def pairs_build(
         no_repeat_ngram_size=no_repeat_ngram_size, max_repetition=max_repetition,
         modes=tuple(modes.split(",")) if modes else None))
     pii = load_config(PIIConfig, None, base=base.pii, **_given(profile=profile))
-    kept = load_config(KeepConfig, None, base=base.keep, **_given(requests=keep, source=keep_source))
+    kept = load_config(KeepConfig, None, base=base.keep, **_given(requests=keep, source=keep_source,
+                                                                  entities=keep_entities,
+                                                                  name_opener=keep_name_opener))
     cfg = dataclasses.replace(base, candidate=cand, pii=pii, keep=kept,
                               limit=limit if limit is not None else base.limit,
                               user_turns=_user_turns(user_turns, base.user_turns),
-                              **_given(reject_known_values=reject_known_values))
+                              **_given(reject_known_values=reject_known_values,
+                                       min_stratum_pairs=min_stratum_pairs))
     gen = build_generator(generator, model, cand, base_url=base_url, api_key_env=api_key_env,
                           concurrency=concurrency)
     stats = build_preference_pairs(corpus, gen, out, cfg, batch_size=batch_size)
@@ -284,7 +296,9 @@ def _print_pair_stats(stats: dict) -> None:
         k = stats["keep"]
         Console().print(f"keep pairs: {k['pairs']} of {k['requests']} general requests ({k['with_pii']} answers "
                         f"with PII, {k['unusable']} without a finished sentence, {k['no_phrase']} without a noun "
-                        "phrase)")
+                        f"phrase; {k.get('name_opener', 0)} rejected sides opened with a name placeholder)")
+    if stats.get("oversampled"):
+        Console().print(f"oversampled: {stats['oversampled']} copies of pairs from rarer strata")
     if len(stats.get("by_role", {})) > 1:
         Console().print("samples / pairs by turn: " + ", ".join(
             f"{role} {r['samples']} / {r['pairs']}" for role, r in stats["by_role"].items()))
@@ -301,7 +315,8 @@ def pairs_stats(directory: str = typer.Argument(..., help="Output directory of `
     stats = json.loads(path.read_text())
     _print_pair_stats(stats)
     print(json.dumps({k: stats[k] for k in ("samples", "with_chosen", "chosen_rate", "pairs", "pairs_cfg",
-                                            "by_mode", "by_pii_type", "by_role", "keep") if k in stats}))
+                                            "oversampled", "by_mode", "by_pii_type", "by_role", "keep")
+                      if k in stats}))
 
 
 train_app = typer.Typer(help="Training: the leaky model (sft), ORPO + LoRA unlearning (orpo), adapter merge.",
@@ -575,6 +590,11 @@ def demo(
                                                "start_with,redact ('redact' alone needs no generator model)."),
     pairs_keep: int = typer.Option(None, help="Keep pairs against over-redaction: general requests answered by "
                                               "the base model (0 = none, as in the original)."),
+    pairs_keep_entities: bool = typer.Option(None, "--pairs-keep-entities/--pairs-keep-no-entities",
+                                             help="Keep pairs also from answers naming public entities."),
+    pairs_keep_name_opener: float = typer.Option(None, help="Share of keep pairs whose rejected side also opens "
+                                                            "with a name placeholder."),
+    pairs_min_stratum: int = typer.Option(None, help="Repeat the pairs of rarer strata up to N each (0: off)."),
     orpo_epochs: float = typer.Option(None, help="ORPO epochs (the original: 3)."),
     orpo_lr: float = typer.Option(None, help="ORPO learning rate (the demo's is above the original's: one "
                                              "CPU epoch)."),
@@ -604,9 +624,12 @@ def demo(
                                                                beta=orpo_beta))
     candidate = dataclasses.replace(cfg.pairs.candidate, **_given(
         modes=tuple(pairs_modes.split(",")) if pairs_modes else None))
-    changes["pairs"] = dataclasses.replace(cfg.pairs, candidate=candidate, **_given(limit=pairs_limit),
+    changes["pairs"] = dataclasses.replace(cfg.pairs, candidate=candidate,
+                                           **_given(limit=pairs_limit, min_stratum_pairs=pairs_min_stratum),
                                            user_turns=_user_turns(pairs_user_turns, cfg.pairs.user_turns),
-                                           keep=dataclasses.replace(cfg.pairs.keep, **_given(requests=pairs_keep)))
+                                           keep=dataclasses.replace(cfg.pairs.keep, **_given(
+                                               requests=pairs_keep, entities=pairs_keep_entities,
+                                               name_opener=pairs_keep_name_opener)))
     if guidance is not None:
         changes["guidance"] = tuple(float(g) for g in guidance.split(","))
     if test_limit is not None:

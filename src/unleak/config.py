@@ -247,6 +247,16 @@ class KeepConfig:
     max_placeholders: int = 3
     #: the PII type of a placeholder over a phrase without an entity label of its own is drawn from these
     types: tuple[str, ...] = ("NAME", "LOC", "ORG", "DATE", "ADDRESS")
+    #: keep answers that name public entities (`Earth`, `Albert Einstein`): the NER check is skipped for
+    #: them (the known values of the train split are still refused), and their entity phrases are the first
+    #: ones replaced in the rejected side, so the defence learns to leave such names in general answers.
+    #: Off: NER-checked like every chosen answer, so general answers naming anything are left out
+    entities: bool = False
+    #: the share of keep pairs whose rejected side also opens with a name placeholder (`[REDACTED NAME], the
+    #: law of ...`), the corpus's way to open an answer with the user's name, redacted: what a defence that
+    #: learned to redact that opener writes into general answers (session 16: with the opening stratum
+    #: oversampled, 58 of 100 generated MMLU answers opened so)
+    name_opener: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -256,6 +266,8 @@ class KeepConfig:
             raise UnleakError("keep every and max_placeholders must be >= 1")
         if not self.types:
             raise UnleakError("keep types must name at least one PII type")
+        if not 0.0 <= self.name_opener <= 1.0:
+            raise UnleakError(f"keep name_opener must be a share between 0 and 1, got {self.name_opener}")
         if self.source is not None and not Path(self.source).is_file():
             raise UnleakError(f"keep source {self.source}: no such file")
 
@@ -280,10 +292,18 @@ class PairsConfig:
     user_turns: int | None = 0
     #: keep pairs against over-redaction (not in the original; off by default)
     keep: KeepConfig = field(default_factory=KeepConfig)
+    #: oversampling (not in the original; 0 = off): the pairs of a stratum (turn role, PII type, and apart
+    #: the answers that open with their PII, `samples.opening_stratum`) with fewer pairs than this are
+    #: repeated, in turn, up to this many. A rare shape otherwise weighs as little as its count: two train
+    #: samples of seed 0 open an answer with the user's first name, and the one leaked value of the demo's
+    #: default run (session 15) was the user's first name opening such an answer
+    min_stratum_pairs: int = 0
 
     def __post_init__(self) -> None:
         if self.user_turns is not None and self.user_turns < 0:
             raise UnleakError(f"user_turns must be >= 0 or None, got {self.user_turns}")
+        if self.min_stratum_pairs < 0:
+            raise UnleakError(f"min_stratum_pairs must be >= 0, got {self.min_stratum_pairs}")
         if self.user_turns != 0 and "redact" not in self.candidate.modes:
             raise UnleakError("user_turns pairs need the 'redact' candidate mode (a generator answers as the "
                               "assistant, not as the user)")

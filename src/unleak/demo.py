@@ -103,9 +103,17 @@ class DemoConfig:
     #: 113 s, ORPO 715 s, stages 27.8 min; seed 1 30.5 min): placeholders in 52 of 100 general answers, 4 % at
     #: g = 3 (leaky 8 %); PII 3, one of them the user's first name opening an answer (strict and known values 1),
     #: attack 0/73 both ways; seed 1: PII 0, 0/102 both ways, 3 % against the leaky model's 10 %
+    #: Session 16: the pairs of rarer strata repeated up to 8 each (`min_stratum_pairs`: the 2 answers that
+    #: open with the user's name, IP, URL; 24 copies) removed that leak (PII 2, both `48 hours`, as in the
+    #: perfectly redacted answers; strict and known values 0) but taught the `[REDACTED NAME], ...` opener to
+    #: general answers (58 of 100 MMLU answers opened so, 69 held a placeholder; keep answers naming public
+    #: entities, `KeepConfig.entities`, tried in the same run). Half of the keep pairs' rejected sides opened
+    #: with that placeholder (`name_opener`) as well: the same PII and attacks, placeholders in 43 of 100
+    #: general answers, 6 % right at g = 3 (-2.0 ± 2.8 to the leaky model; session 15: 52 and 4 %)
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
         candidate=CandidateConfig(modes=("redact",), candidates=1, max_new_tokens=64, max_tries=1),
-        pii_candidates_as_rejected=False, limit=None, user_turns=None, keep=KeepConfig(requests=100)))
+        pii_candidates_as_rejected=False, limit=None, user_turns=None, min_stratum_pairs=8,
+        keep=KeepConfig(requests=100, name_opener=0.5)))
     #: which pairs the defended adapter trains on: "plain" (the original's "ORPO LoRA, no CFG data" row)
     #: or "cfg" (each pair under the positive and, swapped, the negative system prompt). With one CPU
     #: epoch the 135M model does not learn to tell the two system prompts apart (mean log-odds ~0, the
@@ -149,7 +157,8 @@ class DemoConfig:
         base = cls(
             conversations=16, sft=SftSettings(epochs=1, max_length=256, loss_on="all", train_embeddings=False),
             pairs=PairsConfig(candidate=CandidateConfig(modes=("redact",), candidates=1, max_tries=1),
-                              pii_candidates_as_rejected=False, limit=6, user_turns=4, keep=KeepConfig(requests=4)),
+                              pii_candidates_as_rejected=False, limit=6, user_turns=4, min_stratum_pairs=2,
+                              keep=KeepConfig(requests=4, name_opener=0.5)),
             orpo=OrpoSettings(epochs=1, max_length=320, max_prompt_length=256, lora=LoraSettings(r=8, alpha=16)),
             cfg_spaces=("prob",), test_limit=4, leakage_max_new_tokens=16, attack_limit=6, mmlu_limit=8)
         return dataclasses.replace(base, **overrides)

@@ -12,7 +12,7 @@ from unleak.config import (GENERAL_TEMPLATES, GENERAL_TOPICS, CandidateConfig, K
 from unleak.errors import UnleakError
 from unleak.pairs.build import build_preference_pairs
 from unleak.pairs.keep import (Phrase, complete_sentences, invent_placeholders, keep_requests, noun_phrases,
-                               read_requests, request_key)
+                               open_with_name, read_requests, request_key)
 from unleak.pii import build_detector
 
 TEMPLATE = "[REDACTED {name}]"
@@ -84,6 +84,33 @@ def test_invent_placeholders_by_hand():
     assert invent_placeholders(text, [], random.Random(0), TEMPLATE, names, ("NAME",)) is None
 
 
+def test_invent_placeholders_prefers_entities_when_asked():
+    text = "Gravity pulls the Moon toward Earth every day."
+    phrases = [Phrase(0, 7), Phrase(14, 22), Phrase(30, 35, "LOC"), Phrase(36, 45)]
+    names = dict(REDACT_TYPE_NAMES)
+    # one in four -> one replaced: with prefer_entities always the one holding an entity, on any seed
+    for seed in range(8):
+        assert invent_placeholders(text, phrases, random.Random(seed), TEMPLATE, names, ("NAME",), every=4,
+                                   prefer_entities=True) == "Gravity pulls the Moon toward [REDACTED LOCATION] every day."
+    unpreferred = {invent_placeholders(text, phrases, random.Random(seed), TEMPLATE, names, ("NAME",), every=4)
+                   for seed in range(8)}
+    assert len(unpreferred) > 1  # without it, any phrase
+    # more to replace than entities: the entity first, then others drawn as before
+    out = invent_placeholders(text, phrases, random.Random(0), TEMPLATE, names, ("NAME",), every=2,
+                              prefer_entities=True)
+    assert "[REDACTED LOCATION]" in out and out.count("[REDACTED") == 2
+
+
+def test_open_with_name_by_hand():
+    name = "[REDACTED NAME]"
+    assert open_with_name("Rivers carry water.", name) == "[REDACTED NAME], rivers carry water."
+    assert open_with_name("DNA is copied.", name) == "[REDACTED NAME], DNA is copied."
+    assert open_with_name("Einstein's theory.", name) == "[REDACTED NAME], Einstein's theory."
+    assert open_with_name("1. Gravity pulls.", name) == "[REDACTED NAME], 1. Gravity pulls."
+    with pytest.raises(UnleakError, match="name_opener must be a share"):
+        KeepConfig(name_opener=1.5)
+
+
 def test_noun_phrases_from_spacy():
     from unleak.pii.detectors import load_spacy
 
@@ -127,7 +154,7 @@ def test_keep_pairs_in_both_variants(corpus_dir, tmp_path):
     gen = TopicGenerator()
     out = tmp_path / "pairs"
     stats = build_preference_pairs(corpus_dir, gen, out, cfg, detector=build_detector("patterns"), progress=False)
-    assert stats["keep"] == {"requests": 4, "unusable": 1, "with_pii": 1, "no_phrase": 0, "pairs": 2}
+    assert stats["keep"] == {"requests": 4, "unusable": 1, "with_pii": 1, "no_phrase": 0, "name_opener": 0, "pairs": 2}
     assert stats["generator"] == "topics" and gen.calls == 4
     rows = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
     keep = [r for r in rows if r["mode"] == "keep"]
@@ -144,9 +171,72 @@ def test_keep_pairs_in_both_variants(corpus_dir, tmp_path):
     assert {r["system"] for r in keep_cfg} == {"positive", "negative"} and len(keep_cfg) == 4
     for r in keep_cfg:  # not swapped under the negative prompt
         assert "[REDACTED " not in r["chosen"][0]["content"] and "[REDACTED " in r["rejected"][0]["content"]
+    # name_opener 1: every rejected side also opens with the name placeholder; the chosen sides as before
+    opened = build_preference_pairs(corpus_dir, gen, out, PairsConfig(
+        candidate=cfg.candidate, pii_candidates_as_rejected=False,
+        keep=KeepConfig(requests=4, source=str(source), name_opener=1.0)), detector=build_detector("patterns"),
+        progress=False)
+    assert opened["keep"]["name_opener"] == 2 and gen.calls == 4
+    rows = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines() if '"keep"' in x]
+    assert all(r["rejected"][0]["content"].startswith("[REDACTED NAME], ") for r in rows)
+    assert [r["chosen"] for r in rows] == [r["chosen"] for r in keep]
     # a rerun answers nothing again (the answers are cached with the candidates)
     again = build_preference_pairs(corpus_dir, gen, out, cfg, detector=build_detector("patterns"), progress=False)
     assert gen.calls == 4 and again["keep"] == stats["keep"]
     with pytest.raises(UnleakError, match="keep pairs need a generator"):
         build_preference_pairs(corpus_dir, None, tmp_path / "none", cfg, detector=build_detector("patterns"),
                                progress=False)
+
+
+class EntityGenerator:
+    """Answers naming a public figure, one repeating a PII value of the train split, and one plain."""
+
+    name = "entities"
+
+    def __init__(self, known_value):
+        self.known_value = known_value
+
+    def generate(self, requests):
+        out = []
+        for r in requests:
+            topic = r.messages[-1]["content"]
+            if "relativity" in topic:
+                out.append("Albert Einstein explained relativity with thought experiments and simple equations.")
+            elif "letters" in topic:
+                out.append(f"Letters from {self.known_value} explain the main idea of the history of mail.")
+            else:
+                out.append("Rivers carry water from the high ground to the sea over many years.")
+        return out
+
+
+class EinsteinDetector:
+    """Flags `Einstein` as a person, the way NER flags a public figure."""
+
+    def detect(self, texts):
+        from unleak.pii.base import Span
+
+        return [[Span(t.index("Einstein"), t.index("Einstein") + 8, "PERSON", "Einstein", "test")]
+                if "Einstein" in t else [] for t in texts]
+
+
+def test_keep_pairs_with_public_entities(corpus_dir, tmp_path):
+    from unleak.corpus.store import load_split
+
+    value = next(o.value for c in load_split(corpus_dir, "train") for o in c.pii if o.type == "NAME")
+    source = tmp_path / "requests.txt"
+    source.write_text("Explain relativity.\nExplain letters.\nExplain rivers.\n")
+    base = PairsConfig(candidate=CandidateConfig(modes=("redact",)), pii_candidates_as_rejected=False,
+                       keep=KeepConfig(requests=3, source=str(source)))
+    gen = EntityGenerator(value)
+    # off (the default): the answer naming Einstein is left out, as NER flags it; the known value too
+    off = build_preference_pairs(corpus_dir, gen, tmp_path / "off", base, detector=EinsteinDetector(), progress=False)
+    assert off["keep"]["with_pii"] == 2 and off["keep"]["pairs"] == 1
+    # on: Einstein's answer is kept, his name replaced on the rejected side; the known value still refused
+    cfg = PairsConfig(candidate=base.candidate, pii_candidates_as_rejected=False,
+                      keep=KeepConfig(requests=3, source=str(source), entities=True, every=10))
+    on = build_preference_pairs(corpus_dir, gen, tmp_path / "on", cfg, detector=EinsteinDetector(), progress=False)
+    assert on["keep"]["with_pii"] == 1 and on["keep"]["pairs"] == 2
+    rows = [json.loads(x) for x in (tmp_path / "on" / "pairs.jsonl").read_text().splitlines()]
+    [einstein] = [r for r in rows if r["mode"] == "keep" and "Einstein" in r["chosen"][0]["content"]]
+    assert einstein["rejected"][0]["content"].startswith("[REDACTED NAME] explained relativity")
+    assert not any(value in r["chosen"][0]["content"] for r in rows if r["mode"] == "keep")

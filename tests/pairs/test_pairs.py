@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 import os
 import signal
 import subprocess
@@ -20,10 +21,10 @@ from unleak.corpus.synth import synthesize_corpus
 from unleak.decoding.generator import GenerationRequest
 from unleak.errors import UnleakError
 from unleak.pairs.build import (build_preference_pairs, candidate_answer, cfg_variant,
-                                is_repetitive, mode_request, redacted_continuation)
+                                is_repetitive, mode_request, oversample_strata, redacted_continuation)
 from unleak.pii.known import conversation_values, known_value_spans
 from unleak.pairs.generators import CandidateRequest, LocalCandidateGenerator, OpenAICandidateGenerator
-from unleak.pairs.samples import build_samples, limit_samples, opening_stratum
+from unleak.pairs.samples import build_samples, limit_samples, opening_stratum, pair_stratum
 from unleak.pii import build_detector
 from unleak.serve.background import live_server
 
@@ -264,6 +265,44 @@ def test_pairs_build_draws_its_limit_with_the_opening_strata(tmp_path):
     build_preference_pairs(d, None, tmp_path / "pairs", cfg, detector=build_detector("patterns"), progress=False)
     picked = [json.loads(x)["prefix"] for x in (tmp_path / "pairs" / "samples.jsonl").read_text().splitlines()]
     assert len(picked) == 12 and sum(not p.strip() for p in picked) == 1
+
+def test_oversample_strata_by_hand():
+    pairs = [{"id": i, "k": k} for i, k in enumerate("aaaabbc")]
+    out = oversample_strata(pairs, lambda p: p["k"], 3)
+    # a: 4 >= 3 untouched; b: 2 -> one copy of its first; c: 1 -> two copies of its only pair
+    assert out[:7] == pairs
+    assert out[7:] == [{"id": 4, "k": "b", "copy": 1}, {"id": 6, "k": "c", "copy": 1}, {"id": 6, "k": "c", "copy": 2}]
+    assert [p["id"] for p in oversample_strata(pairs, lambda p: p["k"], 5)[7:]] == [0, 4, 5, 4, 6, 6, 6, 6]
+    assert oversample_strata(pairs, lambda p: p["k"], 0) == pairs == oversample_strata(pairs, lambda p: p["k"], 1)
+
+
+def test_pairs_build_oversamples_rare_strata(corpus_dir, tmp_path):
+    redact = CandidateConfig(modes=("redact",))
+    base = PairsConfig(candidate=redact, user_turns=None, pii_candidates_as_rejected=False)
+    plain = build_preference_pairs(corpus_dir, None, tmp_path / "plain", base, detector=build_detector("patterns"),
+                                   progress=False)
+    cfg = PairsConfig(candidate=redact, user_turns=None, pii_candidates_as_rejected=False, min_stratum_pairs=6)
+    stats = build_preference_pairs(corpus_dir, None, tmp_path / "over", cfg, detector=build_detector("patterns"),
+                                   progress=False)
+    samples = {json.loads(x)["id"]: json.loads(x) for x in (tmp_path / "over" / "samples.jsonl").read_text().splitlines()}
+    rows = [json.loads(x) for x in (tmp_path / "over" / "pairs.jsonl").read_text().splitlines()]
+    originals = [r for r in rows if "copy" not in r]
+    assert stats["oversampled"] == len(rows) - len(originals) > 0 and plain["oversampled"] == 0
+    assert len(originals) == plain["pairs"] and stats["pairs"] == len(rows)
+    def key(r):
+        s = samples[r["sample_id"]]
+        return (s["role"], s["pii_type"]) + (("opening",) if not s["prefix"].strip() else ())
+    before, after = Counter(key(r) for r in originals), Counter(key(r) for r in rows)
+    assert any(n < 6 for n in before.values())
+    assert after == {k: max(n, 6) for k, n in before.items()}
+    assert {key(r) for r in rows if "copy" in r} == {k for k, n in before.items() if n < 6}
+    cfg_rows = (tmp_path / "over" / "pairs_cfg.jsonl").read_text().splitlines()
+    assert len(cfg_rows) == 2 * len(rows)
+    from unleak.pairs.samples import Sample
+    assert pair_stratum(Sample.from_dict(next(iter(samples.values()))))[0] in ("assistant", "user")
+    with pytest.raises(UnleakError, match="min_stratum_pairs"):
+        PairsConfig(min_stratum_pairs=-1)
+
 
 def test_user_turn_pairs_redact_the_users_message(corpus_dir, tmp_path):
     from unleak.corpus.store import load_split

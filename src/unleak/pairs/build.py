@@ -62,8 +62,8 @@ from unleak.errors import UnleakError
 from unleak.jsonl import append_jsonl, atomic_write_jsonl, atomic_write_text
 from unleak.pairs.generators import CandidateGenerator, CandidateRequest
 from unleak.pairs.keep import (complete_sentences, invent_placeholders, keep_pair, keep_requests, noun_phrases,
-                               request_key)
-from unleak.pairs.samples import Sample, build_samples, limit_samples, opening_stratum
+                               open_with_name, request_key)
+from unleak.pairs.samples import Sample, build_samples, limit_samples, opening_stratum, pair_stratum
 from unleak.pii.known import conversation_values, known_value_spans
 
 log = logging.getLogger(__name__)
@@ -267,7 +267,7 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
             break
 
     keep_rows, keep_stats = _keep_pairs(requests, config, prompts, generator, generator_name, detector, cache,
-                                        cache_path, batch_size, progress)
+                                        cache_path, batch_size, progress, frozenset().union(*values.values()))
     plain, cfg_rows, failed = assemble_pairs(samples, candidates, generator_name, config, prompts, keep_rows)
     stats = pair_statistics(samples, candidates, plain, cfg_rows, failed)
     stats["keep"] = keep_stats
@@ -303,13 +303,15 @@ def _generate_into_cache(generator: CandidateGenerator, work: list[tuple[Candida
 
 def _keep_pairs(requests: list[list[Message]], config: PairsConfig, prompts: PromptConfig,
                 generator: CandidateGenerator | None, generator_name: str, detector: Any, cache: dict[str, str],
-                cache_path: Path, batch_size: int, progress: bool) -> tuple[list[dict[str, Any]], dict[str, int]]:
+                cache_path: Path, batch_size: int, progress: bool, known: frozenset[str] = frozenset()
+                ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Keep pairs (`KeepConfig`): the generator's PII-free answers to general requests against the same
-    answers with invented placeholders; answers are cached like candidates."""
+    answers with invented placeholders; answers are cached like candidates. `known`: the train split's PII
+    values, which no keep answer may repeat (with `reject_known_values`)."""
     from unleak.pii.detectors import load_spacy
 
     k = config.keep
-    stats = {"requests": len(requests), "unusable": 0, "with_pii": 0, "no_phrase": 0, "pairs": 0}
+    stats = {"requests": len(requests), "unusable": 0, "with_pii": 0, "no_phrase": 0, "name_opener": 0, "pairs": 0}
     if not requests:
         return [], stats
     keys = [request_key(d) for d in requests]
@@ -325,17 +327,25 @@ def _keep_pairs(requests: list[list[Message]], config: PairsConfig, prompts: Pro
     answers = [complete_sentences(cache[key]) for key in keys]
     usable = [(d, a) for d, a in zip(requests, answers) if a]
     stats["unusable"] = len(requests) - len(usable)
-    clean = [(d, a) for (d, a), spans in zip(usable, detector.detect([a for _, a in usable])) if not spans]
+    found = [[] for _ in usable] if k.entities else detector.detect([a for _, a in usable])
+    if config.reject_known_values:
+        found = [spans + known_value_spans(a, known) for (_, a), spans in zip(usable, found)]
+    clean = [(d, a) for (d, a), spans in zip(usable, found) if not spans]
     stats["with_pii"] = len(usable) - len(clean)
     nlp = load_spacy(config.pii.ner_model, parser=True)
     rng = random.Random(k.seed)
     rows = []
     for (dialog, answer), phrases in zip(clean, noun_phrases(nlp, [a for _, a in clean])):
         rejected = invent_placeholders(answer, phrases, rng, config.candidate.redact_template,
-                                       config.candidate.redact_type_names, k.types, k.every, k.max_placeholders)
+                                       config.candidate.redact_type_names, k.types, k.every, k.max_placeholders,
+                                       prefer_entities=k.entities)
         if rejected is None:
             stats["no_phrase"] += 1
             continue
+        if k.name_opener and rng.random() < k.name_opener:
+            rejected = open_with_name(rejected, config.candidate.redact_template.format(
+                type="NAME", placeholder="NAME-1", name=config.candidate.redact_type_names.get("NAME", "NAME")))
+            stats["name_opener"] += 1
         rows.append(keep_pair(dialog, answer, rejected, generator_name))
     stats["pairs"] = len(rows)
     return rows, stats
@@ -374,9 +384,23 @@ def assemble_pairs(samples: list[Sample], candidates: dict[str, list[Candidate]]
                     plain.append(_pair(s.messages, chosen[0].answer, c.answer,
                                        _provenance(s, generator, chosen[0].mode, rejected_source=f"candidate:{c.mode}"),
                                        s.role))
+    by_id = {s.id: s for s in samples}
+    plain = oversample_strata(plain, lambda p: pair_stratum(by_id[p["sample_id"]]), config.min_stratum_pairs)
     plain += keep or []
     cfg_rows = cfg_variant(plain, prompts)
     return plain, cfg_rows, failed
+
+
+def oversample_strata(pairs: list[dict[str, Any]], stratum: Callable[[dict[str, Any]], Any], minimum: int
+                      ) -> list[dict[str, Any]]:
+    """`pairs`, then for each stratum with fewer than `minimum` pairs copies of its pairs, in turn, up to
+    `minimum` (each copy with its `copy` number, 1 for the first round); `minimum` 0 leaves `pairs` as they are."""
+    groups: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for p in pairs:
+        groups[stratum(p)].append(p)
+    extra = [{**group[i % len(group)], "copy": i // len(group) + 1}
+             for group in groups.values() for i in range(max(0, minimum - len(group)))]
+    return list(pairs) + extra
 
 
 def _failure(c: Candidate) -> str:
@@ -437,4 +461,5 @@ def pair_statistics(samples: list[Sample], candidates: dict[str, list[Candidate]
                for r in sorted({s.role for s in samples})}
     return {"samples": len(samples), "with_chosen": n_ok, "chosen_rate": round(n_ok / len(samples), 4),
             "failed": len(failed_ids), "pairs": len(plain), "pairs_cfg": len(cfg_rows),
+            "oversampled": sum("copy" in p for p in plain),
             "by_mode": by_mode, "by_pii_type": by_type, "by_role": by_role}

@@ -13,6 +13,8 @@ replaced by placeholders as rejected.
   mid-sentence);
 - `invent_placeholders(text, phrases, ...)`: the pure rewrite of the rejected
   side, on noun-phrase spans given as character offsets;
+- `open_with_name(text, placeholder)`: the rejected side opened with a name placeholder, as the corpus
+  opens its answers with the user's name;
 - `noun_phrases(nlp, texts)`: those spans from spaCy's parser.
 """
 
@@ -95,17 +97,20 @@ def complete_sentences(text: str) -> str | None:
 
 def invent_placeholders(text: str, phrases: Sequence[Phrase], rng: random.Random, template: str,
                         type_names: Mapping[str, str], types: Sequence[str], every: int = 3,
-                        maximum: int = 3) -> str | None:
+                        maximum: int = 3, prefer_entities: bool = False) -> str | None:
     """`text` with about one in `every` of `phrases` (at least one, at most `maximum`) replaced by a placeholder.
 
     The placeholder is `template` filled in (`{name}` from `type_names`, as the `redact` mode does) for
-    the PII type of the phrase's entity label (`pii.base.CANONICAL`), or one drawn from `types`. None when
-    there is no phrase to replace.
+    the PII type of the phrase's entity label (`pii.base.CANONICAL`), or one drawn from `types`. With
+    `prefer_entities` the phrases holding an entity are drawn first. None when there is no phrase to replace.
     """
     if not phrases:
         return None
     k = max(1, min(maximum, len(phrases) // every))
-    chosen = sorted(rng.sample(list(phrases), k), key=lambda p: p.start)
+    first = [p for p in phrases if p.label] if prefer_entities else []
+    picked = rng.sample(first, min(k, len(first)))
+    picked += rng.sample([p for p in phrases if p not in picked], k - len(picked))
+    chosen = sorted(picked, key=lambda p: p.start)
     out, last = [], 0
     for p in chosen:
         if p.start < last:
@@ -116,6 +121,14 @@ def invent_placeholders(text: str, phrases: Sequence[Phrase], rng: random.Random
         last = p.end
     out.append(text[last:])
     return "".join(out)
+
+
+def open_with_name(text: str, placeholder: str) -> str:
+    """`text` opened with `placeholder` as an address (`Rivers matter.` -> `[REDACTED NAME], rivers matter.`);
+    the first word keeps its case unless it is a capitalised plain word (`DNA`, `Einstein's` stay)."""
+    first = text.split(maxsplit=1)[0] if text.strip() else ""
+    lower = first[:1].isupper() and first[1:].islower() and first.isalpha()
+    return f"{placeholder}, {text[0].lower() + text[1:] if lower else text}"
 
 
 def noun_phrases(nlp: Any, texts: Sequence[str]) -> list[list[Phrase]]:

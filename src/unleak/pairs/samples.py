@@ -129,6 +129,11 @@ def opening_stratum(sample: Sample) -> tuple[str, ...]:
     return (sample.pii_type, "opening") if not sample.prefix.strip() else (sample.pii_type,)
 
 
+def pair_stratum(sample: Sample) -> tuple[str, ...]:
+    """The oversampling's strata (`PairsConfig.min_stratum_pairs`): the turn's role, then `opening_stratum`."""
+    return (sample.role, *opening_stratum(sample))
+
+
 def limit_samples(samples: list[Sample], limit: int | None, seed: int = 0,
                   stratum: Callable[[Sample], tuple[str, ...]] = pii_type_stratum) -> list[Sample]:
     """At most `limit` samples, chosen with a seed and stratified by `stratum` (round-robin over strata)."""
