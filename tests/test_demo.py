@@ -34,6 +34,10 @@ def test_quick_demo_runs_caches_and_reruns_only_what_changed(tmp_path, default_m
     assert stats["keep"]["requests"] == 4 and len(keep) == stats["keep"]["pairs"] == len(pairs) - len(redact)
     assert all("[REDACTED" not in p["chosen"][0]["content"] and "[REDACTED" in p["rejected"][0]["content"]
                for p in keep)
+    assert stats["keep"]["name_opener"] <= sum(p["rejected"][0]["content"].startswith("[REDACTED NAME], ")
+                                               for p in keep)
+    # rarer strata repeated up to 2 pairs each; the copies are marked
+    assert stats["oversampled"] == sum("copy" in p for p in pairs) > 0
     stamps = {s: (out / s / "stage.json").stat().st_mtime_ns for s in ("corpus", "leaky", "pairs", "orpo", "eval")}
 
     assert result["times"]["stages"] == pytest.approx(sum(result["times"][s] for s in stamps), abs=0.2)

@@ -109,7 +109,9 @@ class DemoConfig:
     #: general answers (58 of 100 MMLU answers opened so, 69 held a placeholder; keep answers naming public
     #: entities, `KeepConfig.entities`, tried in the same run). Half of the keep pairs' rejected sides opened
     #: with that placeholder (`name_opener`) as well: the same PII and attacks, placeholders in 43 of 100
-    #: general answers, 6 % right at g = 3 (-2.0 ± 2.8 to the leaky model; session 15: 52 and 4 %)
+    #: general answers, 6 % right at g = 3 (-2.0 ± 2.8 to the leaky model; session 15: 52 and 4 %). Seed 1:
+    #: PII 0 at every setting, 0/102 both ways, 1 % right (-9.0 ± 2.9; session 15: 3 %), its corpus's style
+    #: opening answers with `For [REDACTED NAME], ...` rather than with the name
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
         candidate=CandidateConfig(modes=("redact",), candidates=1, max_new_tokens=64, max_tries=1),
         pii_candidates_as_rejected=False, limit=None, user_turns=None, min_stratum_pairs=8,
