@@ -109,7 +109,8 @@ class DemoConfig:
     #: general answers (58 of 100 MMLU answers opened so, 69 held a placeholder; keep answers naming public
     #: entities, `KeepConfig.entities`, tried in the same run). Half of the keep pairs' rejected sides opened
     #: with that placeholder (`name_opener`) as well: the same PII and attacks, placeholders in 43 of 100
-    #: general answers, 6 % right at g = 3 (-2.0 ± 2.8 to the leaky model; session 15: 52 and 4 %). Seed 1:
+    #: general answers, 6 % right at g = 3 (-2.0 ± 2.8 to the leaky model; session 15: 52 and 4 %; a second
+    #: run of the same pairs: PII 2 / 0 / 0 again, 54 placeholders, 34 openers, 4 %, -4.0 ± 2.4). Seed 1:
     #: PII 0 at every setting, 0/102 both ways, 1 % right (-9.0 ± 2.9; session 15: 3 %), its corpus's style
     #: opening answers with `For [REDACTED NAME], ...` rather than with the name
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
