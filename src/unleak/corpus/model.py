@@ -35,6 +35,14 @@ class PIIOccurrence:
         return dict(self.__dict__)
 
 
+def fill_placeholder(template: str, pii_type: str, placeholder: str,
+                     type_names: Mapping[str, str] | None = None) -> str:
+    """`template` filled for one PII value: `{type}`, `{placeholder}` and `{name}` (`type_names[type]`, else
+    the type with "_" as spaces), e.g. "[REDACTED {name}]" -> "[REDACTED PHONE NUMBER]"."""
+    name = (type_names or {}).get(pii_type, pii_type.replace("_", " "))
+    return template.format(type=pii_type, placeholder=placeholder, name=name)
+
+
 @dataclass
 class Conversation:
     id: str
@@ -61,13 +69,10 @@ class Conversation:
         (filled with the occurrence's `type`, `placeholder`, and `name`: `type_names[type]`, else the
         type with "_" as spaces)."""
         text, last = self.turns[turn].text, start
-        names = type_names or {}
         parts = []
         for occ in self.pii_in_turn(turn):
             if occ.start >= start:
-                name = names.get(occ.type, occ.type.replace("_", " "))
-                parts += [text[last:occ.start], template.format(type=occ.type, placeholder=occ.placeholder,
-                                                                name=name)]
+                parts += [text[last:occ.start], fill_placeholder(template, occ.type, occ.placeholder, type_names)]
                 last = occ.end
         return "".join(parts) + text[last:]
 

@@ -56,7 +56,7 @@ from typing import Any
 
 from unleak.chat import Message, with_system_prompt
 from unleak.config import PairsConfig, PromptConfig, settings_hash
-from unleak.corpus.model import Conversation
+from unleak.corpus.model import Conversation, fill_placeholder
 from unleak.corpus.store import SPLIT, load_split
 from unleak.errors import UnleakError
 from unleak.jsonl import append_jsonl, atomic_write_jsonl, atomic_write_text
@@ -343,8 +343,8 @@ def _keep_pairs(requests: list[list[Message]], config: PairsConfig, prompts: Pro
             stats["no_phrase"] += 1
             continue
         if k.name_opener and rng.random() < k.name_opener:
-            rejected = open_with_name(rejected, config.candidate.redact_template.format(
-                type="NAME", placeholder="NAME-1", name=config.candidate.redact_type_names.get("NAME", "NAME")))
+            rejected = open_with_name(rejected, fill_placeholder(config.candidate.redact_template, "NAME", "NAME-1",
+                                                                 config.candidate.redact_type_names))
             stats["name_opener"] += 1
         rows.append(keep_pair(dialog, answer, rejected, generator_name))
     stats["pairs"] = len(rows)

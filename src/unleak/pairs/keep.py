@@ -31,6 +31,7 @@ from typing import Any
 
 from unleak.chat import Message, validate_messages
 from unleak.config import GENERAL_TEMPLATES, GENERAL_TOPICS, KeepConfig
+from unleak.corpus.model import fill_placeholder
 from unleak.errors import UnleakError
 from unleak.jsonl import read_jsonl
 from unleak.pii.base import CANONICAL
@@ -116,8 +117,7 @@ def invent_placeholders(text: str, phrases: Sequence[Phrase], rng: random.Random
         if p.start < last:
             continue  # overlapping phrases: the first one wins
         kind = CANONICAL[p.label] if p.label in CANONICAL else rng.choice(list(types))
-        out += [text[last:p.start], template.format(type=kind, placeholder=f"{kind}-1",
-                                                     name=type_names.get(kind, kind.replace("_", " ")))]
+        out += [text[last:p.start], fill_placeholder(template, kind, f"{kind}-1", type_names)]
         last = p.end
     out.append(text[last:])
     return "".join(out)
