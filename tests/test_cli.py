@@ -94,6 +94,16 @@ def test_pairs_build_keep_pairs_flags(tiny_model_dir, tmp_path):
     assert stats["oversampled"] > 0 and "copies of pairs from rarer strata" in flags.stdout
     assert stats["config"]["keep"]["name_opener"] == 1.0 and stats["keep"]["name_opener"] == stats["keep"]["pairs"]
     assert len((tmp_path / "p" / "candidates.cache.jsonl").read_text().splitlines()) == 3
+    corpus = run_cli(*common, "--out", str(tmp_path / "p"), "--keep", "3", "--keep-source", str(requests),
+                     "--keep-name-opener", "1", "--keep-opener-source", "corpus")
+    assert corpus.returncode == 0, corpus.stderr
+    stats = json.loads((tmp_path / "p" / "stats.json").read_text())
+    openers = stats["keep"]["openers"]
+    assert stats["config"]["keep"]["opener_source"] == "corpus" and openers
+    keep = [json.loads(x) for x in (tmp_path / "p" / "pairs.jsonl").read_text().splitlines() if '"keep"' in x]
+    # (the tiny model's answers rarely make keep pairs; tests/pairs/test_keep.py checks the rejected sides)
+    assert len(keep) == stats["keep"]["pairs"] == stats["keep"]["name_opener"]
+    assert all(any(r["rejected"][0]["content"].startswith(o + " ") for o in openers) for r in keep)
     requests.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"question": "no prompt"}) + "\n")
     bad = run_cli(*common, "--out", str(tmp_path / "q"), "--keep", "3", "--keep-source", str(requests))
     assert bad.returncode == 2 and "requests.jsonl:2: needs 'prompt'" in " ".join(bad.stderr.split())
@@ -114,6 +124,8 @@ def test_demo_flags_are_validated_before_any_stage_runs(tmp_path):
     assert out.returncode == 2 and "min_stratum_pairs must be >= 0" in out.stderr
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--pairs-keep-name-opener", "2")
     assert out.returncode == 2 and "name_opener must be a share" in out.stderr
+    out = run_cli("demo", "--out", str(tmp_path / "d"), "--pairs-keep-opener-source", "file")
+    assert out.returncode == 2 and "opener_source must be 'name' or 'corpus'" in out.stderr
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--variant", "both")
     assert out.returncode == 2 and "variant must be 'plain' or 'cfg'" in out.stderr
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--mmlu-format", "words")

@@ -229,6 +229,10 @@ def pairs_build(
                                             "flags them (default)."),
     keep_name_opener: float = typer.Option(None, help="Share of keep pairs whose rejected side also opens with "
                                                       "a name placeholder ('[REDACTED NAME], ...'; default 0)."),
+    keep_opener_source: str = typer.Option(None, help="What those rejected sides open with: 'name' (the name "
+                                                      "placeholder, default) or 'corpus' (the placeholder "
+                                                      "addresses of the redacted train answers, 'For [REDACTED "
+                                                      "NAME], ...')."),
     min_stratum_pairs: int = typer.Option(None, help="Repeat the pairs of rarer strata (role, PII type, "
                                                      "answers opening with their PII) up to N each (default 0: "
                                                      "off, as in the original)."),
@@ -252,7 +256,8 @@ def pairs_build(
     pii = load_config(PIIConfig, None, base=base.pii, **_given(profile=profile))
     kept = load_config(KeepConfig, None, base=base.keep, **_given(requests=keep, source=keep_source,
                                                                   entities=keep_entities,
-                                                                  name_opener=keep_name_opener))
+                                                                  name_opener=keep_name_opener,
+                                                                  opener_source=keep_opener_source))
     cfg = dataclasses.replace(base, candidate=cand, pii=pii, keep=kept,
                               limit=limit if limit is not None else base.limit,
                               user_turns=_user_turns(user_turns, base.user_turns),
@@ -296,7 +301,8 @@ def _print_pair_stats(stats: dict) -> None:
         k = stats["keep"]
         Console().print(f"keep pairs: {k['pairs']} of {k['requests']} general requests ({k['with_pii']} answers "
                         f"with PII, {k['unusable']} without a finished sentence, {k['no_phrase']} without a noun "
-                        f"phrase; {k.get('name_opener', 0)} rejected sides opened with a name placeholder)")
+                        f"phrase; {k.get('name_opener', 0)} rejected sides opened with a placeholder address"
+                        + (f", {len(k['openers'])} kinds from the train answers" if "openers" in k else "") + ")")
     if stats.get("oversampled"):
         Console().print(f"oversampled: {stats['oversampled']} copies of pairs from rarer strata")
     if len(stats.get("by_role", {})) > 1:
@@ -594,6 +600,8 @@ def demo(
                                              help="Keep pairs also from answers naming public entities."),
     pairs_keep_name_opener: float = typer.Option(None, help="Share of keep pairs whose rejected side also opens "
                                                             "with a name placeholder."),
+    pairs_keep_opener_source: str = typer.Option(None, help="What they open with: 'name' or 'corpus' (the redacted "
+                                                            "train answers' placeholder addresses)."),
     pairs_min_stratum: int = typer.Option(None, help="Repeat the pairs of rarer strata up to N each (0: off)."),
     orpo_epochs: float = typer.Option(None, help="ORPO epochs (the original: 3)."),
     orpo_lr: float = typer.Option(None, help="ORPO learning rate (the demo's is above the original's: one "
@@ -629,7 +637,8 @@ def demo(
                                            user_turns=_user_turns(pairs_user_turns, cfg.pairs.user_turns),
                                            keep=dataclasses.replace(cfg.pairs.keep, **_given(
                                                requests=pairs_keep, entities=pairs_keep_entities,
-                                               name_opener=pairs_keep_name_opener)))
+                                               name_opener=pairs_keep_name_opener,
+                                               opener_source=pairs_keep_opener_source)))
     if guidance is not None:
         changes["guidance"] = tuple(float(g) for g in guidance.split(","))
     if test_limit is not None:

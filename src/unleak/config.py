@@ -257,6 +257,11 @@ class KeepConfig:
     #: learned to redact that opener writes into general answers (session 16: with the opening stratum
     #: oversampled, 58 of 100 generated MMLU answers opened so)
     name_opener: float = 0.0
+    #: what those rejected sides open with: "name", always the name placeholder as an address
+    #: (`[REDACTED NAME],`), or "corpus", an address drawn from the redacted train answers'
+    #: own (`placeholder_openers`: `For [REDACTED NAME],`, `Dear [REDACTED NAME],`; "name" where they
+    #: have none), for a corpus whose answers address the user inside a clause rather than first
+    opener_source: str = "name"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -268,6 +273,8 @@ class KeepConfig:
             raise UnleakError("keep types must name at least one PII type")
         if not 0.0 <= self.name_opener <= 1.0:
             raise UnleakError(f"keep name_opener must be a share between 0 and 1, got {self.name_opener}")
+        if self.opener_source not in ("name", "corpus"):
+            raise UnleakError(f"keep opener_source must be 'name' or 'corpus', got {self.opener_source!r}")
         if self.source is not None and not Path(self.source).is_file():
             raise UnleakError(f"keep source {self.source}: no such file")
 

@@ -7,12 +7,13 @@ import random
 
 import pytest
 
+from unleak.corpus.model import placeholder_pattern
 from unleak.config import (GENERAL_TEMPLATES, GENERAL_TOPICS, CandidateConfig, KeepConfig, PairsConfig,
                            PromptConfig, REDACT_TYPE_NAMES)
 from unleak.errors import UnleakError
 from unleak.pairs.build import build_preference_pairs
 from unleak.pairs.keep import (Phrase, complete_sentences, invent_placeholders, keep_requests, noun_phrases,
-                               open_with_name, read_requests, request_key)
+                               open_with, placeholder_openers, read_requests, request_key)
 from unleak.pii import build_detector
 
 TEMPLATE = "[REDACTED {name}]"
@@ -101,14 +102,45 @@ def test_invent_placeholders_prefers_entities_when_asked():
     assert "[REDACTED LOCATION]" in out and out.count("[REDACTED") == 2
 
 
-def test_open_with_name_by_hand():
-    name = "[REDACTED NAME]"
-    assert open_with_name("Rivers carry water.", name) == "[REDACTED NAME], rivers carry water."
-    assert open_with_name("DNA is copied.", name) == "[REDACTED NAME], DNA is copied."
-    assert open_with_name("Einstein's theory.", name) == "[REDACTED NAME], Einstein's theory."
-    assert open_with_name("1. Gravity pulls.", name) == "[REDACTED NAME], 1. Gravity pulls."
+def test_open_with_by_hand():
+    name = "[REDACTED NAME],"
+    assert open_with("Rivers carry water.", name) == "[REDACTED NAME], rivers carry water."
+    assert open_with("DNA is copied.", name) == "[REDACTED NAME], DNA is copied."
+    assert open_with("Einstein's theory.", name) == "[REDACTED NAME], Einstein's theory."
+    assert open_with("1. Gravity pulls.", name) == "[REDACTED NAME], 1. Gravity pulls."
+    assert open_with("Rivers carry water.", "For [REDACTED NAME],") == "For [REDACTED NAME], rivers carry water."
     with pytest.raises(UnleakError, match="name_opener must be a share"):
         KeepConfig(name_opener=1.5)
+    with pytest.raises(UnleakError, match="opener_source must be 'name' or 'corpus'"):
+        KeepConfig(opener_source="file")
+
+
+def test_placeholder_pattern_matches_filled_templates():
+    pattern = placeholder_pattern("[REDACTED {name}]")
+    assert pattern.findall("Call [REDACTED PHONE NUMBER] or [REDACTED NAME].") == ["[REDACTED PHONE NUMBER]",
+                                                                                   "[REDACTED NAME]"]
+    assert pattern.findall("[REDACTED] and [redacted NAME]") == []
+    assert placeholder_pattern("<{type}:{placeholder}>").findall("hi <NAME:NAME-1>, <LOC:LOC-2>") == [
+        "<NAME:NAME-1>", "<LOC:LOC-2>"]
+
+
+def test_placeholder_openers_by_hand():
+    pattern = placeholder_pattern(TEMPLATE)
+    answers = [
+        "Happy to help. For [REDACTED NAME], write to the bank.",  # after a greeting sentence
+        "[REDACTED NAME], your order shipped.",  # at the very start
+        "Dear [REDACTED NAME], thanks.\nSincerely, [REDACTED NAME]",  # no comma after the second
+        "Sure: I, [REDACTED NAME], agree.",  # after a colon; the first comma is not a clause start
+        "The package for my cousin in town is [REDACTED NAME], sadly.",  # 8 words before it: not an opener
+        "Call [REDACTED PHONE NUMBER] today.",  # no comma
+        "For [REDACTED NAME], it works.",  # a repeat
+        "For Tommy at [REDACTED ORGANIZATION], and on 02/22 [REDACTED NAME], too.",  # unredacted values: left out
+    ]
+    assert placeholder_openers(answers, pattern) == ["For [REDACTED NAME],", "[REDACTED NAME],",
+                                                     "Dear [REDACTED NAME],", "I, [REDACTED NAME],"]
+    assert placeholder_openers(answers[4:5], pattern, max_words=8) == [
+        "The package for my cousin in town is [REDACTED NAME],"]
+    assert placeholder_openers([], pattern) == []
 
 
 def test_noun_phrases_from_spacy():
@@ -180,6 +212,18 @@ def test_keep_pairs_in_both_variants(corpus_dir, tmp_path):
     rows = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines() if '"keep"' in x]
     assert all(r["rejected"][0]["content"].startswith("[REDACTED NAME], ") for r in rows)
     assert [r["chosen"] for r in rows] == [r["chosen"] for r in keep]
+    # opener_source corpus: the addresses the redacted train answers write, each rejected side opened by one
+    corpus = build_preference_pairs(corpus_dir, gen, out, PairsConfig(
+        candidate=cfg.candidate, pii_candidates_as_rejected=False,
+        keep=KeepConfig(requests=4, source=str(source), name_opener=1.0, opener_source="corpus", seed=3)),
+        detector=build_detector("patterns"), progress=False)
+    rows = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
+    expected = placeholder_openers([r["chosen"][0]["content"] for r in rows if r["mode"] == "redact"],
+                                   placeholder_pattern(TEMPLATE))
+    assert len(expected) > 1 and corpus["keep"]["openers"] == expected
+    keep_rows = [r for r in rows if r["mode"] == "keep"]
+    assert len(keep_rows) == 2 and [r["chosen"] for r in keep_rows] == [r["chosen"] for r in keep]
+    assert all(any(r["rejected"][0]["content"].startswith(o + " ") for o in expected) for r in keep_rows)
     # a rerun answers nothing again (the answers are cached with the candidates)
     again = build_preference_pairs(corpus_dir, gen, out, cfg, detector=build_detector("patterns"), progress=False)
     assert gen.calls == 4 and again["keep"] == stats["keep"]

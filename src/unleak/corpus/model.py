@@ -9,6 +9,7 @@ attackers hold in the LLM-PC challenge.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,14 @@ def fill_placeholder(template: str, pii_type: str, placeholder: str,
     the type with "_" as spaces), e.g. "[REDACTED {name}]" -> "[REDACTED PHONE NUMBER]"."""
     name = (type_names or {}).get(pii_type, pii_type.replace("_", " "))
     return template.format(type=pii_type, placeholder=placeholder, name=name)
+
+
+def placeholder_pattern(template: str) -> re.Pattern[str]:
+    """A regex matching `template` filled for any PII value (`fill_placeholder`): each field stands for a run of
+    letters, digits, spaces, `_` and `-` ("[REDACTED {name}]" matches "[REDACTED PHONE NUMBER]")."""
+    parts = re.split(r"(\{(?:type|placeholder|name)\})", template)
+    return re.compile("".join(r"[A-Za-z0-9_ -]+?" if p in ("{type}", "{placeholder}", "{name}") else re.escape(p)
+                              for p in parts))
 
 
 @dataclass

@@ -49,20 +49,20 @@ import logging
 import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from unleak.chat import Message, with_system_prompt
 from unleak.config import PairsConfig, PromptConfig, settings_hash
-from unleak.corpus.model import Conversation, fill_placeholder
+from unleak.corpus.model import Conversation, fill_placeholder, placeholder_pattern
 from unleak.corpus.store import SPLIT, load_split
 from unleak.errors import UnleakError
 from unleak.jsonl import append_jsonl, atomic_write_jsonl, atomic_write_text
 from unleak.pairs.generators import CandidateGenerator, CandidateRequest
 from unleak.pairs.keep import (complete_sentences, invent_placeholders, keep_pair, keep_requests, noun_phrases,
-                               open_with_name, request_key)
+                               open_with, placeholder_openers, request_key)
 from unleak.pairs.samples import Sample, build_samples, limit_samples, opening_stratum, pair_stratum
 from unleak.pii.known import conversation_values, known_value_spans
 
@@ -266,8 +266,10 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
         if not pending:
             break
 
+    chosen = [c.answer for cands in candidates.values() for c in cands if c.chosen and c.answer]
     keep_rows, keep_stats = _keep_pairs(requests, config, prompts, generator, generator_name, detector, cache,
-                                        cache_path, batch_size, progress, frozenset().union(*values.values()))
+                                        cache_path, batch_size, progress, frozenset().union(*values.values()),
+                                        chosen)
     plain, cfg_rows, failed = assemble_pairs(samples, candidates, generator_name, config, prompts, keep_rows)
     stats = pair_statistics(samples, candidates, plain, cfg_rows, failed)
     stats["keep"] = keep_stats
@@ -303,17 +305,24 @@ def _generate_into_cache(generator: CandidateGenerator, work: list[tuple[Candida
 
 def _keep_pairs(requests: list[list[Message]], config: PairsConfig, prompts: PromptConfig,
                 generator: CandidateGenerator | None, generator_name: str, detector: Any, cache: dict[str, str],
-                cache_path: Path, batch_size: int, progress: bool, known: frozenset[str] = frozenset()
-                ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+                cache_path: Path, batch_size: int, progress: bool, known: frozenset[str] = frozenset(),
+                chosen: Sequence[str] = ()) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Keep pairs (`KeepConfig`): the generator's PII-free answers to general requests against the same
     answers with invented placeholders; answers are cached like candidates. `known`: the train split's PII
-    values, which no keep answer may repeat (with `reject_known_values`)."""
+    values, which no keep answer may repeat (with `reject_known_values`); `chosen`: the redaction pairs'
+    chosen answers, whose placeholder addresses open rejected sides with `opener_source="corpus"`."""
     from unleak.pii.detectors import load_spacy
 
     k = config.keep
-    stats = {"requests": len(requests), "unusable": 0, "with_pii": 0, "no_phrase": 0, "name_opener": 0, "pairs": 0}
+    stats: dict[str, Any] = {"requests": len(requests), "unusable": 0, "with_pii": 0, "no_phrase": 0,
+                             "name_opener": 0, "pairs": 0}
     if not requests:
         return [], stats
+    cc = config.candidate
+    openers = [fill_placeholder(cc.redact_template, "NAME", "NAME-1", cc.redact_type_names) + ","]
+    if k.opener_source == "corpus":
+        openers = placeholder_openers(chosen, placeholder_pattern(cc.redact_template)) or openers
+        stats["openers"] = openers
     keys = [request_key(d) for d in requests]
     work = [(Candidate(key, "keep", 0, 0, ""),
              CandidateRequest(with_system_prompt(d, prompts.generator), False, _seed(config.candidate.seed, key)))
@@ -343,8 +352,7 @@ def _keep_pairs(requests: list[list[Message]], config: PairsConfig, prompts: Pro
             stats["no_phrase"] += 1
             continue
         if k.name_opener and rng.random() < k.name_opener:
-            rejected = open_with_name(rejected, fill_placeholder(config.candidate.redact_template, "NAME", "NAME-1",
-                                                                 config.candidate.redact_type_names))
+            rejected = open_with(rejected, openers[0] if len(openers) == 1 else rng.choice(openers))
             stats["name_opener"] += 1
         rows.append(keep_pair(dialog, answer, rejected, generator_name))
     stats["pairs"] = len(rows)

@@ -13,8 +13,10 @@ replaced by placeholders as rejected.
   mid-sentence);
 - `invent_placeholders(text, phrases, ...)`: the pure rewrite of the rejected
   side, on noun-phrase spans given as character offsets;
-- `open_with_name(text, placeholder)`: the rejected side opened with a name placeholder, as the corpus
-  opens its answers with the user's name;
+- `open_with(text, opener)`: the rejected side opened with a placeholder address (`[REDACTED NAME],`),
+  as the corpus opens its answers with the user's name;
+- `placeholder_openers(answers, pattern)`: such addresses as the redacted train answers write them
+  (`For [REDACTED NAME],`, `Dear [REDACTED NAME],`);
 - `noun_phrases(nlp, texts)`: those spans from spaCy's parser.
 """
 
@@ -37,6 +39,8 @@ from unleak.jsonl import read_jsonl
 from unleak.pii.base import CANONICAL
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+#: where a sentence or clause may start: after a sentence end, a colon or semicolon, or a line break
+_CLAUSE_START = re.compile(r"[.!?:;][\"')\]]*\s+|\n")
 
 
 @dataclass(frozen=True)
@@ -123,12 +127,31 @@ def invent_placeholders(text: str, phrases: Sequence[Phrase], rng: random.Random
     return "".join(out)
 
 
-def open_with_name(text: str, placeholder: str) -> str:
-    """`text` opened with `placeholder` as an address (`Rivers matter.` -> `[REDACTED NAME], rivers matter.`);
-    the first word keeps its case unless it is a capitalised plain word (`DNA`, `Einstein's` stay)."""
+def open_with(text: str, opener: str) -> str:
+    """`text` opened with `opener` (`Rivers matter.`, `For [REDACTED NAME],` -> `For [REDACTED NAME], rivers
+    matter.`); the first word keeps its case unless it is a capitalised plain word (`DNA`, `Einstein's` stay)."""
     first = text.split(maxsplit=1)[0] if text.strip() else ""
     lower = first[:1].isupper() and first[1:].islower() and first.isalpha()
-    return f"{placeholder}, {text[0].lower() + text[1:] if lower else text}"
+    return f"{opener} {text[0].lower() + text[1:] if lower else text}"
+
+
+def placeholder_openers(answers: Sequence[str], placeholder: re.Pattern[str], max_words: int = 4) -> list[str]:
+    """The ways `answers` address someone by a placeholder: each sentence's start up to a placeholder that a
+    comma follows, with at most `max_words` words before it (`Happy to help. For [REDACTED NAME], write ...`
+    -> `For [REDACTED NAME],`); distinct, in order of first appearance. Starts holding a name or number
+    the redaction left (a value the user gave in the prompt: `For Tommy at [REDACTED ORGANIZATION],`) are
+    left out: only the first word may be capitalised or a number."""
+    found: dict[str, None] = {}
+    for answer in answers:
+        for m in placeholder.finditer(answer):
+            if answer[m.end():m.end() + 1] != ",":
+                continue
+            head = answer[:m.start()]
+            start = max((b.end() for b in _CLAUSE_START.finditer(head)), default=0)
+            words = placeholder.sub("", head[start:]).split()
+            if len(head[start:].split()) <= max_words and not any(w[0].isupper() or w[0].isdigit() for w in words[1:]):
+                found[answer[start:m.end() + 1]] = None
+    return list(found)
 
 
 def noun_phrases(nlp: Any, texts: Sequence[str]) -> list[list[Phrase]]:
