@@ -260,7 +260,8 @@ class KeepConfig:
     #: what those rejected sides open with: "name", always the name placeholder as an address
     #: (`[REDACTED NAME],`), or "corpus", an address drawn from the redacted train answers'
     #: own (`placeholder_openers`: `For [REDACTED NAME],`, `Dear [REDACTED NAME],`; "name" where they
-    #: have none), for a corpus whose answers address the user inside a clause rather than first
+    #: have none), for a corpus whose answers address the user inside a clause rather than first (session 17,
+    #: seed 1: no change in the general answers' placeholders, 57 of 100 against 53)
     opener_source: str = "name"
     seed: int = 0
 
