@@ -325,7 +325,7 @@ def _keep_pairs(requests: list[list[Message]], config: PairsConfig, prompts: Pro
         stats["openers"] = openers
     keys = [request_key(d) for d in requests]
     work = [(Candidate(key, "keep", 0, 0, ""),
-             CandidateRequest(with_system_prompt(d, prompts.generator), False, _seed(config.candidate.seed, key)))
+             CandidateRequest(with_system_prompt(d, prompts.generator), False, _seed(cc.seed, key)))
             for d, key in zip(requests, keys)]
     missing = [(c, r) for c, r in work if c.sample_id not in cache]
     if missing:
@@ -352,6 +352,7 @@ def _keep_pairs(requests: list[list[Message]], config: PairsConfig, prompts: Pro
             stats["no_phrase"] += 1
             continue
         if k.name_opener and rng.random() < k.name_opener:
+            # one opener draws nothing, so the name opener's pairs stay as they were before `opener_source`
             rejected = open_with(rejected, openers[0] if len(openers) == 1 else rng.choice(openers))
             stats["name_opener"] += 1
         rows.append(keep_pair(dialog, answer, rejected, generator_name))
