@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from unleak.corpus.model import placeholder_pattern
 from unleak.config import (GENERAL_TEMPLATES, GENERAL_TOPICS, CandidateConfig, KeepConfig, PairsConfig,
                            PromptConfig, REDACT_TYPE_NAMES)
+from unleak.corpus.model import placeholder_pattern
 from unleak.errors import UnleakError
 from unleak.pairs.build import build_preference_pairs
 from unleak.pairs.keep import (Phrase, complete_sentences, invent_placeholders, keep_requests, noun_phrases,
