@@ -114,7 +114,8 @@ class DemoConfig:
     #: PII 0 at every setting, 0/102 both ways, 1 % right (-9.0 ± 2.9; session 15: 3 %), its corpus's style
     #: opening answers with `For [REDACTED NAME], ...` rather than with the name. Session 17: those openers drawn
     #: from the redacted train answers (`opener_source="corpus"`, 13 kinds) left seed 1 where it was (PII 0,
-    #: 0/102, 2 % right, -8.0 ± 2.7; placeholders in 57 of 100, 30 within the first five words, as before)
+    #: 0/102, 2 % right, -8.0 ± 2.7; placeholders in 57 of 100, 30 within the first five words, as before);
+    #: 200 general requests instead of 100 (134 keep pairs, ~35 min): 1 % right, placeholders in 46 of 100
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
         candidate=CandidateConfig(modes=("redact",), candidates=1, max_new_tokens=64, max_tries=1),
         pii_candidates_as_rejected=False, limit=None, user_turns=None, min_stratum_pairs=8,
