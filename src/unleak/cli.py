@@ -361,6 +361,9 @@ def train_orpo_cmd(
     learning_rate: float = typer.Option(None), beta: float = typer.Option(None),
     max_length: int = typer.Option(None), max_prompt_length: int = typer.Option(None),
     lora_r: int = typer.Option(None), lora_alpha: int = typer.Option(None),
+    group_by_length: bool = typer.Option(None, "--group-by-length/--random-order",
+                                         help="Batch pairs of similar token counts (less padding) or the "
+                                              "original's random order (the default)."),
     resume: bool = typer.Option(False, help="Continue from the last epoch checkpoint in --out."),
     tensorboard: bool = typer.Option(False, help="Also log to TensorBoard (out/runs)."),
     deepspeed: str = typer.Option(None, help="DeepSpeed JSON config (under `accelerate launch`)."),
@@ -373,7 +376,8 @@ def train_orpo_cmd(
     lora = dataclasses.replace(base.lora, **_given(r=lora_r, alpha=lora_alpha))
     settings = load_config(OrpoSettings, None, base=dataclasses.replace(base, lora=lora),
                            **_given(epochs=epochs, batch_size=batch_size, beta=beta, learning_rate=learning_rate,
-                                    max_length=max_length, max_prompt_length=max_prompt_length))
+                                    max_length=max_length, max_prompt_length=max_prompt_length,
+                                    group_by_length=group_by_length))
     print(train_orpo(model, pairs, out, settings, resume=resume, tensorboard=tensorboard, deepspeed=deepspeed))
 
 

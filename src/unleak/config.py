@@ -347,6 +347,9 @@ class OrpoSettings:
     lora: LoraSettings = field(default_factory=LoraSettings)
     #: run each prompt once and both answers on its KV cache (same loss; off under gradient checkpointing)
     share_prompt: bool = True
+    #: batch pairs of similar token counts (HF's length-grouped sampler: random mega-batches, each sorted
+    #: by length) so that less compute goes to padding; off: the original's random order
+    group_by_length: bool = False
 
     def __post_init__(self) -> None:
         if self.beta < 0:

@@ -172,6 +172,36 @@ def test_merge_equals_adapter(tiny_model_dir, pairs_file, tmp_path):
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_group_by_length_batches_pairs_of_similar_cost(tiny_model_dir, tmp_path, monkeypatch):
+    """20 short and 20 long prompts, interleaved: length-grouped batches mix the two only where HF's
+    sorted mega-batches (4 of 10 pairs here) meet; random batches mix them about half the time."""
+    from unleak.train.orpo import train_orpo
+
+    padding = " ".join(["Please look this up carefully in the tenant register."] * 12)
+    rows = [{**PAIRS[i % 4], "prompt": [PAIRS[i % 4]["prompt"][0],
+                                        {"role": "user", "content": PAIRS[i % 4]["prompt"][1]["content"]
+                                         + (" " + padding if i % 2 else "")}]} for i in range(40)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    widths: list[list[int]] = []
+    collate = PreferenceCollator.__call__
+
+    def spy(self, batch):
+        widths.append(sorted(len(ex["prompt_ids"]) for ex in batch))
+        return collate(self, batch)
+
+    monkeypatch.setattr(PreferenceCollator, "__call__", spy)
+
+    def mixed_batches(group: bool) -> int:
+        widths.clear()
+        train_orpo(str(tiny_model_dir), path, tmp_path / f"orpo-{group}", quiet=True,
+                   settings=OrpoSettings(epochs=1, save_per_epoch=False, group_by_length=group))
+        assert len(widths) == 20 and all(len(w) == 2 for w in widths)
+        return sum(w[1] - w[0] > 50 for w in widths)
+
+    assert mixed_batches(True) <= 4 < mixed_batches(False)  # measured: 2 and 12
+
+
 def test_negation_matches_the_formula(tmp_path, default_tokenizer):
     from safetensors.torch import load_file
 

@@ -92,6 +92,11 @@ def read_pairs(path: str | Path, tokenizer: Any, max_length: int, max_prompt_len
     return rows
 
 
+def pair_tokens(row: dict[str, list[int]]) -> int:
+    """The tokens a tokenised pair puts through the model with a shared prompt: the prompt and both answers."""
+    return len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"])
+
+
 def _pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
     width = max(len(r) for r in rows)
     return torch.tensor([[value] * (width - len(r)) + r if left else r + [value] * (width - len(r)) for r in rows])

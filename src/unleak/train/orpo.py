@@ -20,6 +20,9 @@ part of the autograd graph, is repeated for the chosen and the rejected
 answer, which then run on it, and logits are computed for answer tokens only.
 The loss and gradients are those of the concatenated forward (tested); the
 step runs on ~40 % fewer tokens for the demo's pairs (prompts ~4x the answers).
+`OrpoSettings.group_by_length` batches pairs of similar token counts (HF's
+length-grouped sampler), which cuts the padded tokens of the demo's batches
+of 2 from ~95k to ~81k per epoch.
 """
 
 from __future__ import annotations
@@ -126,7 +129,7 @@ def train_orpo(model: str, pairs_file: str | Path, out_dir: str | Path, settings
     """ORPO + LoRA on `pairs_file`; returns the adapter directory (`out_dir/adapter`)."""
     from unleak.models import load_model, load_tokenizer
     from unleak.train.arguments import training_arguments, training_device
-    from unleak.train.data import PreferenceCollator, read_pairs
+    from unleak.train.data import PreferenceCollator, pair_tokens, read_pairs
     from unleak.train.logging_utils import JsonlLogCallback, plot_loss_curve
 
     s = settings or OrpoSettings()
@@ -147,7 +150,11 @@ def train_orpo(model: str, pairs_file: str | Path, out_dir: str | Path, settings
                               min_lr_ratio=s.min_lr_ratio, warmup_steps=s.warmup_steps,
                               gradient_accumulation_steps=s.gradient_accumulation_steps, optimizer=s.optimizer,
                               save_per_epoch=s.save_per_epoch, seed=s.seed, tensorboard=tensorboard,
-                              deepspeed=deepspeed, max_steps=max_steps)
+                              deepspeed=deepspeed, max_steps=max_steps, group_by_length=s.group_by_length)
+    if s.group_by_length:  # the sampler reads each pair's cost from the dataset's `length` column
+        from datasets import Dataset
+
+        data = Dataset.from_list([{**row, "length": pair_tokens(row)} for row in data])
     # gradient checkpointing turns the KV cache off, which the shared prompt forward needs
     share = s.share_prompt and not args.gradient_checkpointing
     trainer = OrpoTrainer(model=peft_model, args=args, train_dataset=data,
