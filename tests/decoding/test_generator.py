@@ -253,6 +253,36 @@ def test_adapter_per_request_on_a_peft_model(tiny_model_dir):
         gen.generate([GenerationRequest(messages=DIALOGS[0], adapter="nope")])
 
 
+def test_negative_rows_without_the_adapter_contrast_with_the_undefended_model(tiny_model_dir):
+    """`negative_adapter=False`: each step mixes the adapter under the positive prompt with the bare model
+    under the negative one (direct reference: full forwards, no cache, no batching)."""
+    from peft import LoraConfig, get_peft_model
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(str(tiny_model_dir), device="cpu"),
+                           LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False)).eval()
+    messages, g, n = DIALOGS[0], 3.0, 8
+    pos = encode(tokenizer, messages, PROMPTS.positive)["input_ids"]
+    neg = encode(tokenizer, messages, PROMPTS.negative)["input_ids"]
+    expected = []
+    with torch.no_grad():
+        for _ in range(n):
+            lp = model(pos).logits[:, -1]
+            with model.disable_adapter():
+                ln = model(neg).logits[:, -1]
+            t = cfg_mix_probs(lp, ln, g).argmax(-1, keepdim=True)
+            expected.append(t.item())
+            pos, neg = torch.cat([pos, t], 1), torch.cat([neg, t], 1)
+    contrast = no_eos(CFGGenerator(model, tokenizer, negative_adapter=False))
+    got = contrast.generate([request(messages, g, "prob", n), request(DIALOGS[1], 1.0, "prob", n)])
+    assert got[0].token_ids == expected
+    same = no_eos(CFGGenerator(model, tokenizer)).generate([request(messages, g, "prob", n)])[0]
+    assert same.token_ids != expected  # the method's negative row (the adapter on) decodes otherwise here
+    unguided = no_eos(CFGGenerator(model, tokenizer)).generate([request(DIALOGS[1], 1.0, "prob", n)])[0]
+    assert got[1].token_ids == unguided.token_ids  # no negative row, nothing changes
+
+
 def test_long_prompt_is_truncated_from_the_left_keeping_the_system_message(tiny, caplog):
     model, tokenizer = tiny
     gen = CFGGenerator(model, tokenizer, context_length=96)

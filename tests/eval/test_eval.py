@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -403,9 +404,106 @@ def test_guidance_series_share_plain_decoding_between_spaces(tmp_path):
 
     rows = [row("leaky", None, 1.0, "prob", 33), row("g1", "/o/adapter", 1.0, "prob", 3),
             row("g3-prob", "/o/adapter", 3.0, "prob", 2), row("g3-log", "/o/adapter", 3.0, "log", 1),
-            row("g5-log", "/o/adapter", 5.0, "log", 0)]
+            row("g5-log", "/o/adapter", 5.0, "log", 0),
+            {**row("g3-prob-vs-base", "/o/adapter", 3.0, "prob", 0), "negative": "base"}]
     series = guidance_series(rows)
     assert {k: [r["configuration"] for r in v] for k, v in series.items()} == {
-        ("/m/leaky+adapter", "log"): ["g1", "g3-log", "g5-log"], ("/m/leaky+adapter", "prob"): ["g1", "g3-prob"]}
+        ("/m/leaky+adapter", "log"): ["g1", "g3-log", "g5-log"], ("/m/leaky+adapter", "prob"): ["g1", "g3-prob"],
+        ("/m/leaky+adapter", "prob, negative: base"): ["g1", "g3-prob-vs-base"]}
     assert plot_guidance(rows, tmp_path / "g.png").stat().st_size > 0
     assert plot_guidance(rows[:2], tmp_path / "none.png") is None  # no guided configuration: no plot
+
+
+def test_negative_branch_without_the_adapter_in_multiple_choice(tiny_model_dir):
+    """On a PEFT model, `negative_adapter=False` scores the negative branch with the adapter off (PEFT's
+    per-row `adapter_names` in the cloze pass, `disable_adapter` for letters): each choice alone, its positive
+    branch with the adapter and its negative one without, mixed by the decoder's `cfg_scores`."""
+    from peft import LoraConfig, get_peft_model
+
+    from unleak.chat import system_header_ids
+    from unleak.config import GuidanceConfig, PromptConfig
+    from unleak.decoding.cfg import cfg_scores
+    from unleak.eval.utility import (cloze_continuations, cloze_prompt, letter_token_ids,
+                                     multiple_choice_cloze_scores, served_multiple_choice_predictions)
+    from unleak.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(str(tiny_model_dir)), LoraConfig(
+        r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False)).eval()
+    qs = [{"subject": "s", "question": "What is " + "w" * (i + 1) + "?", "answer": 0,
+           "choices": ["yes", "no", "a longer answer " * (i % 2)][:3]} for i in range(4)]
+    prompts = PromptConfig()
+    heads = [system_header_ids(tok, prompts.positive), system_header_ids(tok, prompts.negative)]
+    g = GuidanceConfig(8.0, "log")
+    contrast = multiple_choice_cloze_scores(model, tok, qs, [g], heads, batch_size=24, progress=False,
+                                            head_adapters=["default", "__base__"])
+    same = multiple_choice_cloze_scores(model, tok, qs, [g], heads, batch_size=24, progress=False)
+    assert contrast != same
+
+    def logits(head: list[int], text: str, cont: list[int], adapter: bool) -> torch.Tensor:
+        ctx = head + tok(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad(), contextlib.nullcontext() if adapter else model.disable_adapter():
+            out = model(input_ids=torch.tensor([ctx + cont])).logits[0].float()
+        return out[len(ctx) - 1: len(ctx) - 1 + len(cont)]
+
+    for i, q in enumerate(qs):
+        for k, text in enumerate(cloze_continuations(q)):
+            cont = tok(text, add_special_tokens=False)["input_ids"]
+            mixed = torch.log_softmax(cfg_scores(logits(heads[0], cloze_prompt(q), cont, True),
+                                                 logits(heads[1], cloze_prompt(q), cont, False), 8.0, "log"), -1)
+            want = mixed.gather(-1, torch.tensor(cont)[:, None]).sum().item() / len(text)
+            assert abs(contrast[0][i][k][1] - want) < 1e-3, (i, k)
+    assert served_multiple_choice_predictions(model, tok, qs, [g], prompts, progress=False, mc_format="cloze",
+                                              negative_adapter=False) == \
+        [[max(range(len(x)), key=x.__getitem__) for x in contrast[0]]]
+    letters = served_multiple_choice_predictions(model, tok, qs, [g], prompts, progress=False,
+                                                 negative_adapter=False)
+    for i, q in enumerate(qs):
+        pos = torch.tensor([heads[0] + tok(format_question(q), add_special_tokens=False)["input_ids"]])
+        neg = torch.tensor([heads[1] + tok(format_question(q), add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            lp = model(input_ids=pos).logits[:, -1].float()
+            with model.disable_adapter():
+                ln = model(input_ids=neg).logits[:, -1].float()
+        assert letters[0][i] == int(cfg_scores(lp, ln, 8.0, "log")[0, letter_token_ids(tok, 3)].argmax())
+
+
+def test_evaluation_with_the_negative_branch_on_the_base_model(tiny_model_dir, tmp_path):
+    """`EvalConfiguration(negative="base")`: the adapter unmerged, the negative rows without it; its answers are
+    the decoder's with `negative_adapter=False`, and differ from the method's (one model under both prompts)."""
+    from peft import LoraConfig, get_peft_model
+
+    from unleak.config import GuidanceConfig
+    from unleak.corpus.store import load_split, save_corpus, split_corpus
+    from unleak.corpus.synth import synthesize_corpus
+    from unleak.decoding import CFGGenerator
+    from unleak.eval.leakage import generate_answers
+    from unleak.eval.run import EvalConfiguration, EvalSettings, run_evaluation
+    from unleak.models import load_model, load_tokenizer
+    from unleak.pairs.samples import build_samples, limit_samples
+
+    torch.manual_seed(0)
+    peft = get_peft_model(load_model(str(tiny_model_dir)), LoraConfig(
+        r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False))
+    peft.save_pretrained(tmp_path / "adapter")
+    corpus = save_corpus(tmp_path / "c", synthesize_corpus(8, seed=3), {})
+    split_corpus(corpus, 0.4, seed=0)
+    model, adapter = str(tiny_model_dir), str(tmp_path / "adapter")
+    with pytest.raises(UnleakError, match="negative must be one of adapter, base"):
+        EvalConfiguration("x", model, adapter, negative="leaky")
+    with pytest.raises(UnleakError, match="needs an adapter"):
+        EvalConfiguration("x", model, negative="base")
+    confs = [EvalConfiguration("method", model, adapter, 3.0, "prob"),
+             EvalConfiguration("vs-base", model, adapter, 3.0, "prob", negative="base")]
+    settings = EvalSettings(leakage_max_new_tokens=6, attack_limit=2, reference_model=model, test_limit=4,
+                            reference_template=None)
+    method, vs_base = run_evaluation(corpus, confs, tmp_path / "e", settings, progress=False)
+    assert method["evaluated_with"] == ["method"] and vs_base["evaluated_with"] == ["vs-base"]
+    samples = limit_samples(build_samples(load_split(corpus, "test")), 4, 0)
+    gen = CFGGenerator(load_model(model, adapter=adapter), load_tokenizer(model), negative_adapter=False)
+    want = [a.text for a in generate_answers(gen, samples, [GuidanceConfig(3.0, "prob")], 6)[0]]
+    got = [json.loads(x)["answer"] for x in (tmp_path / "e" / "answers" / "vs-base.jsonl").read_text().splitlines()
+           if json.loads(x)["kind"] == "test"]
+    assert got == want
+    assert [e["answer"] for e in method["examples"]] != want[:5]

@@ -126,8 +126,12 @@ class CFGGenerator:
         prompts: PromptConfig | None = None,
         max_batch_requests: int = 16,
         context_length: int | None = None,
+        negative_adapter: AdapterChoice | None = None,
     ) -> None:
         self.model = model
+        #: the adapter of every negative row: None = the request's own (the method: one model, two
+        #: prompts); False = none, i.e. the undefended model under the negative prompt
+        self.negative_adapter = negative_adapter
         self.tokenizer = tokenizer
         self.prompts = prompts or PromptConfig()
         self.max_batch_requests = max_batch_requests
@@ -262,7 +266,9 @@ class CFGGenerator:
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         # identical rows (same ids and adapter: one prompt under several guidance settings, the
         # positive and negative row of equal prompts, n samples of one prompt) are one physical row
-        row_adapters = [p.enc.request.adapter for p in pairs] + [pairs[k].enc.request.adapter for k in neg_owner]
+        row_adapters = [p.enc.request.adapter for p in pairs] + [
+            pairs[k].enc.request.adapter if self.negative_adapter is None else self.negative_adapter
+            for k in neg_owner]
         first_of: dict[tuple[tuple[int, ...], AdapterChoice], int] = {}
         unique: list[int] = []  # the first row of each distinct (ids, adapter)
         expand: list[int] = []  # row -> its index in `unique`

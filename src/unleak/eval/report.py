@@ -34,7 +34,8 @@ def summary_rows(results: list[dict[str, Any]], reference: str | None = None) ->
     for r in results:
         c = r["configuration"]
         row = {"configuration": r["name"], "model": c["model"], "adapter": c["adapter"],
-               "guidance": c["guidance_scale"], "space": c["cfg_space"], "test_prompts": r["test_prompts"],
+               "guidance": c["guidance_scale"], "space": c["cfg_space"], "negative": c.get("negative", "adapter"),
+               "test_prompts": r["test_prompts"],
                "pii_original": r["pii"].get("original", {}).get("total"),
                "pii_strict": r["pii"].get("strict", {}).get("total"),
                "known_values": r.get("known_values", {}).get("total"),
@@ -95,16 +96,22 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _series_space(row: dict[str, Any]) -> str:
+    negative = row.get("negative", "adapter")
+    return row["space"] if negative == "adapter" else f"{row['space']}, negative: {negative}"
+
+
 def guidance_series(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Rows by (model[+adapter], space), sorted by guidance scale; g = 1 (plain decoding) belongs to every space."""
+    """Rows by (model[+adapter], space), sorted by guidance scale; g = 1 (plain decoding) belongs to every space.
+    Rows whose negative branch runs without the adapter form their own series (space `"prob, negative: base"`)."""
     by_model: dict[str, list[dict]] = {}
     for r in rows:
         by_model.setdefault(str(r["model"]) + (f"+{Path(r['adapter']).name}" if r["adapter"] else ""), []).append(r)
     series: dict[tuple[str, str], list[dict]] = {}
     for model, rs in by_model.items():
         plain = [r for r in rs if r["guidance"] == 1][:1]
-        for space in sorted({r["space"] for r in rs if r["guidance"] != 1}):
-            guided = [r for r in rs if r["guidance"] != 1 and r["space"] == space]
+        for space in sorted({_series_space(r) for r in rs if r["guidance"] != 1}):
+            guided = [r for r in rs if r["guidance"] != 1 and _series_space(r) == space]
             series[(model, space)] = sorted(plain + guided, key=lambda r: r["guidance"])
     return {k: v for k, v in series.items() if len(v) > 1}
 

@@ -38,6 +38,8 @@ from unleak.pairs.samples import SAMPLES_VERSION
 #: 5: the stripped-space attack; 6: utility under guidance, behind the serving system prompt; 7: cloze
 #: utility by default)
 RESULTS_VERSION = 7
+#: `EvalConfiguration.negative`: which model the negative rows of guided decoding run on
+NEGATIVE_BRANCHES = ("adapter", "base")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,16 @@ class EvalConfiguration:
     cfg_space: str = "prob"
     #: attack prompts behind the serving system prompt (defences) or raw (the baseline on a bare model)
     served: bool = True
+    #: the guided negative rows: "adapter" (the method: the defended model under the negative prompt)
+    #: or "base" (the model without the adapter under it: guidance away from the undefended model)
+    negative: str = "adapter"
+
+    def __post_init__(self) -> None:
+        if self.negative not in NEGATIVE_BRANCHES:
+            raise UnleakError(f"{self.name}: negative must be one of {', '.join(NEGATIVE_BRANCHES)}, "
+                              f"got {self.negative!r}")
+        if self.negative == "base" and self.adapter is None:
+            raise UnleakError(f"{self.name}: negative 'base' needs an adapter (the base is the model without it)")
 
 
 @dataclass(frozen=True)
@@ -132,31 +144,33 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     if s.stripped_attack and not s.attack.strip_trailing_space:
         attacks["attack_stripped"] = replace(s.attack, strip_trailing_space=True)
     attack_sets: dict[tuple[str, str], list[Any]] = {}  # attack prompts per tokenizer (model path) and variant
-    loaded: dict[tuple[str, str | None], Any] = {}
+    loaded: dict[tuple[str, str | None, str], Any] = {}
     done: dict[str, dict[str, Any]] = {}
     # a configuration's results do not depend on the reference rows' template
     conf_settings = {k: v for k, v in s.identity().items() if k != "reference_template"}
     keys = {conf.name: settings_hash(asdict(conf), conf_settings, str(corpus), RESULTS_VERSION, SAMPLES_VERSION)
             for conf in configurations}
-    groups: dict[tuple[str, str | None, bool], list[EvalConfiguration]] = {}
+    groups: dict[tuple[str, str | None, bool, str], list[EvalConfiguration]] = {}
     for conf in configurations:
         path = out / "configs" / f"{conf.name}.json"
         cached = json.loads(path.read_text()) if path.is_file() else {}
         if cached.get("hash") == keys[conf.name] and (out / "answers" / f"{conf.name}.jsonl").is_file():
             done[conf.name] = cached
         else:
-            groups.setdefault((conf.model, conf.adapter, conf.served), []).append(conf)
-    for (model_path, adapter, served), group in groups.items():
+            groups.setdefault((conf.model, conf.adapter, conf.served, conf.negative), []).append(conf)
+    for (model_path, adapter, served, negative), group in groups.items():
         started = time.time()
-        mkey = (model_path, adapter)
+        mkey = (model_path, adapter, negative)
         if mkey not in loaded:
             loaded.clear()
             tok = load_tokenizer(model_path)
-            model = load_model(model_path, adapter=adapter, merge=True)  # every request uses the adapter
+            # every row uses the adapter (merged: a cheaper decode step) unless the negative rows run without
+            model = load_model(model_path, adapter=adapter, merge=negative == "adapter")
             if len(tok) > model.get_input_embeddings().num_embeddings:
                 raise UnleakError(f"{model_path}: tokenizer has {len(tok)} tokens but the model's embedding only "
                                   f"{model.get_input_embeddings().num_embeddings}: model/tokenizer mismatch")
-            loaded[mkey] = CFGGenerator(model, tok, max_batch_requests=s.batch_size)
+            loaded[mkey] = CFGGenerator(model, tok, max_batch_requests=s.batch_size,
+                                        negative_adapter=False if negative == "base" else None)
         gen = loaded[mkey]
         tok = gen.tokenizer
         # all guidance settings of a model at once: each prompt is prefilled once for all of them
@@ -193,7 +207,8 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
             t0 = time.time()
             predictions = served_multiple_choice_predictions(gen.model, tok, questions, guidances,
                                                              gen.prompts if served else None, s.batch_size,
-                                                             progress=progress, mc_format=s.mmlu_format)
+                                                             progress=progress, mc_format=s.mmlu_format,
+                                                             negative_adapter=negative == "adapter")
             utility_seconds = round(time.time() - t0, 1)  # the group's: its settings share the scoring
             utilities = [{**accuracy_with_se(correct), "format": s.mmlu_format, "correct": correct,
                           "seconds": utility_seconds}

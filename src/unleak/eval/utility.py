@@ -35,6 +35,8 @@ over the same questions).
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import math
 import random
@@ -251,7 +253,8 @@ def guided_logprobs(logits_pos: torch.Tensor, logits_neg: torch.Tensor | None,
 def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dict[str, Any]],
                                  guidances: Sequence[GuidanceConfig], heads: Sequence[Sequence[int]] = ((),),
                                  batch_size: int = 16, max_length: int = 2048,
-                                 progress: bool = True) -> list[list[list[tuple[int, float]]]]:
+                                 progress: bool = True, head_adapters: Sequence[str] | None = None
+                                 ) -> list[list[list[tuple[int, float]]]]:
     """Each choice's score as its text follows the cloze prompt, per guidance setting:
     ``scores[setting][question][choice] = (-tokens outside the support, log-likelihood per character)``,
     compared as tuples: the highest is the served model's choice.
@@ -271,13 +274,17 @@ def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dic
     tokens in one more pass; masking and position ids make the result equal
     to scoring each (head, prompt, choice) alone. `batch_size` bounds the rows
     (branches x choices) of that pass. Prompts are cut from the left to fit
-    `max_length` with their head and longest choice.
+    `max_length` with their head and longest choice. `head_adapters`: on a
+    `peft.PeftModel`, the adapter each branch's rows run with (`"__base__"`:
+    none; PEFT's per-row `adapter_names`); None: the model as it is.
     """
     from rich.progress import Progress
     from transformers import DynamicCache
 
     if not 1 <= len(heads) <= 2:
         raise ValueError("heads: the positive branch's, and optionally the negative one's")
+    if head_adapters is not None and len(head_adapters) != len(heads):
+        raise ValueError("head_adapters: one adapter name per head")
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = getattr(model, "config", None)
@@ -312,8 +319,10 @@ def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dic
             width = max(len(r) for r in rows)
             ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+            names = [] if head_adapters is None else [a for a in head_adapters for _ in idx]
             out_prefill = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
-                                cache=DynamicCache(config=config), use_cache=True, logits_to_keep=1)
+                                cache=DynamicCache(config=config), use_cache=True, logits_to_keep=1,
+                                **({"adapter_names": names} if names else {}))
             cache = output_cache(out_prefill)
             cache.batch_repeat_interleave(n)
             first = out_prefill.logits[:, -1:].float().repeat_interleave(n, 0)
@@ -323,7 +332,8 @@ def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dic
             lengths = mask.sum(-1, keepdim=True).repeat_interleave(n, 0)
             logits = model(input_ids=tokens, attention_mask=torch.cat([mask.repeat_interleave(n, 0), scored], -1),
                            position_ids=lengths + torch.arange(longest, device=device), cache=cache,
-                           use_cache=True).logits
+                           use_cache=True, **({"adapter_names": [a for a in names for _ in range(n)]}
+                                              if names else {})).logits
             logits = torch.cat([first, logits[:, :-1].float()], 1)  # [rows, longest, V]: predicts each token
             half = len(idx) * n
             pos = logits[:half].flatten(0, 1)
@@ -345,7 +355,8 @@ def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dic
 def served_multiple_choice_predictions(model: Any, tokenizer: Any, questions: list[dict[str, Any]],
                                        guidances: Sequence[GuidanceConfig], prompts: PromptConfig | None,
                                        batch_size: int = 16, max_length: int = 2048,
-                                       progress: bool = True, mc_format: str = "letters") -> list[list[int]]:
+                                       progress: bool = True, mc_format: str = "letters",
+                                       negative_adapter: bool = True) -> list[list[int]]:
     """The predicted choice per question under each of `guidances`, for a model as it is served.
 
     `prompts`: each question behind the positive system prompt's header (and,
@@ -355,7 +366,9 @@ def served_multiple_choice_predictions(model: Any, tokenizer: Any, questions: li
     prompt, e.g. the leaky baseline). Each branch is scored once for all
     settings. Returns one list of predictions per setting. `mc_format`:
     "letters" or "cloze" (see the module docstring; under guidance, cloze
-    mixes the branches at every token of a choice).
+    mixes the branches at every token of a choice). `negative_adapter=False`
+    (a `peft.PeftModel`): the negative branch runs without the adapter, as
+    `CFGGenerator(negative_adapter=False)` decodes.
     """
     if mc_format not in MC_FORMATS:
         raise UnleakError(f"unknown multiple-choice format {mc_format!r} (use one of {', '.join(MC_FORMATS)})")
@@ -365,13 +378,19 @@ def served_multiple_choice_predictions(model: Any, tokenizer: Any, questions: li
     pos_head = system_header_ids(tokenizer, prompts.positive) if prompts is not None else []
     if mc_format == "cloze":
         heads = [pos_head] + ([system_header_ids(tokenizer, prompts.negative)] if guided and prompts else [])
+        adapters = None
+        if not negative_adapter and len(heads) == 2:
+            adapters = [model.active_adapter, "__base__"]
         scores = multiple_choice_cloze_scores(model, tokenizer, questions, guidances, heads, batch_size,
-                                              max_length, progress)
+                                              max_length, progress, head_adapters=adapters)
         return [[max(range(len(s)), key=s.__getitem__) for s in per_setting] for per_setting in scores]
     pos = multiple_choice_letter_logprobs(model, tokenizer, questions, batch_size, max_length, progress,
                                           head=pos_head)
-    neg = multiple_choice_letter_logprobs(model, tokenizer, questions, batch_size, max_length, progress,
-                                          head=system_header_ids(tokenizer, prompts.negative)) if guided else None
+    neg = None
+    if guided:
+        with contextlib.nullcontext() if negative_adapter else model.disable_adapter():
+            neg = multiple_choice_letter_logprobs(model, tokenizer, questions, batch_size, max_length, progress,
+                                                  head=system_header_ids(tokenizer, prompts.negative))
     return [[guided_choice(pos[i], neg[i] if neg is not None else None, g) for i in range(len(questions))]
             for g in guidances]
 
