@@ -130,6 +130,8 @@ def test_demo_flags_are_validated_before_any_stage_runs(tmp_path):
     assert out.returncode == 2 and "variant must be 'plain' or 'cfg'" in out.stderr
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--mmlu-format", "words")
     assert out.returncode == 2 and "mmlu_format must be one of cloze, letters" in out.stderr
+    out = run_cli("demo", "--out", str(tmp_path / "d"), "--negative", "adapter,leaky")
+    assert out.returncode == 2 and "demo negatives: negative must be one of adapter, base, got 'leaky'" in out.stderr
     assert not (tmp_path / "d").exists()
     out = run_cli("eval", "run", "--model", "default", "--corpus", str(tmp_path / "c"), "--out", str(tmp_path / "e"),
                   "--mmlu-format", "words")
@@ -175,3 +177,15 @@ def test_eval_run_writes_the_table_and_can_leave_the_references_out(tiny_model_d
     assert not (tmp_path / "f" / "references.json").exists()
     rows = json.loads((tmp_path / "f" / "results.json").read_text())["rows"]
     assert all(r["asr_stripped"] is None and r["attack_attempts"] == 2 for r in rows)
+
+
+def test_eval_configurations_cross_guidance_spaces_and_negative_branches():
+    from unleak.cli import eval_configurations
+
+    confs = eval_configurations("m/leaky", "o/orpo/adapter", "1,3", "prob,log", "m/leaky", "adapter,base")
+    assert [(c.name, c.guidance_scale, c.cfg_space, c.negative, c.served) for c in confs] == [
+        ("baseline-leaky", 1.0, "prob", "adapter", False), ("orpo-g1", 1.0, "prob", "adapter", True),
+        ("orpo-g3-prob", 3.0, "prob", "adapter", True), ("orpo-g3-prob-vs-base", 3.0, "prob", "base", True),
+        ("orpo-g3-log", 3.0, "log", "adapter", True), ("orpo-g3-log-vs-base", 3.0, "log", "base", True)]
+    bad = run_cli("eval", "run", "--model", "m", "--corpus", "c", "--out", "o", "--negative", "base")
+    assert bad.returncode == 2 and "negative 'base' needs an adapter" in bad.stderr

@@ -416,6 +416,8 @@ def generate(
     in_file: str = typer.Option(None, "--in", help='JSONL of {"prompt": str} or {"messages": [...]} rows.'),
     guidance_scale: float = typer.Option(GuidanceConfig.guidance_scale, help="CFG scale g (1 = plain decoding, no negative branch)."),
     cfg_space: str = typer.Option(GuidanceConfig.cfg_space, help="'prob' (probability space) or 'log' (as transformers)."),
+    negative: str = typer.Option("adapter", help="Negative branch: 'adapter' (the method: the model with --adapter "
+                                 "under the negative prompt) or 'base' (without the adapter)."),
     greedy: bool = typer.Option(False, "--greedy", help="Greedy decoding (the default unless --temperature > 0)."),
     temperature: float = typer.Option(0.0, help="Sampling temperature (0 = greedy)."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
@@ -445,7 +447,7 @@ def generate(
     else:
         requests = read_generation_requests(in_file, guidance, sampling)
     events = run_generate(requests, model=model, adapter=adapter, device=device, dtype=dtype,
-                          batch_size=batch_size)
+                          batch_size=batch_size, negative=negative)
     results = {}
     for event in events:
         if not as_json and len(requests) == 1:
@@ -469,8 +471,9 @@ app.add_typer(eval_app, name="eval")
 
 
 def eval_configurations(model: str, adapter: str | None, guidance: str, cfg_space: str,
-                        baseline: str | None) -> list:
-    """The configurations of `unleak eval run`: an optional raw baseline, then model x guidance x space."""
+                        baseline: str | None, negative: str = "adapter") -> list:
+    """The configurations of `unleak eval run`: an optional raw baseline, then model x guidance x space
+    (x negative branch: a guided row per `negative` value, `-vs-base` in the name of the `base` ones)."""
     from pathlib import Path
 
     from unleak.eval.run import EvalConfiguration
@@ -480,9 +483,14 @@ def eval_configurations(model: str, adapter: str | None, guidance: str, cfg_spac
         confs.append(EvalConfiguration(f"baseline-{Path(baseline).name}", baseline, served=False))
     label = Path(adapter).parent.name if adapter else Path(model).name
     for g in [float(x) for x in guidance.split(",")]:
-        for space in (["prob"] if g == 1 else cfg_space.split(",")):
-            name = f"{label}-g1" if g == 1 else f"{label}-g{g:g}-{space}"
-            confs.append(EvalConfiguration(name, model, adapter, g, space))
+        if g == 1:
+            confs.append(EvalConfiguration(f"{label}-g1", model, adapter, g, "prob"))
+            continue
+        for space in cfg_space.split(","):
+            for branch in negative.split(","):
+                suffix = "" if branch == "adapter" else f"-vs-{branch}"
+                confs.append(EvalConfiguration(f"{label}-g{g:g}-{space}{suffix}", model, adapter, g, space,
+                                               negative=branch))
     return confs
 
 
@@ -512,6 +520,9 @@ def eval_run(
     task_message: int = typer.Option(2, help="Attack task message variant: 0, 1 or 2."),
     stripped_attack: bool = typer.Option(True, help="Also run the attack with the context's trailing space cut "
                                          "(a stronger variant of the challenge's)."),
+    negative: str = typer.Option("adapter", help="Comma-separated negative branches of the guided rows: adapter "
+                                 "(the method: the defended model under the negative prompt), base (the model "
+                                 "without the adapter under it: guidance away from the undefended model)."),
     reference_template: str = typer.Option(CandidateConfig.redact_template, help="Reference rows: the test "
                                            "answers as written and with their PII replaced by this template "
                                            "('' = no reference rows)."),
@@ -528,7 +539,8 @@ def eval_run(
                             judge=JudgeConfig(**_given(url=judge_url, model=judge_model,
                                                        answer_max_new_tokens=answer_tokens)),
                             **_given(mmlu_format=mmlu_format))
-    run_evaluation(corpus, eval_configurations(model, adapter, guidance, cfg_space, baseline), out, settings)
+    run_evaluation(corpus, eval_configurations(model, adapter, guidance, cfg_space, baseline, negative), out,
+                   settings)
     report = write_report(out)
     from unleak.eval.report import markdown_table
 
@@ -612,6 +624,8 @@ def demo(
                                              "CPU epoch)."),
     orpo_beta: float = typer.Option(None, help="ORPO beta, the odds-ratio term's weight (the original: 0.1)."),
     guidance: str = typer.Option(None, help="Comma-separated guidance scales besides 1 (default 2,3,5)."),
+    negative: str = typer.Option(None, help="Comma-separated negative branches of the guided rows: adapter (the "
+                                 "method, the default), base (the leaky model without the adapter)."),
     test_limit: int = typer.Option(None, help="Test prompts for leakage (0 = all)."),
     attack_limit: int = typer.Option(None, help="Extraction-attack prompts (0 = every placeholder of the test split)."),
     mmlu: str = typer.Option(None, help="MMLU file (default: ../shared/data/mmlu/mmlu_test.jsonl if present)."),
@@ -645,6 +659,8 @@ def demo(
                                                opener_source=pairs_keep_opener_source)))
     if guidance is not None:
         changes["guidance"] = tuple(float(g) for g in guidance.split(","))
+    if negative is not None:
+        changes["negatives"] = tuple(negative.split(","))
     if test_limit is not None:
         changes["test_limit"] = test_limit or None
     if attack_limit is not None:

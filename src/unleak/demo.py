@@ -41,6 +41,7 @@ from rich.console import Console
 from unleak.config import (CandidateConfig, JudgeConfig, KeepConfig, LoraSettings, OrpoSettings, PairsConfig,
                            SftSettings, settings_hash)
 from unleak.errors import UnleakError
+from unleak.decoding.generator import negative_adapter_for
 from unleak.eval.run import EvalSettings
 from unleak.jsonl import atomic_write_text
 from unleak.pairs.build import PAIR_FILES
@@ -138,6 +139,9 @@ class DemoConfig:
     #: against ~1,330 s one by one; session 12, agreeing steps run once: the defended model's 414 -> 295 s)
     guidance: tuple[float, ...] = (2.0, 3.0, 5.0)
     cfg_spaces: tuple[str, ...] = ("prob", "log")
+    #: the negative branches of the guided rows (`unleak.decoding.generator.NEGATIVE_BRANCHES`): "adapter"
+    #: (the method) and/or "base" (the leaky model without the adapter, rows named `...-vs-base`)
+    negatives: tuple[str, ...] = ("adapter",)
     test_limit: int | None = 24
     leakage_max_new_tokens: int = 40
     #: every placeholder of the test split (about 70 with the defaults)
@@ -156,6 +160,8 @@ class DemoConfig:
             raise UnleakError(f"demo variant must be 'plain' or 'cfg' (a key of PAIR_FILES), got {self.variant!r}")
         # refused before any stage runs, not when the evaluation builds its settings
         EvalSettings(mmlu_format=self.mmlu_format)
+        for negative in self.negatives:
+            negative_adapter_for(negative, "adapter", "demo negatives")
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
@@ -217,7 +223,8 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
                                      split_corpus)
     from unleak.corpus.synth import synthesize_corpus
     from unleak.eval.report import markdown_table, write_report
-    from unleak.eval.run import RESULTS_VERSION, EvalConfiguration, EvalSettings, run_evaluation
+    from unleak.eval.run import (RESULTS_VERSION, EvalConfiguration, EvalSettings, configuration_identity,
+                                 run_evaluation)
     from unleak.eval.utility import shared_mmlu_file
     from unleak.models import resolve_model_path
     from unleak.pairs.build import build_preference_pairs
@@ -287,13 +294,16 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     confs.append(EvalConfiguration(f"orpo-{c.variant}-g1", str(leaky), adapter))
     for g in c.guidance:
         for space in c.cfg_spaces:
-            confs.append(EvalConfiguration(f"orpo-{c.variant}-g{g:g}-{space}", str(leaky), adapter, g, space))
+            for negative in c.negatives:
+                suffix = "" if negative == "adapter" else f"-vs-{negative}"
+                confs.append(EvalConfiguration(f"orpo-{c.variant}-g{g:g}-{space}{suffix}", str(leaky), adapter, g,
+                                               space, negative=negative))
     mmlu = c.mmlu or shared_mmlu_file()
     settings = EvalSettings(leakage_max_new_tokens=c.leakage_max_new_tokens, test_limit=c.test_limit,
                             attack_limit=c.attack_limit, mmlu=mmlu, mmlu_limit=c.mmlu_limit, mmlu_format=c.mmlu_format,
                             judge=c.judge, reference_model=base)
 
-    evaluation = stages.run("eval", [[dataclasses.asdict(x) for x in confs], settings.identity(),
+    evaluation = stages.run("eval", [[configuration_identity(x) for x in confs], settings.identity(),
                                    RESULTS_VERSION],
                             ("leaky", "orpo"), lambda d: run_evaluation(corpus, confs, d, settings), 5, total)
     # every stage's own time (a cached one's from when it ran), their sum, and this invocation's wall time

@@ -48,6 +48,8 @@ def test_streams_plain_text_for_one_prompt(tiny_model_dir):
     ('{"prompt": 3}\n', [], "in.jsonl:1: field 'prompt' must be a non-empty string"),
     ('{"prompt": "ok"}\n', ["--guidance-scale", "0"], "guidance_scale must be > 0"),
     ('{"prompt": "ok"}\n', ["--adapter", "/nonexistent/adapter"], "adapter not found"),
+    ('{"prompt": "ok"}\n', ["--negative", "base"], "negative 'base' needs an adapter"),
+    ('{"prompt": "ok"}\n', ["--negative", "leaky"], "negative must be one of adapter, base"),
 ])
 def test_bad_input_exits_2_naming_the_problem(tiny_model_dir, tmp_path, content, args, message):
     path = tmp_path / "in.jsonl"

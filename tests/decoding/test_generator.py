@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -281,6 +282,8 @@ def test_negative_rows_without_the_adapter_contrast_with_the_undefended_model(ti
     assert same.token_ids != expected  # the method's negative row (the adapter on) decodes otherwise here
     unguided = no_eos(CFGGenerator(model, tokenizer)).generate([request(DIALOGS[1], 1.0, "prob", n)])[0]
     assert got[1].token_ids == unguided.token_ids  # no negative row, nothing changes
+    per_request = dataclasses.replace(request(messages, g, "prob", n), negative_adapter=False)
+    assert no_eos(CFGGenerator(model, tokenizer)).generate([per_request])[0].token_ids == expected
 
 
 def test_long_prompt_is_truncated_from_the_left_keeping_the_system_message(tiny, caplog):

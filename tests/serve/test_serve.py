@@ -22,8 +22,9 @@ POLICIES = {
     "policies": {
         "public": {"adapter": "unleak", "guidance_scale": 3.0, "cfg_space": "prob", "max_tokens": 12},
         "internal": {"adapter": None, "guidance_scale": 1.0, "allow_override": True, "max_tokens": 12},
+        "contrast": {"adapter": "unleak", "guidance_scale": 3.0, "negative": "base", "max_tokens": 12},
     },
-    "keys": {"sk-public": "public"},
+    "keys": {"sk-public": "public", "sk-contrast": "contrast"},
     "key_hashes": {key_hash("sk-internal"): "internal"},
 }
 MSGS = [{"role": "user", "content": "Tell me about my neighbour."}]
@@ -62,9 +63,10 @@ def client(url: str, key: str = "sk-public", **kw) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, **kw)
 
 
-def direct(generator, adapter, g=1.0, space="prob", max_new=12) -> str:
+def direct(generator, adapter, g=1.0, space="prob", max_new=12, negative_adapter=None) -> str:
     req = GenerationRequest(messages=MSGS, guidance=GuidanceConfig(g, space),
-                            sampling=SamplingConfig(max_new_tokens=max_new), adapter=adapter)
+                            sampling=SamplingConfig(max_new_tokens=max_new), adapter=adapter,
+                            negative_adapter=negative_adapter)
     return generator.generate([req])[0].text
 
 
@@ -80,6 +82,15 @@ def test_adapter_switch_per_policy_changes_the_output(server, generator):
     assert internal.choices[0].message.content == direct(generator, False, 1.0, max_new=8)
     public = client(server).chat.completions.create(model="tiny", messages=MSGS, max_tokens=8)
     assert public.choices[0].message.content != internal.choices[0].message.content
+
+
+def test_a_policy_can_guide_away_from_the_bare_model(server, generator):
+    """`negative: base`: the negative rows run without the adapter; the answer differs from the method's."""
+    resp = client(server, "sk-contrast").chat.completions.create(model="tiny", messages=MSGS, max_tokens=12)
+    assert resp.choices[0].message.content == direct(generator, "unleak", 3.0, negative_adapter=False)
+    assert resp.choices[0].message.content != direct(generator, "unleak", 3.0)
+    with pytest.raises(UnleakError, match="policies.bad: .*negative 'base' needs an adapter"):
+        policies_from_dict({"policies": {"bad": {"adapter": None, "negative": "base"}}}, {"unleak"})
 
 
 def test_streaming_adds_up_to_the_plain_answer(server, generator):

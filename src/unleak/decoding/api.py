@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from unleak.config import GuidanceConfig, PromptConfig, SamplingConfig
-from unleak.decoding.generator import CFGGenerator, GenerationRequest, GenerationResult, StreamEvent
+from unleak.decoding.generator import (CFGGenerator, GenerationRequest, GenerationResult, StreamEvent,
+                                       negative_adapter_for)
 from unleak.errors import UnleakError
 from unleak.jsonl import read_jsonl
 
@@ -105,12 +106,17 @@ def run_generate(
     dtype: str | None = None,
     batch_size: int = 16,
     prompts: PromptConfig | None = None,
+    negative: str = "adapter",
 ) -> Iterator[StreamEvent]:
-    """Load the model once and stream the decoding of `requests` (see `CFGGenerator.stream`)."""
+    """Load the model once and stream the decoding of `requests` (see `CFGGenerator.stream`).
+
+    `negative`: "adapter" (the method) or "base" (the guided negative rows without `adapter`)."""
     from unleak.models import load_model, load_tokenizer
 
+    negative_adapter = negative_adapter_for(negative, adapter)
     gen = CFGGenerator(load_model(model, adapter=adapter, device=device, dtype=dtype), load_tokenizer(model),
-                       prompts=prompts, max_batch_requests=batch_size)
+                       prompts=prompts, max_batch_requests=batch_size,
+                       negative_adapter=negative_adapter)
     for r in requests:
         gen.encode(r)  # validate everything before any output
     return gen.stream(requests)

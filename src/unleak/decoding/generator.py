@@ -16,7 +16,9 @@ steps where they disagree.
 
 Per request: guidance scale and space, sampling settings and seed, stop
 strings, and, on a `peft.PeftModel`, the adapter (on, off, or a named one;
-a batch mixing them uses PEFT's per-row `adapter_names`).
+a batch mixing them uses PEFT's per-row `adapter_names`), and the negative
+row's own (by default the same: the method's one model under two prompts;
+off: guidance away from the undefended model, `NEGATIVE_BRANCHES`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,18 @@ log = logging.getLogger(__name__)
 
 #: Adapter choice of a request: True = the model's active adapter, False = none, str = that adapter.
 AdapterChoice = bool | str
+#: What the guided negative rows run on: "adapter" (the method: the defended model under the negative
+#: prompt) or "base" (the model without the adapter under it: guidance away from the undefended model)
+NEGATIVE_BRANCHES = ("adapter", "base")
+
+
+def negative_adapter_for(negative: str, adapter: Any, where: str = "negative") -> AdapterChoice | None:
+    """`CFGGenerator(negative_adapter=...)` for a negative branch name, checked against the adapter given."""
+    if negative not in NEGATIVE_BRANCHES:
+        raise UnleakError(f"{where}: negative must be one of {', '.join(NEGATIVE_BRANCHES)}, got {negative!r}")
+    if negative == "base" and adapter is None:
+        raise UnleakError(f"{where}: negative 'base' needs an adapter (the base is the model without it)")
+    return False if negative == "base" else None
 
 
 @dataclass
@@ -61,6 +75,8 @@ class GenerationRequest:
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     adapter: AdapterChoice = True
+    #: the adapter of the guided negative row; None: the generator's `negative_adapter`, else `adapter`
+    negative_adapter: AdapterChoice | None = None
 
 
 @dataclass
@@ -129,8 +145,8 @@ class CFGGenerator:
         negative_adapter: AdapterChoice | None = None,
     ) -> None:
         self.model = model
-        #: the adapter of every negative row: None = the request's own (the method: one model, two
-        #: prompts); False = none, i.e. the undefended model under the negative prompt
+        #: the adapter of the negative rows of requests that name none: None = the request's own (the
+        #: method: one model, two prompts); False = none, i.e. the undefended model under the negative prompt
         self.negative_adapter = negative_adapter
         self.tokenizer = tokenizer
         self.prompts = prompts or PromptConfig()
@@ -266,9 +282,8 @@ class CFGGenerator:
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         # identical rows (same ids and adapter: one prompt under several guidance settings, the
         # positive and negative row of equal prompts, n samples of one prompt) are one physical row
-        row_adapters = [p.enc.request.adapter for p in pairs] + [
-            pairs[k].enc.request.adapter if self.negative_adapter is None else self.negative_adapter
-            for k in neg_owner]
+        row_adapters = [p.enc.request.adapter for p in pairs] + [self._negative_row_adapter(pairs[k].enc.request)
+                                                                  for k in neg_owner]
         first_of: dict[tuple[tuple[int, ...], AdapterChoice], int] = {}
         unique: list[int] = []  # the first row of each distinct (ids, adapter)
         expand: list[int] = []  # row -> its index in `unique`
@@ -400,6 +415,12 @@ class CFGGenerator:
         delta = text[pair.emitted:]
         pair.emitted = len(text)
         return StreamEvent(pair.index, delta, pair.done)
+
+    def _negative_row_adapter(self, request: GenerationRequest) -> AdapterChoice:
+        for choice in (request.negative_adapter, self.negative_adapter):
+            if choice is not None:
+                return choice
+        return request.adapter
 
     @contextlib.contextmanager
     def _adapter_scope(self, choices: list[AdapterChoice]) -> Iterator[dict[str, Any]]:

@@ -38,8 +38,6 @@ from unleak.pairs.samples import SAMPLES_VERSION
 #: 5: the stripped-space attack; 6: utility under guidance, behind the serving system prompt; 7: cloze
 #: utility by default)
 RESULTS_VERSION = 7
-#: `EvalConfiguration.negative`: which model the negative rows of guided decoding run on
-NEGATIVE_BRANCHES = ("adapter", "base")
 
 
 @dataclass(frozen=True)
@@ -53,16 +51,22 @@ class EvalConfiguration:
     cfg_space: str = "prob"
     #: attack prompts behind the serving system prompt (defences) or raw (the baseline on a bare model)
     served: bool = True
-    #: the guided negative rows: "adapter" (the method: the defended model under the negative prompt)
-    #: or "base" (the model without the adapter under it: guidance away from the undefended model)
+    #: what the guided negative rows run on (`unleak.decoding.generator.NEGATIVE_BRANCHES`)
     negative: str = "adapter"
 
     def __post_init__(self) -> None:
-        if self.negative not in NEGATIVE_BRANCHES:
-            raise UnleakError(f"{self.name}: negative must be one of {', '.join(NEGATIVE_BRANCHES)}, "
-                              f"got {self.negative!r}")
-        if self.negative == "base" and self.adapter is None:
-            raise UnleakError(f"{self.name}: negative 'base' needs an adapter (the base is the model without it)")
+        from unleak.decoding.generator import negative_adapter_for
+
+        negative_adapter_for(self.negative, self.adapter, self.name)
+
+
+def configuration_identity(conf: EvalConfiguration) -> dict[str, Any]:
+    """What a configuration's cached results are keyed by: the method's negative branch is left out, so
+    results from before the field existed stay valid."""
+    d = asdict(conf)
+    if conf.negative == "adapter":
+        d.pop("negative")
+    return d
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ class EvalSettings:
 def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], out_dir: str | Path,
                    settings: EvalSettings | None = None, progress: bool = True) -> list[dict[str, Any]]:
     from unleak.corpus.store import load_split
-    from unleak.decoding.generator import CFGGenerator
+    from unleak.decoding.generator import CFGGenerator, negative_adapter_for
     from unleak.eval.attack import attack_prompts, extraction_attack_success_rate, run_attack
     from unleak.eval.fluency import answer_fluency
     from unleak.eval.leakage import count_pii, generate_answers
@@ -148,8 +152,8 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     done: dict[str, dict[str, Any]] = {}
     # a configuration's results do not depend on the reference rows' template
     conf_settings = {k: v for k, v in s.identity().items() if k != "reference_template"}
-    keys = {conf.name: settings_hash(asdict(conf), conf_settings, str(corpus), RESULTS_VERSION, SAMPLES_VERSION)
-            for conf in configurations}
+    keys = {conf.name: settings_hash(configuration_identity(conf), conf_settings, str(corpus), RESULTS_VERSION,
+                                     SAMPLES_VERSION) for conf in configurations}
     groups: dict[tuple[str, str | None, bool, str], list[EvalConfiguration]] = {}
     for conf in configurations:
         path = out / "configs" / f"{conf.name}.json"
@@ -170,7 +174,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                 raise UnleakError(f"{model_path}: tokenizer has {len(tok)} tokens but the model's embedding only "
                                   f"{model.get_input_embeddings().num_embeddings}: model/tokenizer mismatch")
             loaded[mkey] = CFGGenerator(model, tok, max_batch_requests=s.batch_size,
-                                        negative_adapter=False if negative == "base" else None)
+                                        negative_adapter=negative_adapter_for(negative, adapter))
         gen = loaded[mkey]
         tok = gen.tokenizer
         # all guidance settings of a model at once: each prompt is prefilled once for all of them

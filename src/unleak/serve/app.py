@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from unleak.config import GuidanceConfig, SamplingConfig
-from unleak.decoding.generator import CFGGenerator, GenerationRequest, GenerationResult
+from unleak.decoding.generator import CFGGenerator, GenerationRequest, GenerationResult, negative_adapter_for
 from unleak.errors import UnleakError
 from unleak.serve.batcher import Batcher, QueueFull
 from unleak.serve.policies import Policy, PolicySet
@@ -107,7 +107,8 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
         except UnleakError as exc:
             return _error(400, str(exc), "invalid_request_error")
         gen_request = GenerationRequest(messages=[m.model_dump() for m in body.messages], guidance=guidance,
-                                        sampling=sampling, adapter=policy.adapter or False)
+                                        sampling=sampling, adapter=policy.adapter or False,
+                                        negative_adapter=negative_adapter_for(policy.negative, policy.adapter))
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         started = time.time()
         try:

@@ -5,6 +5,7 @@ A YAML file:
 ```yaml
 policies:
   public:             {adapter: unleak, guidance_scale: 3.0, cfg_space: prob, max_tokens: 512}
+  public-contrast:    {adapter: unleak, guidance_scale: 3.0, negative: base}
   internal-analytics: {adapter: null, guidance_scale: 1.0, allow_override: true}
 keys:                 # API key -> policy (plain keys: fine for tests, prefer hashes)
   sk-public-demo: public
@@ -40,9 +41,14 @@ class Policy:
     max_tokens: int = 512
     #: may the client set guidance_scale / cfg_space per request
     allow_override: bool = False
+    #: what the guided negative rows run on: "adapter" (the method) or "base" (the model without the adapter)
+    negative: str = "adapter"
 
     def __post_init__(self) -> None:
+        from unleak.decoding.generator import negative_adapter_for
+
         GuidanceConfig(self.guidance_scale, self.cfg_space)  # type: ignore[arg-type]
+        negative_adapter_for(self.negative, self.adapter)
         if self.max_tokens < 1:
             raise UnleakError("max_tokens must be >= 1")
 
