@@ -41,7 +41,6 @@ from rich.console import Console
 from unleak.config import (CandidateConfig, JudgeConfig, KeepConfig, LoraSettings, OrpoSettings, PairsConfig,
                            SftSettings, settings_hash)
 from unleak.errors import UnleakError
-from unleak.decoding.generator import negative_adapter_for
 from unleak.eval.run import EvalSettings
 from unleak.jsonl import atomic_write_text
 from unleak.pairs.build import PAIR_FILES
@@ -160,6 +159,8 @@ class DemoConfig:
             raise UnleakError(f"demo variant must be 'plain' or 'cfg' (a key of PAIR_FILES), got {self.variant!r}")
         # refused before any stage runs, not when the evaluation builds its settings
         EvalSettings(mmlu_format=self.mmlu_format)
+        from unleak.decoding.generator import negative_adapter_for
+
         for negative in self.negatives:
             negative_adapter_for(negative, "adapter", "demo negatives")
 
