@@ -476,7 +476,7 @@ def eval_configurations(model: str, adapter: str | None, guidance: str, cfg_spac
     (x negative branch: a guided row per `negative` value, `-vs-base` in the name of the `base` ones)."""
     from pathlib import Path
 
-    from unleak.eval.run import EvalConfiguration
+    from unleak.eval.run import EvalConfiguration, guided_name
 
     confs = []
     if baseline:
@@ -487,10 +487,8 @@ def eval_configurations(model: str, adapter: str | None, guidance: str, cfg_spac
             confs.append(EvalConfiguration(f"{label}-g1", model, adapter, g, "prob"))
             continue
         for space in cfg_space.split(","):
-            for branch in negative.split(","):
-                suffix = "" if branch == "adapter" else f"-vs-{branch}"
-                confs.append(EvalConfiguration(f"{label}-g{g:g}-{space}{suffix}", model, adapter, g, space,
-                                               negative=branch))
+            confs += [EvalConfiguration(guided_name(label, g, space, branch), model, adapter, g, space,
+                                        negative=branch) for branch in negative.split(",")]
     return confs
 
 

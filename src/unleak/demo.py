@@ -225,7 +225,7 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     from unleak.corpus.synth import synthesize_corpus
     from unleak.eval.report import markdown_table, write_report
     from unleak.eval.run import (RESULTS_VERSION, EvalConfiguration, EvalSettings, configuration_identity,
-                                 run_evaluation)
+                                 guided_name, run_evaluation)
     from unleak.eval.utility import shared_mmlu_file
     from unleak.models import resolve_model_path
     from unleak.pairs.build import build_preference_pairs
@@ -295,10 +295,8 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     confs.append(EvalConfiguration(f"orpo-{c.variant}-g1", str(leaky), adapter))
     for g in c.guidance:
         for space in c.cfg_spaces:
-            for negative in c.negatives:
-                suffix = "" if negative == "adapter" else f"-vs-{negative}"
-                confs.append(EvalConfiguration(f"orpo-{c.variant}-g{g:g}-{space}{suffix}", str(leaky), adapter, g,
-                                               space, negative=negative))
+            confs += [EvalConfiguration(guided_name(f"orpo-{c.variant}", g, space, negative), str(leaky), adapter,
+                                        g, space, negative=negative) for negative in c.negatives]
     mmlu = c.mmlu or shared_mmlu_file()
     settings = EvalSettings(leakage_max_new_tokens=c.leakage_max_new_tokens, test_limit=c.test_limit,
                             attack_limit=c.attack_limit, mmlu=mmlu, mmlu_limit=c.mmlu_limit, mmlu_format=c.mmlu_format,

@@ -467,6 +467,9 @@ def test_negative_branch_without_the_adapter_in_multiple_choice(tiny_model_dir):
             with model.disable_adapter():
                 ln = model(input_ids=neg).logits[:, -1].float()
         assert letters[0][i] == int(cfg_scores(lp, ln, 8.0, "log")[0, letter_token_ids(tok, 3)].argmax())
+    with pytest.raises(UnleakError, match="needs a peft.PeftModel"):
+        served_multiple_choice_predictions(load_model(str(tiny_model_dir)), tok, qs, [g], prompts, progress=False,
+                                           negative_adapter=False)
 
 
 def test_evaluation_with_the_negative_branch_on_the_base_model(tiny_model_dir, tmp_path):

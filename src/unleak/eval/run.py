@@ -60,6 +60,12 @@ class EvalConfiguration:
         negative_adapter_for(self.negative, self.adapter, self.name)
 
 
+def guided_name(label: str, guidance_scale: float, cfg_space: str, negative: str = "adapter") -> str:
+    """A guided configuration's row name: `LABEL-g3-prob`, with `-vs-base` when the negative rows run without
+    the adapter."""
+    return f"{label}-g{guidance_scale:g}-{cfg_space}" + ("" if negative == "adapter" else f"-vs-{negative}")
+
+
 def configuration_identity(conf: EvalConfiguration) -> dict[str, Any]:
     """What a configuration's cached results are keyed by: the method's negative branch is left out, so
     results from before the field existed stay valid."""

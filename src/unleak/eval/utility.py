@@ -375,6 +375,8 @@ def served_multiple_choice_predictions(model: Any, tokenizer: Any, questions: li
     if mc_format == "generative":
         raise UnleakError("generative utility is scored by a judge: use served_generative_answers and judge_answers")
     guided = prompts is not None and any(g.guidance_scale != 1.0 for g in guidances)
+    if not negative_adapter and guided and not hasattr(model, "disable_adapter"):
+        raise UnleakError("a negative branch without the adapter needs a peft.PeftModel")
     pos_head = system_header_ids(tokenizer, prompts.positive) if prompts is not None else []
     if mc_format == "cloze":
         heads = [pos_head] + ([system_header_ids(tokenizer, prompts.negative)] if guided and prompts else [])
