@@ -36,7 +36,6 @@ over the same questions).
 from __future__ import annotations
 
 import contextlib
-
 import json
 import math
 import random

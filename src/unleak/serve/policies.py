@@ -41,7 +41,7 @@ class Policy:
     max_tokens: int = 512
     #: may the client set guidance_scale / cfg_space per request
     allow_override: bool = False
-    #: what the guided negative rows run on: "adapter" (the method) or "base" (the model without the adapter)
+    #: what the guided negative rows run on (`unleak.decoding.generator.NEGATIVE_BRANCHES`)
     negative: str = "adapter"
 
     def __post_init__(self) -> None:
