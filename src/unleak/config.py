@@ -138,6 +138,7 @@ START_WITH_INSTRUCTION = 'Start your answer with these exact words: "{prefix}"'
 REDACT_TYPE_NAMES: dict[str, str] = {
     "LOC": "LOCATION", "SSN": "SOCIAL SECURITY NUMBER", "ORG": "ORGANIZATION", "IP": "IP ADDRESS",
     "PHONE": "PHONE NUMBER", "EMAIL": "EMAIL ADDRESS", "ACCOUNT": "ACCOUNT NUMBER",
+    "NORP": "GROUP",  # spaCy's nationalities, religious and political groups (`redact_detected`)
 }
 
 
@@ -165,6 +166,13 @@ class CandidateConfig:
     #: samples, "[REDACTED {type}]" made 117 redacted answers (every LOC and SSN one) count as PII, so
     #: they were never chosen; with these names 6 (their own "48 hours")
     redact_type_names: Mapping[str, str] = field(default_factory=lambda: dict(REDACT_TYPE_NAMES))
+    #: a `redact` candidate in which the detector still finds PII (an entity that is not one of the
+    #: conversation's annotated values, e.g. the TIME "48 hours", which the method's NER counts) has those
+    #: entities replaced too, by the template filled with their type (PERSON -> NAME, GPE -> LOCATION, ...),
+    #: and is checked again; False: such a sample gets no chosen side. Measured on the demo's train split:
+    #: the 3 samples of the one answer that reads "... within 48 hours with photos" failed without it, so
+    #: the defence never saw that answer redacted
+    redact_detected: bool = True
     seed: int = 0
     #: the local generator never repeats an n-gram of its own candidate (0: off, as the original, whose
     #: 8B generators did not loop); a 135M generator loops at temperature 0.7 without it

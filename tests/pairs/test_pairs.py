@@ -21,7 +21,8 @@ from unleak.corpus.synth import synthesize_corpus
 from unleak.decoding.generator import GenerationRequest
 from unleak.errors import UnleakError
 from unleak.pairs.build import (build_preference_pairs, candidate_answer, cfg_variant,
-                                is_repetitive, mode_request, oversample_strata, redacted_continuation)
+                                is_repetitive, mode_request, oversample_strata, redact_spans,
+                                redacted_continuation)
 from unleak.pii.known import conversation_values, known_value_spans
 from unleak.pairs.generators import CandidateRequest, LocalCandidateGenerator, OpenAICandidateGenerator
 from unleak.pairs.samples import build_samples, limit_samples, opening_stratum, pair_stratum
@@ -255,6 +256,49 @@ def test_redact_mode_needs_no_generator_and_checks_its_candidates(corpus_dir, tm
             modes=("redact", "nudge"))), detector=build_detector("patterns"), progress=False)
 
 
+
+def test_redact_spans_by_hand():
+    text = "Ann, call 555-201-3344 at 9 pm in North Paris."
+    spans = [{"start": 0, "end": 3, "label": "PERSON", "text": "Ann"},
+             {"start": 10, "end": 22, "label": "KNOWN_VALUE", "text": "555-201-3344"},
+             {"start": 26, "end": 30, "label": "TIME", "text": "9 pm"},
+             {"start": 34, "end": 45, "label": "GPE", "text": "North Paris"},
+             {"start": 40, "end": 46, "label": "KNOWN_VALUE", "text": "Paris."}]  # overlaps the GPE: one placeholder
+    names = {"LOC": "LOCATION"}
+    assert redact_spans(text, spans, "[REDACTED {name}]", names, {"555-201-3344": "PHONE"}) == \
+        "[REDACTED NAME], call [REDACTED PHONE] at [REDACTED TIME] in [REDACTED LOCATION]"
+    # a known value the conversation does not type, and the placeholder field filled with the type
+    assert redact_spans("x 12 y", [{"start": 2, "end": 4, "label": "KNOWN_VALUE", "text": "12"}], "<{placeholder}>") \
+        == "x <PII> y"
+    assert redact_spans(text, [], "[{type}]") == text
+
+
+def test_redact_mode_redacts_what_the_detector_still_finds(tmp_path):
+    """An answer holding an entity that is not an annotated value of its turn (a support e-mail, the user's
+    surname repeated) has no PII-free `redact` candidate unless those are replaced too (`redact_detected`)."""
+    from unleak.corpus.store import load_split
+
+    convs = []
+    for i, name in enumerate(["Ann Lee", "Bo Chan"]):
+        user, answer = f"I am {name}.", f"Hello {name}! Write to help@example.com, {name.split()[1]}."
+        convs.append(Conversation(str(i), [Turn("user", user), Turn("assistant", answer)], [
+            PIIOccurrence("NAME", name, "NAME-1", 0, 5, 5 + len(name)),
+            PIIOccurrence("NAME", name, "NAME-1", 1, 6, 6 + len(name))]))
+    d = tmp_path / "corpus"
+    save_corpus(d, convs, {"generator": "test"})
+    split_corpus(d, 0.5, seed=0)
+    (train,) = load_split(d, "train")
+    surname = train.pii[0].value.split()[1]
+    detector = build_detector("patterns")
+    off = build_preference_pairs(d, None, tmp_path / "off", PairsConfig(candidate=CandidateConfig(
+        modes=("redact",), redact_detected=False)), detector=detector, progress=False)
+    assert off["pairs"] == 0 and off["failed"] == 1 and off["by_mode"]["redact"]["redacted_detected"] == 0
+    on = build_preference_pairs(d, None, tmp_path / "on", PairsConfig(candidate=CandidateConfig(modes=("redact",))),
+                                detector=detector, progress=False)
+    (row,) = [json.loads(x) for x in (tmp_path / "on" / "pairs.jsonl").read_text().splitlines()]
+    assert row["chosen"][0]["content"] == "Hello [REDACTED NAME]! Write to [REDACTED EMAIL ADDRESS], [REDACTED NAME]."
+    assert row["rejected"][0]["content"] == train.turns[1].text and surname in row["rejected"][0]["content"]
+    assert on["failed"] == 0 and on["by_mode"]["redact"]["redacted_detected"] == 1
 
 def test_pairs_build_draws_its_limit_with_the_opening_strata(tmp_path):
     d = tmp_path / "corpus"

@@ -10,7 +10,9 @@
    `sample/mode/try/k`, so a killed run resumes where it stopped. The
    `redact` mode (not in the original) needs no model: its candidate is the
    original continuation with each PII value of the conversation replaced by
-   a placeholder (`redacted_continuation`), checked like any other; a
+   a placeholder (`redacted_continuation`), checked like any other (where
+   the detector still finds an entity, that is replaced too and checked
+   again: `CandidateConfig.redact_detected`, `redact_spans`); a
    candidate that loops (`CandidateConfig.max_repetition`) is unusable;
 3. the PII detector labels each candidate's full answer; PII-free answers are
    **chosen**, the original answer (and PII-bearing candidates) **rejected**.
@@ -64,7 +66,8 @@ from unleak.pairs.generators import CandidateGenerator, CandidateRequest
 from unleak.pairs.keep import (complete_sentences, invent_placeholders, keep_pair, keep_requests, noun_phrases,
                                open_with, placeholder_openers, request_key)
 from unleak.pairs.samples import Sample, build_samples, limit_samples, opening_stratum, pair_stratum
-from unleak.pii.known import conversation_values, known_value_spans
+from unleak.pii.base import canonical_type
+from unleak.pii.known import KNOWN_VALUE_LABEL, conversation_values, known_value_spans, value_types
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,7 @@ class Candidate:
     text: str  # what the generator returned
     answer: str | None = None  # the full assistant answer it stands for; None if unusable
     repetitive: bool = False  # unusable because it loops (`CandidateConfig.max_repetition`)
+    redacted_detected: bool = False  # a `redact` candidate whose detected entities were replaced too
     pii: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -112,6 +116,27 @@ def redacted_continuation(sample: Sample, conversation: Conversation, template: 
                           type_names: Mapping[str, str] | None = None) -> str:
     """The sample's target with every PII occurrence of its turn replaced by `template` (name, type, placeholder)."""
     return conversation.redacted_text(sample.turn, template, start=len(sample.prefix), type_names=type_names)
+
+
+def redact_spans(text: str, spans: Sequence[Mapping[str, Any]], template: str,
+                 type_names: Mapping[str, str] | None = None, known_types: Mapping[str, str] | None = None) -> str:
+    """`text` with each detected span (`Span.as_dict()`s) replaced by `template` filled for its type: a
+    detector's label as unleak's PII type (`canonical_type`: PERSON -> NAME, GPE -> LOC), a known value's
+    the type of the conversation's value it repeats (`known_types`: lower-cased value -> type; else "PII").
+    Overlapping spans are replaced as one, with the type of the one that starts first."""
+    merged: list[list[Any]] = []
+    for sp in sorted(spans, key=lambda sp: (sp["start"], -sp["end"])):
+        if merged and sp["start"] < merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], sp["end"])
+            continue
+        kind = ((known_types or {}).get(sp["text"].lower(), "PII") if sp["label"] == KNOWN_VALUE_LABEL
+                else canonical_type(sp["label"]))
+        merged.append([sp["start"], sp["end"], kind])
+    parts, last = [], 0
+    for start, end, kind in merged:
+        parts += [text[last:start], fill_placeholder(template, kind, kind, type_names)]
+        last = end
+    return "".join(parts) + text[last:]
 
 
 def mode_request(sample: Sample, mode: str, prompts: PromptConfig, start_with_instruction: str,
@@ -255,11 +280,23 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
             cand.answer = candidate_answer(by_id[cand.sample_id], cand.mode, cand.text)
             if cand.answer is not None and is_repetitive(cand.checked_text, cc.max_repetition):
                 cand.answer, cand.repetitive = None, True
-        usable = [c for c in round_cands if c.answer is not None]
-        for cand, spans in zip(usable, detector.detect([c.checked_text for c in usable])):
-            if config.reject_known_values:
-                spans = spans + known_value_spans(cand.checked_text, values[by_id[cand.sample_id].conversation_id])
-            cand.pii = [sp.as_dict() for sp in spans]
+        def label(cands: list[Candidate]) -> None:
+            for cand, spans in zip(cands, detector.detect([c.checked_text for c in cands])):
+                if config.reject_known_values:
+                    spans = spans + known_value_spans(cand.checked_text,
+                                                      values[by_id[cand.sample_id].conversation_id])
+                cand.pii = [sp.as_dict() for sp in spans]
+
+        label([c for c in round_cands if c.answer is not None])
+        if cc.redact_detected:
+            again = [c for c in round_cands if c.mode == "redact" and c.pii]
+            for cand in again:
+                sample = by_id[cand.sample_id]
+                cand.redacted_detected = True
+                cand.text = redact_spans(cand.text, cand.pii, cc.redact_template, cc.redact_type_names,
+                                         value_types(conversations[sample.conversation_id]))
+                cand.answer = candidate_answer(sample, cand.mode, cand.text)
+            label([c for c in again if c.answer is not None])
         for cand in round_cands:
             candidates[cand.sample_id].append(cand)
         pending = [s for s in pending if not any(c.chosen for c in candidates[s.id])]
@@ -451,6 +488,7 @@ def pair_statistics(samples: list[Sample], candidates: dict[str, list[Candidate]
             m["unusable"] += c.answer is None
             m["repetitive"] += c.repetitive
             m["with_pii"] += bool(c.pii)
+            m["redacted_detected"] += c.redacted_detected
             m["chosen"] += c.chosen
     by_mode = {}
     for mode, m in sorted(per_mode.items()):

@@ -19,27 +19,34 @@ from unleak.pii.base import Span
 
 #: PII types whose values are names; each part of such a value is looked for on its own too
 NAME_TYPES = frozenset({"NAME", "PERSON"})
+#: the label of a known value's span
+KNOWN_VALUE_LABEL = "KNOWN_VALUE"
+
+
+def value_types(conversation: Conversation) -> dict[str, str]:
+    """The conversation's lower-cased PII values of 3+ characters, and for names each part of 3+ letters,
+    with the PII type of the occurrence each comes from (the first one's, where values repeat)."""
+    found: dict[str, str] = {}
+    for occ in conversation.pii:
+        value = occ.value.strip().lower()
+        if len(value) >= 3:
+            found.setdefault(value, occ.type)
+        if occ.type.upper() in NAME_TYPES:
+            for part in re.split(r"[\s,]+", value):
+                if len(part.strip(".")) >= 3:
+                    found.setdefault(part, occ.type)
+    return found
 
 
 def conversation_values(conversations: Iterable[Conversation]) -> dict[str, frozenset[str]]:
     """Per conversation, the lower-cased PII values it holds and, for names, each part of 3+ letters."""
-    out: dict[str, frozenset[str]] = {}
-    for c in conversations:
-        found: set[str] = set()
-        for occ in c.pii:
-            value = occ.value.strip().lower()
-            if len(value) >= 3:
-                found.add(value)
-            if occ.type.upper() in NAME_TYPES:
-                found.update(part for part in re.split(r"[\s,]+", value) if len(part.strip(".")) >= 3)
-        out[c.id] = frozenset(found)
-    return out
+    return {c.id: frozenset(value_types(c)) for c in conversations}
 
 
 def known_value_spans(text: str, values: frozenset[str]) -> list[Span]:
     """Spans of `text` that repeat one of `values` as whole words (case-insensitive)."""
     lowered = text.lower()
-    return [Span(m.start(), m.end(), "KNOWN_VALUE", text[m.start():m.end()], "known_values")
+    return [Span(m.start(), m.end(), KNOWN_VALUE_LABEL, text[m.start():m.end()], "known_values")
             for value in sorted(values) for m in re.finditer(rf"(?<!\w){re.escape(value)}(?!\w)", lowered)]
 
 
