@@ -60,6 +60,10 @@ def test_pairs_build_redact_mode_without_a_model(tmp_path):
     assert out.returncode == 0, out.stderr
     rows = [json.loads(x) for x in (tmp_path / "p" / "pairs.jsonl").read_text().splitlines()]
     assert rows and all("<" in r["chosen"][0]["content"] and r["generator"] == "none" for r in rows)
+    assert json.loads((tmp_path / "p" / "stats.json").read_text())["config"]["candidate"]["redact_detected"] is True
+    only = run_cli(*common, "--out", str(tmp_path / "v"), "--modes", "redact", "--redact-values-only")
+    assert only.returncode == 0, only.stderr
+    assert json.loads((tmp_path / "v" / "stats.json").read_text())["config"]["candidate"]["redact_detected"] is False
     refused = run_cli(*common, "--out", str(tmp_path / "q"), "--modes", "redact,nudge")
     assert refused.returncode != 0 and "need a generator" in refused.stderr
     users = run_cli(*common, "--out", str(tmp_path / "u"), "--modes", "redact", "--user-turns", "-1")

@@ -207,6 +207,10 @@ def pairs_build(
     redact_template: str = typer.Option(None, help="redact: what replaces a PII value; {name} (the type in "
                                                    "words), {type} and {placeholder} are filled in (default "
                                                    f"{CandidateConfig.redact_template!r})."),
+    redact_detected: bool = typer.Option(None, "--redact-detected/--redact-values-only",
+                                         help="redact: also replace what the detector still finds in the "
+                                              "redacted answer (an unannotated entity, e.g. '48 hours'; the "
+                                              "default) or leave such a sample without a chosen side."),
     max_tries: int = typer.Option(None, help="Rounds for samples without a PII-free candidate "
                                                  f"(default {CandidateConfig.max_tries})."),
     max_new_tokens: int = typer.Option(None, help="Tokens per candidate "
@@ -251,7 +255,7 @@ def pairs_build(
     base = load_config(PairsConfig, config)
     cand = load_config(CandidateConfig, None, base=base.candidate, **_given(
         candidates=candidates, max_tries=max_tries, max_new_tokens=max_new_tokens, redact_template=redact_template,
-        no_repeat_ngram_size=no_repeat_ngram_size, max_repetition=max_repetition,
+        redact_detected=redact_detected, no_repeat_ngram_size=no_repeat_ngram_size, max_repetition=max_repetition,
         modes=tuple(modes.split(",")) if modes else None))
     pii = load_config(PIIConfig, None, base=base.pii, **_given(profile=profile))
     kept = load_config(KeepConfig, None, base=base.keep, **_given(requests=keep, source=keep_source,
