@@ -157,6 +157,25 @@ def test_shared_prompt_forward_equals_the_concatenated_one(tiny_model_dir, defau
         torch.testing.assert_close(g_shared[name], g_whole[name], rtol=1e-3, atol=1e-5, msg=name)
 
 
+def test_orpo_is_reproducible_whatever_ran_before(tiny_model_dir, pairs_file, tmp_path):
+    """The LoRA weights are drawn from the settings' seed, not from whatever random state the process is in
+    (the demo trains after other stages, or after cached ones): the same seed gives the same adapter."""
+    from safetensors.torch import load_file
+
+    from unleak.train.orpo import train_orpo
+
+    def adapter(name: str, seed: int, rng_draws: int) -> dict[str, torch.Tensor]:
+        torch.rand(rng_draws)  # a process that did something random before
+        path = train_orpo(str(tiny_model_dir), pairs_file, tmp_path / name, OrpoSettings(
+            epochs=1, learning_rate=5e-3, save_per_epoch=False, seed=seed), quiet=True)
+        return load_file(path / "adapter_model.safetensors")
+
+    first, again, other = adapter("a", 0, 1), adapter("b", 0, 7), adapter("c", 1, 1)
+    assert first.keys() == again.keys() == other.keys() and first
+    for k in first:
+        torch.testing.assert_close(first[k], again[k], rtol=0, atol=0)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
 def test_merge_equals_adapter(tiny_model_dir, pairs_file, tmp_path):
     from unleak.models import load_model
     from unleak.train.merge import merge_adapter

@@ -144,7 +144,12 @@ def train_orpo(model: str, pairs_file: str | Path, out_dir: str | Path, settings
         (out / "train_log.jsonl").unlink(missing_ok=True)
     (out / "settings.json").write_text(json.dumps(
         {**dataclasses.asdict(s), "model": str(model), "pairs": str(pairs_file)}, indent=2, default=str))
-    # the frozen base in the hardware's dtype (bf16 on capable GPUs, as the original); PEFT keeps LoRA in fp32
+    # the frozen base in the hardware's dtype (bf16 on capable GPUs, as the original); PEFT keeps LoRA in fp32.
+    # The LoRA weights are drawn from the settings' seed: the Trainer seeds only after the model exists, and
+    # the process's random state before depends on what ran in it (the demo's earlier stages, or none)
+    from transformers import set_seed
+
+    set_seed(s.seed)
     peft_model = lora_model(load_model(model, device=training_device(), trainable=True), s)
     args = training_arguments(out, epochs=s.epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
                               min_lr_ratio=s.min_lr_ratio, warmup_steps=s.warmup_steps,
