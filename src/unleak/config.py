@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 
@@ -42,6 +42,7 @@ NON_PII_NER_LABELS: tuple[str, ...] = EXCLUDED_NER_LABELS + (
     "TIME", "QUANTITY", "PERCENT", "MONEY", "LANGUAGE", "WORK_OF_ART", "LAW", "EVENT", "NORP")
 
 CfgSpace = Literal["log", "prob"]
+CFG_SPACES: tuple[str, ...] = get_args(CfgSpace)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class GuidanceConfig:
     def __post_init__(self) -> None:
         if not self.guidance_scale > 0:
             raise UnleakError(f"guidance_scale must be > 0, got {self.guidance_scale}")
-        if self.cfg_space not in ("log", "prob"):
+        if self.cfg_space not in CFG_SPACES:
             raise UnleakError(f"cfg_space must be 'log' or 'prob', got {self.cfg_space!r}")
 
 

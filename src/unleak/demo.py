@@ -38,7 +38,7 @@ from typing import Any
 
 from rich.console import Console
 
-from unleak.config import (CandidateConfig, JudgeConfig, KeepConfig, LoraSettings, OrpoSettings, PairsConfig,
+from unleak.config import (CFG_SPACES, CandidateConfig, JudgeConfig, KeepConfig, LoraSettings, OrpoSettings, PairsConfig,
                            SftSettings, settings_hash)
 from unleak.errors import UnleakError
 from unleak.eval.run import EvalSettings
@@ -116,6 +116,9 @@ class DemoConfig:
     #: from the redacted train answers (`opener_source="corpus"`, 13 kinds) left seed 1 where it was (PII 0,
     #: 0/102, 2 % right, -8.0 ± 2.7; placeholders in 57 of 100, 30 within the first five words, as before);
     #: 200 general requests instead of 100 (134 keep pairs, ~35 min): 1 % right, placeholders in 46 of 100
+    #: Session 19: the redact candidates have what the detector still finds replaced too (`redact_detected`):
+    #: the one train answer holding `48 hours` (3 samples) got its pairs, and test PII at g = 3 went 2 -> 0
+    #: (unseeded LoRA weights) and 2 -> 1 (seeded: the first-name opener above, 1 attack hit of 73)
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
         candidate=CandidateConfig(modes=("redact",), candidates=1, max_new_tokens=64, max_tries=1),
         pii_candidates_as_rejected=False, limit=None, user_turns=None, min_stratum_pairs=8,
@@ -139,8 +142,15 @@ class DemoConfig:
     guidance: tuple[float, ...] = (2.0, 3.0, 5.0)
     cfg_spaces: tuple[str, ...] = ("prob", "log")
     #: the negative branches of the guided rows (`unleak.decoding.generator.NEGATIVE_BRANCHES`): "adapter"
-    #: (the method) and/or "base" (the leaky model without the adapter, rows named `...-vs-base`)
-    negatives: tuple[str, ...] = ("adapter",)
+    #: (the method) and/or "base" (the leaky model without the adapter, rows named `...-vs-base`). Both by
+    #: default (session 19): with the LoRA weights seeded, the default run's adapter
+    #: writes one user's first name (`Christine, report the accident ...`) and gives one attack hit of 73 at
+    #: every g under the method's negative prompt; guided away from the leaky model at g = 3 (prob), neither
+    negatives: tuple[str, ...] = ("adapter", "base")
+    #: the CFG spaces of the `-vs-base` rows (of `cfg_spaces`): guided away from the leaky model in log space
+    #: the answers break (session 19: perplexity 71 at g = 3 and 610 at g = 5, against 29 in probability
+    #: space); the six rows in both spaces took the evaluation from 486 to 832 s here
+    base_negative_spaces: tuple[str, ...] = ("prob",)
     test_limit: int | None = 24
     leakage_max_new_tokens: int = 40
     #: every placeholder of the test split (about 70 with the defaults)
@@ -163,6 +173,9 @@ class DemoConfig:
 
         for negative in self.negatives:
             negative_adapter_for(negative, "adapter", "demo negatives")
+        if unknown := set(self.base_negative_spaces) - set(CFG_SPACES):
+            raise UnleakError(f"demo base_negative_spaces: {', '.join(sorted(unknown))} is not one of "
+                              f"{', '.join(CFG_SPACES)}")
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
@@ -175,6 +188,27 @@ class DemoConfig:
             orpo=OrpoSettings(epochs=1, max_length=320, max_prompt_length=256, lora=LoraSettings(r=8, alpha=16)),
             cfg_spaces=("prob",), test_limit=4, leakage_max_new_tokens=16, attack_limit=6, mmlu_limit=8)
         return dataclasses.replace(base, **overrides)
+
+
+def demo_configurations(c: DemoConfig, base: str, leaky: str, orpo: Path) -> list[Any]:
+    """The evaluated rows: base and leaky raw, the defence at g = 1 and under each guidance setting, space and
+    negative branch (`-vs-base` rows only in `base_negative_spaces`); with `full`, the negated model and the
+    other variant's adapter too. `orpo` is the ORPO stage's directory."""
+    from unleak.eval.run import EvalConfiguration, guided_name
+
+    adapter = str(orpo / c.variant / "adapter")
+    confs = [EvalConfiguration("base", base, served=False), EvalConfiguration("leaky", leaky, served=False)]
+    if c.full:
+        other = next(v for v in PAIR_FILES if v != c.variant)
+        confs += [EvalConfiguration("negated", str(orpo / "negated"), served=False),
+                  EvalConfiguration(f"orpo-{other}-g1", leaky, str(orpo / other / "adapter"))]
+    confs.append(EvalConfiguration(f"orpo-{c.variant}-g1", leaky, adapter))
+    for g in c.guidance:
+        for space in c.cfg_spaces:
+            confs += [EvalConfiguration(guided_name(f"orpo-{c.variant}", g, space, negative), leaky, adapter,
+                                        g, space, negative=negative) for negative in c.negatives
+                      if negative != "base" or space in c.base_negative_spaces]
+    return confs
 
 
 class _Stages:
@@ -224,8 +258,8 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
                                      split_corpus)
     from unleak.corpus.synth import synthesize_corpus
     from unleak.eval.report import markdown_table, write_report
-    from unleak.eval.run import (RESULTS_VERSION, EvalConfiguration, EvalSettings, configuration_identity,
-                                 guided_name, run_evaluation)
+    from unleak.eval.run import (RESULTS_VERSION, EvalSettings, configuration_identity,
+                                 run_evaluation)
     from unleak.eval.utility import shared_mmlu_file
     from unleak.models import resolve_model_path
     from unleak.pairs.build import build_preference_pairs
@@ -286,17 +320,7 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
 
     orpo = stages.run("orpo", [dataclasses.asdict(c.orpo), c.full, c.variant], ("leaky", "pairs"), make_orpo,
                       4, total)
-    adapter = str(orpo / c.variant / "adapter")
-
-    confs = [EvalConfiguration("base", base, served=False), EvalConfiguration("leaky", str(leaky), served=False)]
-    if c.full:
-        confs += [EvalConfiguration("negated", str(orpo / "negated"), served=False),
-                  EvalConfiguration(f"orpo-{other}-g1", str(leaky), str(orpo / other / "adapter"))]
-    confs.append(EvalConfiguration(f"orpo-{c.variant}-g1", str(leaky), adapter))
-    for g in c.guidance:
-        for space in c.cfg_spaces:
-            confs += [EvalConfiguration(guided_name(f"orpo-{c.variant}", g, space, negative), str(leaky), adapter,
-                                        g, space, negative=negative) for negative in c.negatives]
+    confs = demo_configurations(c, base, str(leaky), orpo)
     mmlu = c.mmlu or shared_mmlu_file()
     settings = EvalSettings(leakage_max_new_tokens=c.leakage_max_new_tokens, test_limit=c.test_limit,
                             attack_limit=c.attack_limit, mmlu=mmlu, mmlu_limit=c.mmlu_limit, mmlu_format=c.mmlu_format,
