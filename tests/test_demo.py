@@ -16,8 +16,7 @@ def test_quick_demo_runs_caches_and_reruns_only_what_changed(tmp_path, default_m
     cfg = DemoConfig.quick(mmlu_limit=8)
     result = run_demo(cfg, out)
     names = [r["configuration"] for r in result["rows"]]
-    # each guided row twice: the method's negative prompt, and guided away from the leaky model (`-vs-base`)
-    defended = ["orpo-plain-g1", *(f"orpo-plain-g{g}-prob{n}" for g in (2, 3, 5) for n in ("", "-vs-base"))]
+    defended = ["orpo-plain-g1", "orpo-plain-g2-prob", "orpo-plain-g3-prob", "orpo-plain-g5-prob"]
     assert names == ["base", "leaky", *defended]
     # the defended model's guidance settings are evaluated together (one prefill per prompt)
     assert json.loads((out / "eval" / "configs" / f"{defended[-1]}.json").read_text())["evaluated_with"] == defended
@@ -75,8 +74,7 @@ def test_demo_on_ones_own_corpus_and_leaky_model(tmp_path, tiny_model_dir):
     assert f"corpus: 10 conversations from {src}, split by conversation: 7 train, 3 test" in report
     tested = {json.loads(line)["conversation"] for line in (out / "eval" / "answers" / "leaky.jsonl").open()}
     assert tested and tested <= set(split["test"])  # evaluated on the user's test split only
-    assert [r["configuration"] for r in result["rows"]] == ["base", "leaky", "orpo-plain-g1", "orpo-plain-g3-prob",
-                                                           "orpo-plain-g3-prob-vs-base"]
+    assert [r["configuration"] for r in result["rows"]] == ["base", "leaky", "orpo-plain-g1", "orpo-plain-g3-prob"]
     stamps = {s: (out / s / "stage.json").stat().st_mtime_ns for s in ("corpus", "pairs", "orpo", "eval")}
 
     given = run_demo(dataclasses.replace(cfg, leaky=str(out / "leaky")), out)
@@ -88,18 +86,17 @@ def test_demo_on_ones_own_corpus_and_leaky_model(tmp_path, tiny_model_dir):
     assert leaky_conf["model"] == str(out / "leaky")
 
 
-def test_demo_rows_guide_away_from_the_leaky_model_in_probability_space_only(tmp_path):
+def test_demo_rows_guided_away_from_the_leaky_model_in_probability_space_only(tmp_path):
     from unleak.demo import demo_configurations
     from unleak.errors import UnleakError
 
-    rows = demo_configurations(DemoConfig(), "base", "leaky", tmp_path / "orpo")
+    rows = demo_configurations(DemoConfig(negatives=("adapter", "base")), "base", "leaky", tmp_path / "orpo")
     assert [r.name for r in rows] == ["base", "leaky", "orpo-plain-g1", *(
         n for g in (2, 3, 5) for n in (f"orpo-plain-g{g}-prob", f"orpo-plain-g{g}-prob-vs-base", f"orpo-plain-g{g}-log"))]
     vs_base = [r for r in rows if r.name.endswith("-vs-base")]
     assert {(r.negative, r.cfg_space, r.adapter) for r in vs_base} == {
         ("base", "prob", str(tmp_path / "orpo" / "plain" / "adapter"))}
-    both = demo_configurations(DemoConfig(negatives=("adapter",), base_negative_spaces=("prob", "log")), "b", "l",
-                               tmp_path)
-    assert not [r for r in both if r.name.endswith("-vs-base")] and len(both) == 9
+    method = demo_configurations(DemoConfig(base_negative_spaces=("prob", "log")), "b", "l", tmp_path)
+    assert not [r for r in method if r.name.endswith("-vs-base")] and len(method) == 9  # the default: the method
     with pytest.raises(UnleakError, match="base_negative_spaces: lin is not one of log, prob"):
         DemoConfig(base_negative_spaces=("lin",))

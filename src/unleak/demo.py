@@ -142,14 +142,16 @@ class DemoConfig:
     guidance: tuple[float, ...] = (2.0, 3.0, 5.0)
     cfg_spaces: tuple[str, ...] = ("prob", "log")
     #: the negative branches of the guided rows (`unleak.decoding.generator.NEGATIVE_BRANCHES`): "adapter"
-    #: (the method) and/or "base" (the leaky model without the adapter, rows named `...-vs-base`). Both by
-    #: default (session 19): with the LoRA weights seeded, the default run's adapter
-    #: writes one user's first name (`Christine, report the accident ...`) and gives one attack hit of 73 at
-    #: every g under the method's negative prompt; guided away from the leaky model at g = 3 (prob), neither
-    negatives: tuple[str, ...] = ("adapter", "base")
+    #: (the method) and/or "base" (the leaky model without the adapter, rows named `...-vs-base`). Session 19,
+    #: LoRA weights seeded: the default run's adapter writes one user's first name (`Christine, report the
+    #: accident ...`) and gives one attack hit of 73 at every g under the method's negative prompt, neither
+    #: when guided away from the leaky model at g = 3-5 (prob); but those rows run the adapter unmerged and
+    #: took the evaluation from 486 to 820 s (stages 25.2 -> 30.7 min), over the demo's 30-minute budget,
+    #: so the default stays the method's rows (`--negative adapter,base` adds them)
+    negatives: tuple[str, ...] = ("adapter",)
     #: the CFG spaces of the `-vs-base` rows (of `cfg_spaces`): guided away from the leaky model in log space
     #: the answers break (session 19: perplexity 71 at g = 3 and 610 at g = 5, against 29 in probability
-    #: space); the six rows in both spaces took the evaluation from 486 to 832 s here
+    #: space)
     base_negative_spaces: tuple[str, ...] = ("prob",)
     test_limit: int | None = 24
     leakage_max_new_tokens: int = 40
