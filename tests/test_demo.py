@@ -91,8 +91,8 @@ def test_demo_rows_guided_away_from_the_leaky_model_in_probability_space_only(tm
     from unleak.errors import UnleakError
 
     rows = demo_configurations(DemoConfig(negatives=("adapter", "base")), "base", "leaky", tmp_path / "orpo")
-    assert [r.name for r in rows] == ["base", "leaky", "orpo-plain-g1", *(
-        n for g in (2, 3, 5) for n in (f"orpo-plain-g{g}-prob", f"orpo-plain-g{g}-prob-vs-base", f"orpo-plain-g{g}-log"))]
+    guided = [f"orpo-plain-g{g}-{n}" for g in (2, 3, 5) for n in ("prob", "prob-vs-base", "log")]
+    assert [r.name for r in rows] == ["base", "leaky", "orpo-plain-g1", *guided]
     vs_base = [r for r in rows if r.name.endswith("-vs-base")]
     assert {(r.negative, r.cfg_space, r.adapter) for r in vs_base} == {
         ("base", "prob", str(tmp_path / "orpo" / "plain" / "adapter"))}

@@ -38,10 +38,10 @@ from typing import Any
 
 from rich.console import Console
 
-from unleak.config import (CFG_SPACES, CandidateConfig, JudgeConfig, KeepConfig, LoraSettings, OrpoSettings, PairsConfig,
-                           SftSettings, settings_hash)
+from unleak.config import (CFG_SPACES, CandidateConfig, JudgeConfig, KeepConfig, LoraSettings, OrpoSettings,
+                           PairsConfig, SftSettings, settings_hash)
 from unleak.errors import UnleakError
-from unleak.eval.run import EvalSettings
+from unleak.eval.run import EvalConfiguration, EvalSettings, guided_name
 from unleak.jsonl import atomic_write_text
 from unleak.pairs.build import PAIR_FILES
 
@@ -192,12 +192,10 @@ class DemoConfig:
         return dataclasses.replace(base, **overrides)
 
 
-def demo_configurations(c: DemoConfig, base: str, leaky: str, orpo: Path) -> list[Any]:
+def demo_configurations(c: DemoConfig, base: str, leaky: str, orpo: Path) -> list[EvalConfiguration]:
     """The evaluated rows: base and leaky raw, the defence at g = 1 and under each guidance setting, space and
     negative branch (`-vs-base` rows only in `base_negative_spaces`); with `full`, the negated model and the
     other variant's adapter too. `orpo` is the ORPO stage's directory."""
-    from unleak.eval.run import EvalConfiguration, guided_name
-
     adapter = str(orpo / c.variant / "adapter")
     confs = [EvalConfiguration("base", base, served=False), EvalConfiguration("leaky", leaky, served=False)]
     if c.full:
@@ -260,8 +258,7 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
                                      split_corpus)
     from unleak.corpus.synth import synthesize_corpus
     from unleak.eval.report import markdown_table, write_report
-    from unleak.eval.run import (RESULTS_VERSION, EvalSettings, configuration_identity,
-                                 run_evaluation)
+    from unleak.eval.run import RESULTS_VERSION, configuration_identity, run_evaluation
     from unleak.eval.utility import shared_mmlu_file
     from unleak.models import resolve_model_path
     from unleak.pairs.build import build_preference_pairs
