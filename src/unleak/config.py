@@ -88,7 +88,7 @@ class GuidanceConfig:
         if not self.guidance_scale > 0:
             raise UnleakError(f"guidance_scale must be > 0, got {self.guidance_scale}")
         if self.cfg_space not in CFG_SPACES:
-            raise UnleakError(f"cfg_space must be 'log' or 'prob', got {self.cfg_space!r}")
+            raise UnleakError(f"cfg_space must be {' or '.join(map(repr, CFG_SPACES))}, got {self.cfg_space!r}")
 
 
 @dataclass(frozen=True)

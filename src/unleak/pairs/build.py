@@ -251,6 +251,16 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
     cache_path = out / CACHE
     cache = _read_cache(cache_path)
     candidates: dict[str, list[Candidate]] = defaultdict(list)
+    sample_by_id = {s.id: s for s in samples}
+
+    def label(cands: list[Candidate]) -> None:
+        """The detector's spans (and, with `reject_known_values`, the conversation's own values) of each."""
+        for cand, spans in zip(cands, detector.detect([c.checked_text for c in cands])):
+            if config.reject_known_values:
+                spans = spans + known_value_spans(cand.checked_text,
+                                                  values[sample_by_id[cand.sample_id].conversation_id])
+            cand.pii = [sp.as_dict() for sp in spans]
+
     pending = list(samples)
     for attempt in range(cc.max_tries):
         todo: list[tuple[Candidate, CandidateRequest]] = []
@@ -280,13 +290,6 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
             cand.answer = candidate_answer(by_id[cand.sample_id], cand.mode, cand.text)
             if cand.answer is not None and is_repetitive(cand.checked_text, cc.max_repetition):
                 cand.answer, cand.repetitive = None, True
-        def label(cands: list[Candidate]) -> None:
-            for cand, spans in zip(cands, detector.detect([c.checked_text for c in cands])):
-                if config.reject_known_values:
-                    spans = spans + known_value_spans(cand.checked_text,
-                                                      values[by_id[cand.sample_id].conversation_id])
-                cand.pii = [sp.as_dict() for sp in spans]
-
         label([c for c in round_cands if c.answer is not None])
         if cc.redact_detected:
             again = [c for c in round_cands if c.mode == "redact" and c.pii]
