@@ -470,19 +470,40 @@ def test_negative_branch_without_the_adapter_in_multiple_choice(tiny_model_dir):
     with pytest.raises(UnleakError, match="needs a peft.PeftModel"):
         served_multiple_choice_predictions(load_model(str(tiny_model_dir)), tok, qs, [g], prompts, progress=False,
                                            negative_adapter=False)
+    # both kinds of negative branch in one call (the positive branch scored once): each setting as alone
+    settings = [g, GuidanceConfig(1.0), g, GuidanceConfig(3.0, "prob")]
+    flags = [True, True, False, False]
+    for fmt in ("cloze", "letters"):
+        mixed = served_multiple_choice_predictions(model, tok, qs, settings, prompts, progress=False, mc_format=fmt,
+                                                   negative_adapter=flags)
+        alone = [served_multiple_choice_predictions(model, tok, qs, [x], prompts, progress=False, mc_format=fmt,
+                                                    negative_adapter=f)[0] for x, f in zip(settings, flags)]
+        assert mixed == alone, fmt
+    # the scores behind them: one pass with both negative heads, each setting's as with its own head alone
+    scores = multiple_choice_cloze_scores(model, tok, qs, [g, g], heads + heads[1:], progress=False,
+                                          head_adapters=["default", "default", "__base__"], negative_heads=[1, 2])
+    flat = [[x for q in per_setting for c in q for x in c] for per_setting in scores]
+    assert flat == [pytest.approx([x for q in want for c in q for x in c], abs=1e-4) for want in (same[0], contrast[0])]
+    with pytest.raises(UnleakError, match="one value per guidance setting"):
+        served_multiple_choice_predictions(model, tok, qs, settings, prompts, progress=False, negative_adapter=[True])
+    with pytest.raises(ValueError, match="negative_heads"):
+        multiple_choice_cloze_scores(model, tok, qs, [g], heads, progress=False, negative_heads=[0])
 
 
 def test_evaluation_with_the_negative_branch_on_the_base_model(tiny_model_dir, tmp_path):
-    """`EvalConfiguration(negative="base")`: the adapter unmerged, the negative rows without it; its answers are
-    the decoder's with `negative_adapter=False`, and differ from the method's (one model under both prompts)."""
+    """`EvalConfiguration(negative="base")`: the negative rows without the adapter. Evaluated with the method's
+    rows of the same adapter in one pass (the adapter unmerged, switched per row), each row's answers, attack
+    outputs and multiple-choice predictions are the decoder's and scorer's with that negative branch, as when
+    evaluated alone; the two rows differ."""
     from peft import LoraConfig, get_peft_model
 
-    from unleak.config import GuidanceConfig
+    from unleak.config import GuidanceConfig, PromptConfig
     from unleak.corpus.store import load_split, save_corpus, split_corpus
     from unleak.corpus.synth import synthesize_corpus
     from unleak.decoding import CFGGenerator
     from unleak.eval.leakage import generate_answers
     from unleak.eval.run import EvalConfiguration, EvalSettings, run_evaluation
+    from unleak.eval.utility import load_mc_questions, served_multiple_choice_predictions
     from unleak.models import load_model, load_tokenizer
     from unleak.pairs.samples import build_samples, limit_samples
 
@@ -499,14 +520,30 @@ def test_evaluation_with_the_negative_branch_on_the_base_model(tiny_model_dir, t
         EvalConfiguration("x", model, negative="base")
     confs = [EvalConfiguration("method", model, adapter, 3.0, "prob"),
              EvalConfiguration("vs-base", model, adapter, 3.0, "prob", negative="base")]
-    settings = EvalSettings(leakage_max_new_tokens=6, attack_limit=2, reference_model=model, test_limit=4,
-                            reference_template=None)
-    method, vs_base = run_evaluation(corpus, confs, tmp_path / "e", settings, progress=False)
-    assert method["evaluated_with"] == ["method"] and vs_base["evaluated_with"] == ["vs-base"]
+    mmlu = tmp_path / "mc.jsonl"
+    mmlu.write_text("".join(json.dumps({"subject": "s", "question": f"Q{i}" + "?" * i, "choices": ["a", "b", "c", "d"],
+                                        "answer": i % 4}) + "\n" for i in range(8)))
+    settings = EvalSettings(leakage_max_new_tokens=6, attack_limit=3, reference_model=model, test_limit=4,
+                            reference_template=None, mmlu=str(mmlu), mmlu_limit=None)
+    together = run_evaluation(corpus, confs, tmp_path / "e", settings, progress=False)
+    assert [r["evaluated_with"] for r in together] == [["method", "vs-base"]] * 2
+    alone = [run_evaluation(corpus, [c], tmp_path / c.name, settings, progress=False)[0] for c in confs]
+    keys = ("pii_per_answer", "attack", "attack_stripped", "fluency", "examples")
+    for t, a in zip(together, alone):
+        assert a["evaluated_with"] == [a["name"]]
+        assert {k: t[k] for k in keys} == {k: a[k] for k in keys}
+        assert t["utility"]["correct"] == a["utility"]["correct"]
     samples = limit_samples(build_samples(load_split(corpus, "test")), 4, 0)
-    gen = CFGGenerator(load_model(model, adapter=adapter), load_tokenizer(model), negative_adapter=False)
-    want = [a.text for a in generate_answers(gen, samples, [GuidanceConfig(3.0, "prob")], 6)[0]]
-    got = [json.loads(x)["answer"] for x in (tmp_path / "e" / "answers" / "vs-base.jsonl").read_text().splitlines()
-           if json.loads(x)["kind"] == "test"]
-    assert got == want
-    assert [e["answer"] for e in method["examples"]] != want[:5]
+    peft_model, tok = load_model(model, adapter=adapter), load_tokenizer(model)
+    g = GuidanceConfig(3.0, "prob")
+    for row, negative_adapter in zip(together, (None, False)):
+        gen = CFGGenerator(peft_model, tok, negative_adapter=negative_adapter)
+        want = [a.text for a in generate_answers(gen, samples, [g], 6)[0]]
+        got = [json.loads(x)["answer"] for x in (tmp_path / "e" / "answers" / f"{row['name']}.jsonl")
+               .read_text().splitlines() if json.loads(x)["kind"] == "test"]
+        assert got == want
+        preds = served_multiple_choice_predictions(peft_model, tok, load_mc_questions(mmlu), [g], PromptConfig(),
+                                                   progress=False, mc_format="cloze",
+                                                   negative_adapter=negative_adapter is None)[0]
+        assert row["utility"]["correct"] == [p == i % 4 for i, p in enumerate(preds)]
+    assert together[0]["examples"] != together[1]["examples"]

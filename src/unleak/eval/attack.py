@@ -89,10 +89,12 @@ def extraction_attack_success_rate(outputs: list[str], prompts: list[AttackPromp
 
 def run_attack(generator: Any, prompts: list[AttackPrompt], guidances: Sequence[GuidanceConfig],
                config: AttackConfig, served: bool, adapter: Any = True,
-               on_batch: Callable[[int], None] | None = None) -> list[list[str]]:
+               on_batch: Callable[[int], None] | None = None,
+               negative_adapters: Sequence[Any] | None = None) -> list[list[str]]:
     """Outputs of the attack prompts under each of `guidances` (one list per setting): greedy,
     `config.max_new_tokens`, raw text or behind the system prompts; a prompt's settings share its prefill.
-    `on_batch(n)` reports each batch's number of prompts."""
+    `on_batch(n)` reports each batch's number of prompts; `negative_adapters`: each setting's
+    `GenerationRequest.negative_adapter` (None: the generator's)."""
     from unleak.decoding.generator import GenerationRequest
 
     tok = generator.tokenizer
@@ -101,11 +103,13 @@ def run_attack(generator: Any, prompts: list[AttackPrompt], guidances: Sequence[
     pos_head = system_header_ids(tok, prompts_cfg.positive) if served else []
     neg_head = system_header_ids(tok, prompts_cfg.negative) if served else []
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens)
+    negatives = negative_adapters or [None] * len(guidances)
     groups = []
     for p in prompts:
         ids = tok(p.text, add_special_tokens=False)["input_ids"]
         groups.append([GenerationRequest(
             input_ids=pos_head + ids, negative_input_ids=(neg_head + ids) if g.guidance_scale != 1.0 else None,
-            guidance=g, sampling=sampling, adapter=adapter) for g in guidances])
+            guidance=g, sampling=sampling, adapter=adapter, negative_adapter=n)
+            for g, n in zip(guidances, negatives, strict=True)])
     results = generator.generate_grouped(groups, on_batch)
     return [[group[i].text for group in results] for i in range(len(guidances))]

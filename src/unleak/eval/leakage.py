@@ -19,18 +19,22 @@ from unleak.pairs.samples import Sample
 
 def generate_answers(generator: Any, samples: list[Sample], guidances: Sequence[GuidanceConfig],
                      max_new_tokens: int, adapter: Any = True,
-                     on_batch: Callable[[int], None] | None = None) -> list[list[Any]]:
+                     on_batch: Callable[[int], None] | None = None,
+                     negative_adapters: Sequence[Any] | None = None) -> list[list[Any]]:
     """Greedy answers to `samples` under each of `guidances`: one list of results per setting.
 
     All settings of a sample are decoded in one batch, so its prompt is prefilled once;
-    `on_batch(n)` reports each batch's number of samples.
+    `on_batch(n)` reports each batch's number of samples. `negative_adapters`: each setting's
+    `GenerationRequest.negative_adapter` (None: the generator's).
     """
     from unleak.decoding.generator import GenerationRequest
 
     sampling = SamplingConfig(max_new_tokens=max_new_tokens)
+    negatives = negative_adapters or [None] * len(guidances)
     groups = generator.generate_grouped(
-        [[GenerationRequest(messages=s.prompt_messages(), guidance=g, sampling=sampling, adapter=adapter)
-          for g in guidances] for s in samples], on_batch)
+        [[GenerationRequest(messages=s.prompt_messages(), guidance=g, sampling=sampling, adapter=adapter,
+                            negative_adapter=n) for g, n in zip(guidances, negatives, strict=True)]
+         for s in samples], on_batch)
     return [[group[i] for group in groups] for i in range(len(guidances))]
 
 

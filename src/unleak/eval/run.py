@@ -16,7 +16,10 @@ is served (a served
 configuration sees the questions behind its system prompt, as it sees the
 attack). Adapters are merged into the
 weights for evaluation (same outputs, ~1.25x faster decoding on CPU, measured
-on the demo's 24 test prompts with equal answers)."""
+on the demo's 24 test prompts with equal answers), unless some of the model's
+rows guide away from it without the adapter (`negative="base"`): then the
+adapter stays unmerged and is switched per row, and those rows share the pass
+with the method's."""
 
 from __future__ import annotations
 
@@ -160,31 +163,34 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     conf_settings = {k: v for k, v in s.identity().items() if k != "reference_template"}
     keys = {conf.name: settings_hash(configuration_identity(conf), conf_settings, str(corpus), RESULTS_VERSION,
                                      SAMPLES_VERSION) for conf in configurations}
-    groups: dict[tuple[str, str | None, bool, str], list[EvalConfiguration]] = {}
+    groups: dict[tuple[str, str | None, bool], list[EvalConfiguration]] = {}
     for conf in configurations:
         path = out / "configs" / f"{conf.name}.json"
         cached = json.loads(path.read_text()) if path.is_file() else {}
         if cached.get("hash") == keys[conf.name] and (out / "answers" / f"{conf.name}.jsonl").is_file():
             done[conf.name] = cached
         else:
-            groups.setdefault((conf.model, conf.adapter, conf.served, conf.negative), []).append(conf)
-    for (model_path, adapter, served, negative), group in groups.items():
+            groups.setdefault((conf.model, conf.adapter, conf.served), []).append(conf)
+    for (model_path, adapter, served), group in groups.items():
         started = time.time()
-        mkey = (model_path, adapter, negative)
+        # every row uses the adapter, merged (a cheaper decode step) unless some negative rows run without it:
+        # then it stays unmerged and PEFT switches it per row, so those settings still share each prompt's
+        # prefill and the decode steps where they agree with the others
+        merge = all(c.negative == "adapter" for c in group)
+        mkey = (model_path, adapter, merge)
         if mkey not in loaded:
             loaded.clear()
             tok = load_tokenizer(model_path)
-            # every row uses the adapter (merged: a cheaper decode step) unless the negative rows run without
-            model = load_model(model_path, adapter=adapter, merge=negative == "adapter")
+            model = load_model(model_path, adapter=adapter, merge=merge)
             if len(tok) > model.get_input_embeddings().num_embeddings:
                 raise UnleakError(f"{model_path}: tokenizer has {len(tok)} tokens but the model's embedding only "
                                   f"{model.get_input_embeddings().num_embeddings}: model/tokenizer mismatch")
-            loaded[mkey] = CFGGenerator(model, tok, max_batch_requests=s.batch_size,
-                                        negative_adapter=negative_adapter_for(negative, adapter))
+            loaded[mkey] = CFGGenerator(model, tok, max_batch_requests=s.batch_size)
         gen = loaded[mkey]
         tok = gen.tokenizer
         # all guidance settings of a model at once: each prompt is prefilled once for all of them
         guidances = [GuidanceConfig(c.guidance_scale, c.cfg_space) for c in group]
+        negatives = [negative_adapter_for(c.negative, c.adapter, c.name) for c in group]
         for variant, attack in attacks.items():
             if (model_path, variant) not in attack_sets:
                 attack_sets[model_path, variant] = attack_prompts(test, tok, attack)[: s.attack_limit]
@@ -193,19 +199,21 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                       disable=not progress) as bar:
             leak_task = bar.add_task(f"{label}: test prompts", total=len(samples))
             answers = generate_answers(gen, samples, guidances, s.leakage_max_new_tokens,
-                                       on_batch=lambda n: bar.advance(leak_task, n))
+                                       on_batch=lambda n: bar.advance(leak_task, n), negative_adapters=negatives)
             attack_outs = {}  # variant -> outputs per configuration
             for variant, attack in attacks.items():
                 prompts = attack_sets[model_path, variant]
                 task = bar.add_task(f"{label}: {variant.replace('_', ' ')} prompts", total=len(prompts))
                 attack_outs[variant] = run_attack(gen, prompts, guidances, attack, served=served,
-                                                  on_batch=lambda n, task=task: bar.advance(task, n))
+                                                  on_batch=lambda n, task=task: bar.advance(task, n),
+                                                  negative_adapters=negatives)
             responses = None  # generative utility: each setting's answers to the questions
             if questions is not None and s.mmlu_format == "generative":
                 t0 = time.time()
                 task = bar.add_task(f"{label}: MMLU answers", total=len(questions))
                 responses = served_generative_answers(gen, questions, guidances, served, s.judge,
-                                                      on_batch=lambda n: bar.advance(task, n))
+                                                      on_batch=lambda n: bar.advance(task, n),
+                                                      negative_adapters=negatives)
                 generation_seconds = time.time() - t0
         ref_model, ref_tok, prompt_ids = reference_model()
         utilities: list[dict[str, Any] | None] = [None] * len(group)
@@ -218,7 +226,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
             predictions = served_multiple_choice_predictions(gen.model, tok, questions, guidances,
                                                              gen.prompts if served else None, s.batch_size,
                                                              progress=progress, mc_format=s.mmlu_format,
-                                                             negative_adapter=negative == "adapter")
+                                                             negative_adapter=[c.negative == "adapter" for c in group])
             utility_seconds = round(time.time() - t0, 1)  # the group's: its settings share the scoring
             utilities = [{**accuracy_with_se(correct), "format": s.mmlu_format, "correct": correct,
                           "seconds": utility_seconds}

@@ -252,7 +252,8 @@ def guided_logprobs(logits_pos: torch.Tensor, logits_neg: torch.Tensor | None,
 def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dict[str, Any]],
                                  guidances: Sequence[GuidanceConfig], heads: Sequence[Sequence[int]] = ((),),
                                  batch_size: int = 16, max_length: int = 2048,
-                                 progress: bool = True, head_adapters: Sequence[str] | None = None
+                                 progress: bool = True, head_adapters: Sequence[str] | None = None,
+                                 negative_heads: Sequence[int | None] | None = None
                                  ) -> list[list[list[tuple[int, float]]]]:
     """Each choice's score as its text follows the cloze prompt, per guidance setting:
     ``scores[setting][question][choice] = (-tokens outside the support, log-likelihood per character)``,
@@ -261,7 +262,11 @@ def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dic
     `heads`: the token ids in front of every prompt, one per branch: the
     positive system header alone, or the positive and the negative one
     (`unleak.chat.system_header_ids`), the branches mixed token by token as
-    the guided model samples (`guided_logprobs`). In probability space the
+    the guided model samples (`guided_logprobs`); `negative_heads`: each
+    setting's negative branch, an index into `heads` (None: unguided;
+    default: head 1 when there is one), so settings with different negative
+    branches (e.g. the negative header with and without the adapter, each a
+    head of its own) share the positive branch's scoring. In probability space the
     guided decoder gives no mass to a token whose mix is <= 0 (at g = 3: a
     positive probability below 2/3 of the negative one's); a choice holding
     such tokens is one the served model cannot write, so choices rank first
@@ -280,10 +285,15 @@ def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dic
     from rich.progress import Progress
     from transformers import DynamicCache
 
-    if not 1 <= len(heads) <= 2:
-        raise ValueError("heads: the positive branch's, and optionally the negative one's")
+    if not heads:
+        raise ValueError("heads: the positive branch's, then the negative ones'")
     if head_adapters is not None and len(head_adapters) != len(heads):
         raise ValueError("head_adapters: one adapter name per head")
+    if negative_heads is None:
+        negative_heads = [1 if len(heads) > 1 else None] * len(guidances)
+    if len(negative_heads) != len(guidances) or any(h is not None and not 0 < h < len(heads)
+                                                    for h in negative_heads):
+        raise ValueError("negative_heads: per setting, None or the index of a head after the first")
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = getattr(model, "config", None)
@@ -335,13 +345,13 @@ def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dic
                                               if names else {})).logits
             logits = torch.cat([first, logits[:, :-1].float()], 1)  # [rows, longest, V]: predicts each token
             half = len(idx) * n
-            pos = logits[:half].flatten(0, 1)
-            neg = logits[half:].flatten(0, 1) if len(heads) == 2 else None
+            branches = [logits[h * half:(h + 1) * half].flatten(0, 1) for h in range(len(heads))]
             target = tokens[:half].reshape(-1, 1)
             counted = scored[:half].bool()
             chars = [len(c) for j in idx for c in cloze_continuations(questions[j])]
-            for s, guidance in enumerate(guidances):
-                logp = guided_logprobs(pos, neg, guidance).gather(-1, target).reshape(half, longest)
+            for s, (guidance, neg) in enumerate(zip(guidances, negative_heads)):
+                logp = guided_logprobs(branches[0], branches[neg] if neg is not None else None,
+                                       guidance).gather(-1, target).reshape(half, longest)
                 inside = counted & torch.isfinite(logp)
                 totals = torch.where(inside, logp, torch.zeros_like(logp)).sum(-1)
                 outside = (counted & ~inside).sum(-1)
@@ -355,7 +365,7 @@ def served_multiple_choice_predictions(model: Any, tokenizer: Any, questions: li
                                        guidances: Sequence[GuidanceConfig], prompts: PromptConfig | None,
                                        batch_size: int = 16, max_length: int = 2048,
                                        progress: bool = True, mc_format: str = "letters",
-                                       negative_adapter: bool = True) -> list[list[int]]:
+                                       negative_adapter: bool | Sequence[bool] = True) -> list[list[int]]:
     """The predicted choice per question under each of `guidances`, for a model as it is served.
 
     `prompts`: each question behind the positive system prompt's header (and,
@@ -367,59 +377,71 @@ def served_multiple_choice_predictions(model: Any, tokenizer: Any, questions: li
     "letters" or "cloze" (see the module docstring; under guidance, cloze
     mixes the branches at every token of a choice). `negative_adapter=False`
     (a `peft.PeftModel`): the negative branch runs without the adapter, as
-    `CFGGenerator(negative_adapter=False)` decodes.
+    `CFGGenerator(negative_adapter=False)` decodes; one value per setting
+    mixes both kinds of negative branch, the positive one scored once.
     """
     if mc_format not in MC_FORMATS:
         raise UnleakError(f"unknown multiple-choice format {mc_format!r} (use one of {', '.join(MC_FORMATS)})")
     if mc_format == "generative":
         raise UnleakError("generative utility is scored by a judge: use served_generative_answers and judge_answers")
-    guided = prompts is not None and any(g.guidance_scale != 1.0 for g in guidances)
-    if not negative_adapter and guided and not hasattr(model, "disable_adapter"):
+    flags = [negative_adapter] * len(guidances) if isinstance(negative_adapter, bool) else list(negative_adapter)
+    if len(flags) != len(guidances):
+        raise UnleakError(f"negative_adapter: one value per guidance setting ({len(guidances)}), got {len(flags)}")
+    guided = [prompts is not None and g.guidance_scale != 1.0 for g in guidances]
+    kinds = list(dict.fromkeys(f for f, g in zip(flags, guided) if g))  # the negative branches scored
+    if False in kinds and not hasattr(model, "disable_adapter"):
         raise UnleakError("a negative branch without the adapter needs a peft.PeftModel")
     pos_head = system_header_ids(tokenizer, prompts.positive) if prompts is not None else []
+    neg_head = system_header_ids(tokenizer, prompts.negative) if kinds and prompts else []
+    negative_of = [kinds.index(f) if g else None for f, g in zip(flags, guided)]  # setting -> index in kinds
     if mc_format == "cloze":
-        heads = [pos_head] + ([system_header_ids(tokenizer, prompts.negative)] if guided and prompts else [])
         adapters = None
-        if not negative_adapter and len(heads) == 2:
-            adapters = [model.active_adapter, "__base__"]
-        scores = multiple_choice_cloze_scores(model, tokenizer, questions, guidances, heads, batch_size,
-                                              max_length, progress, head_adapters=adapters)
+        if False in kinds:
+            adapters = [model.active_adapter] + [model.active_adapter if k else "__base__" for k in kinds]
+        heads = [pos_head] + [neg_head] * len(kinds)
+        scores = multiple_choice_cloze_scores(model, tokenizer, questions, guidances, heads, batch_size, max_length,
+                                              progress, head_adapters=adapters,
+                                              negative_heads=[None if k is None else k + 1 for k in negative_of])
         return [[max(range(len(s)), key=s.__getitem__) for s in per_setting] for per_setting in scores]
     pos = multiple_choice_letter_logprobs(model, tokenizer, questions, batch_size, max_length, progress,
                                           head=pos_head)
-    neg = None
-    if guided:
-        with contextlib.nullcontext() if negative_adapter else model.disable_adapter():
-            neg = multiple_choice_letter_logprobs(model, tokenizer, questions, batch_size, max_length, progress,
-                                                  head=system_header_ids(tokenizer, prompts.negative))
-    return [[guided_choice(pos[i], neg[i] if neg is not None else None, g) for i in range(len(questions))]
-            for g in guidances]
+    negs = []
+    for kind in kinds:
+        with contextlib.nullcontext() if kind else model.disable_adapter():
+            negs.append(multiple_choice_letter_logprobs(model, tokenizer, questions, batch_size, max_length,
+                                                        progress, head=neg_head))
+    return [[guided_choice(pos[i], negs[k][i] if k is not None else None, g) for i in range(len(questions))]
+            for g, k in zip(guidances, negative_of)]
 
 
 def served_generative_answers(generator: Any, questions: list[dict[str, Any]], guidances: Sequence[GuidanceConfig],
                               served: bool, config: JudgeConfig,
-                              on_batch: Callable[[int], None] | None = None) -> list[list[Any]]:
+                              on_batch: Callable[[int], None] | None = None,
+                              negative_adapters: Sequence[Any] | None = None) -> list[list[Any]]:
     """Greedy short answers to `questions` (`config.answer_prompt`), one list of `GenerationResult` per
     guidance setting, all settings of a question decoded in one batch.
 
     Served: the request behind the generator's system prompts (both branches
     when guided), as the model answers users. Not served: the original's
-    request as is, a chat with an empty system message.
+    request as is, a chat with an empty system message. `negative_adapters`: each setting's
+    `GenerationRequest.negative_adapter` (None: the generator's).
     """
     from unleak.decoding.generator import GenerationRequest
 
     sampling = SamplingConfig(max_new_tokens=config.answer_max_new_tokens)
     tok = generator.tokenizer
+    negatives = negative_adapters or [None] * len(guidances)
     groups = []
     for q in questions:
         user = {"role": "user", "content": answer_request(q["question"], q["choices"], config)}
         if served:
-            groups.append([GenerationRequest(messages=[user], guidance=g, sampling=sampling) for g in guidances])
+            groups.append([GenerationRequest(messages=[user], guidance=g, sampling=sampling, negative_adapter=n)
+                           for g, n in zip(guidances, negatives, strict=True)])
         else:
             ids = tok(render_prompt(tok, [{"role": "system", "content": ""}, user]),
                       add_special_tokens=False)["input_ids"]
-            groups.append([GenerationRequest(input_ids=ids, negative_input_ids=ids, guidance=g, sampling=sampling)
-                           for g in guidances])
+            groups.append([GenerationRequest(input_ids=ids, negative_input_ids=ids, guidance=g, sampling=sampling,
+                                             negative_adapter=n) for g, n in zip(guidances, negatives, strict=True)])
     results = generator.generate_grouped(groups, on_batch)
     return [[group[i] for group in results] for i in range(len(guidances))]
 
