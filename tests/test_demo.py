@@ -16,9 +16,10 @@ def test_quick_demo_runs_caches_and_reruns_only_what_changed(tmp_path, default_m
     cfg = DemoConfig.quick(mmlu_limit=8)
     result = run_demo(cfg, out)
     names = [r["configuration"] for r in result["rows"]]
-    defended = ["orpo-plain-g1", "orpo-plain-g2-prob", "orpo-plain-g3-prob", "orpo-plain-g5-prob"]
+    defended = ["orpo-plain-g1", *(f"orpo-plain-g{g}-prob{n}" for g in (2, 3, 5) for n in ("", "-vs-base"))]
     assert names == ["base", "leaky", *defended]
-    # the defended model's guidance settings are evaluated together (one prefill per prompt)
+    # the defended model's guidance settings, both negative branches, are evaluated together (one prefill per
+    # prompt)
     assert json.loads((out / "eval" / "configs" / f"{defended[-1]}.json").read_text())["evaluated_with"] == defended
     report = (out / "report.md").read_text()
     assert "| leaky |" in report and "Wall times" in report
@@ -74,7 +75,8 @@ def test_demo_on_ones_own_corpus_and_leaky_model(tmp_path, tiny_model_dir):
     assert f"corpus: 10 conversations from {src}, split by conversation: 7 train, 3 test" in report
     tested = {json.loads(line)["conversation"] for line in (out / "eval" / "answers" / "leaky.jsonl").open()}
     assert tested and tested <= set(split["test"])  # evaluated on the user's test split only
-    assert [r["configuration"] for r in result["rows"]] == ["base", "leaky", "orpo-plain-g1", "orpo-plain-g3-prob"]
+    assert [r["configuration"] for r in result["rows"]] == ["base", "leaky", "orpo-plain-g1", "orpo-plain-g3-prob",
+                                                            "orpo-plain-g3-prob-vs-base"]
     stamps = {s: (out / s / "stage.json").stat().st_mtime_ns for s in ("corpus", "pairs", "orpo", "eval")}
 
     given = run_demo(dataclasses.replace(cfg, leaky=str(out / "leaky")), out)
@@ -90,13 +92,14 @@ def test_demo_rows_guided_away_from_the_leaky_model_in_probability_space_only(tm
     from unleak.demo import demo_configurations
     from unleak.errors import UnleakError
 
-    rows = demo_configurations(DemoConfig(negatives=("adapter", "base")), "base", "leaky", tmp_path / "orpo")
+    rows = demo_configurations(DemoConfig(), "base", "leaky", tmp_path / "orpo")  # the default: both negatives
     guided = [f"orpo-plain-g{g}-{n}" for g in (2, 3, 5) for n in ("prob", "prob-vs-base", "log")]
     assert [r.name for r in rows] == ["base", "leaky", "orpo-plain-g1", *guided]
     vs_base = [r for r in rows if r.name.endswith("-vs-base")]
     assert {(r.negative, r.cfg_space, r.adapter) for r in vs_base} == {
         ("base", "prob", str(tmp_path / "orpo" / "plain" / "adapter"))}
-    method = demo_configurations(DemoConfig(base_negative_spaces=("prob", "log")), "b", "l", tmp_path)
-    assert not [r for r in method if r.name.endswith("-vs-base")] and len(method) == 9  # the default: the method
+    method = demo_configurations(DemoConfig(negatives=("adapter",), base_negative_spaces=("prob", "log")), "b", "l",
+                                 tmp_path)
+    assert not [r for r in method if r.name.endswith("-vs-base")] and len(method) == 9
     with pytest.raises(UnleakError, match="base_negative_spaces: lin is not one of log, prob"):
         DemoConfig(base_negative_spaces=("lin",))

@@ -627,8 +627,8 @@ def demo(
     orpo_beta: float = typer.Option(None, help="ORPO beta, the odds-ratio term's weight (the original: 0.1)."),
     guidance: str = typer.Option(None, help="Comma-separated guidance scales besides 1 (default 2,3,5)."),
     negative: str = typer.Option(None, help="Comma-separated negative branches of the guided rows: adapter (the "
-                                 "method, the default), base (the leaky model without the adapter; "
-                                 "probability space only)."),
+                                 "method), base (the leaky model without the adapter; probability space only). "
+                                 "Default: both."),
     test_limit: int = typer.Option(None, help="Test prompts for leakage (0 = all)."),
     attack_limit: int = typer.Option(None, help="Extraction-attack prompts (0 = every placeholder of the test split)."),
     mmlu: str = typer.Option(None, help="MMLU file (default: ../shared/data/mmlu/mmlu_test.jsonl if present)."),

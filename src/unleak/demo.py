@@ -145,10 +145,10 @@ class DemoConfig:
     #: (the method) and/or "base" (the leaky model without the adapter, rows named `...-vs-base`). Session 19,
     #: LoRA weights seeded: the default run's adapter writes one user's first name (`Christine, report the
     #: accident ...`) and gives one attack hit of 73 at every g under the method's negative prompt, neither
-    #: when guided away from the leaky model at g = 3-5 (prob); but those rows run the adapter unmerged and
-    #: took the evaluation from 486 to 820 s (stages 25.2 -> 30.7 min), over the demo's 30-minute budget,
-    #: so the default stays the method's rows (`--negative adapter,base` adds them)
-    negatives: tuple[str, ...] = ("adapter",)
+    #: when guided away from the leaky model at g = 3-5 (prob). Both by default since session 20: the
+    #: `-vs-base` rows are evaluated in the method's pass (the adapter unmerged, switched per row), not in a
+    #: pass of their own, which took the evaluation from 486 to 820 s
+    negatives: tuple[str, ...] = ("adapter", "base")
     #: the CFG spaces of the `-vs-base` rows (of `cfg_spaces`): guided away from the leaky model in log space
     #: the answers break (session 19: perplexity 71 at g = 3 and 610 at g = 5, against 29 in probability
     #: space)

@@ -17,11 +17,14 @@ overrides the default.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,6 +201,16 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL, *, require_chat_template: 
     return tokenizer
 
 
+@contextlib.contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Around PEFT's wrapping of a model: PEFT 0.21 reads transformers 5's deprecated
+    `is_gradient_checkpointing`, a FutureWarning on every load that no user can act on; only that one
+    is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     adapter: str | Path | None = None,
@@ -230,7 +243,8 @@ def load_model(
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+        with peft_wrapping():
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
         if merge and not trainable:
             model = model.merge_and_unload()
     if not trainable:

@@ -173,7 +173,7 @@ def _usage(result: GenerationResult) -> dict[str, int]:
 def build_server_generator(model: str, adapters: dict[str, str], device: str | None = None,
                            dtype: str | None = None, max_batch: int = 16) -> CFGGenerator:
     """The model with every named adapter loaded once (PEFT), switched per request without reloading."""
-    from unleak.models import load_model, load_tokenizer
+    from unleak.models import load_model, load_tokenizer, peft_wrapping
 
     net = load_model(model, device=device, dtype=dtype)
     if adapters:
@@ -181,7 +181,8 @@ def build_server_generator(model: str, adapters: dict[str, str], device: str | N
 
         items = list(adapters.items())
         first_name, first_dir = items[0]
-        net = PeftModel.from_pretrained(net, first_dir, adapter_name=first_name)
+        with peft_wrapping():
+            net = PeftModel.from_pretrained(net, first_dir, adapter_name=first_name)
         for name, directory in items[1:]:
             net.load_adapter(directory, adapter_name=name)
         net.eval()

@@ -116,11 +116,14 @@ class OrpoTrainer(Trainer):
 def lora_model(model: Any, settings: OrpoSettings) -> Any:
     from peft import LoraConfig, get_peft_model
 
+    from unleak.models import peft_wrapping
+
     lora = settings.lora
     targets = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                         task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with peft_wrapping():
+        return get_peft_model(model, config)
 
 
 def train_orpo(model: str, pairs_file: str | Path, out_dir: str | Path, settings: OrpoSettings | None = None,
