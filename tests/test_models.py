@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -97,7 +98,9 @@ def test_merged_adapter_gives_the_adapter_outputs(tiny_model_dir, tmp_path):
     peft.save_pretrained(tmp_path / "adapter")
     plain = load_model(str(tiny_model_dir))
     ids = torch.tensor([[1, 5, 9, 42, 7]], device=plain.device)
-    unmerged = load_model(str(tiny_model_dir), adapter=tmp_path / "adapter")
+    with warnings.catch_warnings():  # PEFT's read of a deprecated transformers attribute is not shown to users
+        warnings.simplefilter("error", FutureWarning)
+        unmerged = load_model(str(tiny_model_dir), adapter=tmp_path / "adapter")
     merged = load_model(str(tiny_model_dir), adapter=tmp_path / "adapter", merge=True)
     assert isinstance(unmerged, PeftModel) and not isinstance(merged, PeftModel) and not merged.training
     with torch.inference_mode():
