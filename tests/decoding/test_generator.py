@@ -105,7 +105,7 @@ def rows_per_forward(model):
 
 def test_one_forward_per_step_and_finished_pairs_leave(tiny):
     model, tokenizer = tiny
-    gen = no_eos(CFGGenerator(model, tokenizer))
+    gen = no_eos(CFGGenerator(model, tokenizer, share_prefixes=False))
     sizes, handle = rows_per_forward(model)
     try:
         gen.generate([request(DIALOGS[0], 3.0, "log", 2), request(DIALOGS[1], 3.0, "log", 5),
@@ -120,7 +120,7 @@ def test_identical_rows_run_once_while_they_agree_with_equal_results(tiny):
     """One prompt under several guidance settings: its positive and its negative row run through the prefill
     once, and each decode step once per distinct (prompt, tokens so far)."""
     model, tokenizer = tiny
-    gen = no_eos(CFGGenerator(model, tokenizer))
+    gen = no_eos(CFGGenerator(model, tokenizer, share_prefixes=False))  # one prefill forward (see below)
     reqs = [request(DIALOGS[0], 1.0, "prob", 6), request(DIALOGS[0], 3.0, "log", 6),
             request(DIALOGS[0], 3.0, "prob", 6), request(DIALOGS[0], 5.0, "prob", 6),
             request(DIALOGS[1], 3.0, "log", 6)]
@@ -149,7 +149,7 @@ def test_identical_rows_run_once_while_they_agree_with_equal_results(tiny):
 
 def test_grouped_requests_stay_in_one_batch_and_report_progress(tiny):
     model, tokenizer = tiny
-    gen = no_eos(CFGGenerator(model, tokenizer, max_batch_requests=2))
+    gen = no_eos(CFGGenerator(model, tokenizer, max_batch_requests=2, share_prefixes=False))
     groups = [[request(d, 1.0, "prob", 3), request(d, 3.0, "prob", 3)] for d in DIALOGS]
     sizes, handle = rows_per_forward(model)
     done: list[int] = []
@@ -335,3 +335,42 @@ def test_default_model_log_space_equals_transformers_guidance_scale(default_mode
     messages = [{"role": "user", "content": "I'm Tom Baker, born 3 May 1980 in Leeds. Write a one-line bio."}]
     ours = CFGGenerator(model, tokenizer).generate([request(messages, 3.0, "log", 24)])[0]
     assert ours.token_ids == hf_guided(model, tokenizer, messages, 3.0, 24)[: len(ours.token_ids)]
+
+
+def test_prompts_that_start_alike_share_their_prefill_with_equal_results(tiny_model_dir):
+    """Attack-like prompts (each a prefix of the next, or one token longer) on a PEFT model, positive rows with
+    the adapter and guided negative rows without it: two prefill forwards (the hosts whole, then every row's
+    own rest), the same tokens as one prefill of every row; rows share only with rows of the same adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    from unleak.models import peft_wrapping
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    torch.manual_seed(0)
+    with peft_wrapping():
+        model = get_peft_model(load_model(str(tiny_model_dir), device="cpu"),
+                               LoraConfig(r=8, lora_alpha=64, target_modules="all-linear",
+                                          init_lora_weights=False)).eval()
+    text = tokenizer("Dear Maria Lopez, the courier will call 555-0101 before delivering to 12 Elm Street, "
+                     "Seville, on Monday. Your order number is 48213 and the invoice goes to maria@example.com.",
+                     add_special_tokens=False)["input_ids"]
+    head = tokenizer("Attack: ", add_special_tokens=False)["input_ids"]
+    cuts = [len(text) // 3, len(text) // 3 + 1, len(text) // 2, len(text)]
+    reqs = [GenerationRequest(input_ids=text[:k], negative_input_ids=head + text[:k] if g != 1 else None,
+                              guidance=GuidanceConfig(g, "prob"), sampling=SamplingConfig(max_new_tokens=6),
+                              negative_adapter=False)
+            for k in cuts for g in (1.0, 3.0)]
+    reqs.append(request(DIALOGS[1], 1.0, "prob", 6))
+    separate = no_eos(CFGGenerator(model, tokenizer, share_prefixes=False)).generate(reqs)
+    shapes = []
+    handle = model.get_input_embeddings().register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[:2])))
+    try:
+        shared = no_eos(CFGGenerator(model, tokenizer)).generate(reqs)
+    finally:
+        handle.remove()
+    assert [r.token_ids for r in shared] == [r.token_ids for r in separate]
+    # physical rows: 4 positive cuts (adapter on), the chat prompt, 4 negative cuts (adapter off). Hosts: the
+    # longest cut of each adapter and the chat prompt; every other cut keeps all but its last token of them
+    chat = len(CFGGenerator(model, tokenizer).encode(reqs[-1]).pos)
+    assert shapes[0] == (3, max(len(text), len(head) + len(text), chat)) and shapes[1] == (9, 1)
+    assert len(shapes) == 2 + 5  # then one forward per decode step

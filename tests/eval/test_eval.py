@@ -49,6 +49,28 @@ def test_attack_prompts_are_the_text_before_each_placeholder(default_tokenizer):
         tok(prompts[1].text, add_special_tokens=False)["input_ids"][:-1]  # the lone space token is gone
 
 
+def test_attack_variants_run_together_equal_each_run_alone(tiny_model_dir):
+    """`run_attacks` interleaves the variants' prompts, which then share their prefill; each variant's outputs
+    are those of `run_attack` on its prompts alone without any sharing, served under guidance and raw."""
+    from unleak.config import GuidanceConfig
+    from unleak.corpus.synth import synthesize_corpus
+    from unleak.decoding import CFGGenerator
+    from unleak.eval.attack import run_attack, run_attacks
+    from unleak.models import load_model, load_tokenizer
+
+    tok, model = load_tokenizer(str(tiny_model_dir)), load_model(str(tiny_model_dir), device="cpu")
+    convs = synthesize_corpus(3, seed=1)
+    sets = {"attack": attack_prompts(convs, tok, AttackConfig())[:5],
+            "attack_stripped": attack_prompts(convs, tok, AttackConfig(strip_trailing_space=True))[:5]}
+    config = AttackConfig(max_new_tokens=5)
+    guidances = [GuidanceConfig(1.0), GuidanceConfig(3.0, "prob")]
+    plain = CFGGenerator(model, tok, max_batch_requests=3, share_prefixes=False)
+    for served in (True, False):
+        together = run_attacks(CFGGenerator(model, tok, max_batch_requests=3), sets, guidances, config, served)
+        alone = {v: run_attack(plain, p, guidances, config, served) for v, p in sets.items()}
+        assert together == alone and all(len(o) == 5 for outs in together.values() for o in outs)
+
+
 def test_success_rule_and_rate(default_tokenizer):
     assert attack_success("Hi ANN lee, welcome", "Ann Lee")
     assert not attack_success("x" * 195 + "Ann Lee", "Ann Lee")  # only the first 200 characters count

@@ -19,7 +19,7 @@ header in front; under guidance the negative row gets the negative one).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +95,17 @@ def run_attack(generator: Any, prompts: list[AttackPrompt], guidances: Sequence[
     `config.max_new_tokens`, raw text or behind the system prompts; a prompt's settings share its prefill.
     `on_batch(n)` reports each batch's number of prompts; `negative_adapters`: each setting's
     `GenerationRequest.negative_adapter` (None: the generator's)."""
+    return run_attacks(generator, {"": prompts}, guidances, config, served, adapter, on_batch, negative_adapters)[""]
+
+
+def run_attacks(generator: Any, prompt_sets: Mapping[str, Sequence[AttackPrompt]],
+                guidances: Sequence[GuidanceConfig], config: AttackConfig, served: bool, adapter: Any = True,
+                on_batch: Callable[[int], None] | None = None,
+                negative_adapters: Sequence[Any] | None = None) -> dict[str, list[list[str]]]:
+    """`run_attack` over several prompt sets at once (the attack's variants: `{name: prompts}`), their
+    prompts interleaved (the i-th of every set in one batch): a placeholder's context with and without its
+    trailing space, and the contexts of one conversation, start alike, so they share their prefill
+    (`CFGGenerator(share_prefixes=True)`). Returns `{name: outputs per setting}`."""
     from unleak.decoding.generator import GenerationRequest
 
     tok = generator.tokenizer
@@ -104,12 +115,18 @@ def run_attack(generator: Any, prompts: list[AttackPrompt], guidances: Sequence[
     neg_head = system_header_ids(tok, prompts_cfg.negative) if served else []
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens)
     negatives = negative_adapters or [None] * len(guidances)
+    longest = max((len(p) for p in prompt_sets.values()), default=0)
+    order = [(name, i) for i in range(longest) for name, p in prompt_sets.items() if i < len(p)]
     groups = []
-    for p in prompts:
-        ids = tok(p.text, add_special_tokens=False)["input_ids"]
+    for name, i in order:
+        ids = tok(prompt_sets[name][i].text, add_special_tokens=False)["input_ids"]
         groups.append([GenerationRequest(
             input_ids=pos_head + ids, negative_input_ids=(neg_head + ids) if g.guidance_scale != 1.0 else None,
             guidance=g, sampling=sampling, adapter=adapter, negative_adapter=n)
             for g, n in zip(guidances, negatives, strict=True)])
     results = generator.generate_grouped(groups, on_batch)
-    return [[group[i].text for group in results] for i in range(len(guidances))]
+    out = {name: [[""] * len(p) for _ in guidances] for name, p in prompt_sets.items()}
+    for (name, i), group in zip(order, results, strict=True):
+        for k, result in enumerate(group):
+            out[name][k][i] = result.text
+    return out

@@ -120,7 +120,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                    settings: EvalSettings | None = None, progress: bool = True) -> list[dict[str, Any]]:
     from unleak.corpus.store import load_split
     from unleak.decoding.generator import CFGGenerator, negative_adapter_for
-    from unleak.eval.attack import attack_prompts, extraction_attack_success_rate, run_attack
+    from unleak.eval.attack import attack_prompts, extraction_attack_success_rate, run_attacks
     from unleak.eval.fluency import answer_fluency
     from unleak.eval.leakage import count_pii, generate_answers
     from unleak.eval.judge import build_judge
@@ -200,13 +200,12 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
             leak_task = bar.add_task(f"{label}: test prompts", total=len(samples))
             answers = generate_answers(gen, samples, guidances, s.leakage_max_new_tokens,
                                        on_batch=lambda n: bar.advance(leak_task, n), negative_adapters=negatives)
-            attack_outs = {}  # variant -> outputs per configuration
-            for variant, attack in attacks.items():
-                prompts = attack_sets[model_path, variant]
-                task = bar.add_task(f"{label}: {variant.replace('_', ' ')} prompts", total=len(prompts))
-                attack_outs[variant] = run_attack(gen, prompts, guidances, attack, served=served,
-                                                  on_batch=lambda n, task=task: bar.advance(task, n),
-                                                  negative_adapters=negatives)
+            # the variants' prompts together: a placeholder's context in each starts alike (shared prefill)
+            variant_prompts = {v: attack_sets[model_path, v] for v in attacks}
+            task = bar.add_task(f"{label}: attack prompts ({', '.join(v.replace('_', ' ') for v in attacks)})",
+                                total=sum(map(len, variant_prompts.values())))
+            attack_outs = run_attacks(gen, variant_prompts, guidances, s.attack, served=served,
+                                      on_batch=lambda n: bar.advance(task, n), negative_adapters=negatives)
             responses = None  # generative utility: each setting's answers to the questions
             if questions is not None and s.mmlu_format == "generative":
                 t0 = time.time()
