@@ -66,6 +66,18 @@ def test_profiles(combined):
         build_detector("regexes")
 
 
+def test_profiles_share_one_spacy_pipeline_per_process():
+    from unleak.pii.detectors import load_spacy
+
+    original = detector_for_profile(PIIConfig(profile="original"))
+    strict = detector_for_profile(PIIConfig(profile="strict"))
+    assert original.nlp is strict.ner.nlp is load_spacy()
+    assert load_spacy(parser=True) is not original.nlp  # the parser's pipeline is another one
+    assert "parser" in load_spacy(parser=True).pipe_names and "parser" not in original.nlp.pipe_names
+    with pytest.raises(UnleakError, match="cannot load spaCy model 'no_such_pipeline'"):
+        load_spacy("no_such_pipeline")
+
+
 @pytest.mark.parametrize("seed", [1, 12345, 2024])
 def test_recall_on_held_out_synthetic_text(combined, seed):
     """Issue #4 target: recall >= 0.95 per type on every held-out seed."""
