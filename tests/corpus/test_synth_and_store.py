@@ -23,6 +23,61 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
     assert [x.turns for x in a] != [x.turns for x in c]
 
 
+def test_dates_are_drawn_around_a_fixed_day_as_faker_draws_them_on_that_day(monkeypatch):
+    """A seed's corpus does not change with the day it is synthesised on: its dates are Faker's draws as made
+    on `REFERENCE_DATE` (Faker's clock set to that day gives the same dates), and another `today` shifts them."""
+    import datetime as dt
+
+    import faker.providers.date_time as faker_dates
+    from faker import Faker
+
+    from unleak.corpus.synth import REFERENCE_DATE, _date_of_birth, _event_date
+
+    def draws(event, birth):
+        f = Faker("en_US")
+        f.seed_instance(7)
+        return [event(f) for _ in range(20)] + [birth(f) for _ in range(20)]
+
+    ours = draws(lambda f: _event_date(FixedChoice(), {"en_US": f}, REFERENCE_DATE),
+                 lambda f: _date_of_birth(f, REFERENCE_DATE, 18, 85).isoformat())
+
+    class Real(type):  # Faker's isinstance checks still see plain dates and datetimes
+        def __instancecheck__(cls, obj):
+            return isinstance(obj, cls.__mro__[1])
+
+    class Day(dt.date, metaclass=Real):
+        @classmethod
+        def today(cls):
+            return REFERENCE_DATE
+
+    class Clock(dt.datetime, metaclass=Real):
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime.combine(REFERENCE_DATE, dt.time(12), tz)
+
+    with monkeypatch.context() as m:  # Faker's own relative draws, its clock on the reference day
+        m.setattr(faker_dates, "dtdate", Day)
+        m.setattr(faker_dates, "datetime", Clock)
+        fakers = draws(lambda f: f.date_between("-2y", "+1y").strftime("%d %B %Y"),
+                       lambda f: f.date_of_birth(minimum_age=18, maximum_age=85).isoformat())
+    assert ours == fakers
+    base = synthesize_corpus(12, seed=3)
+    assert base == synthesize_corpus(12, seed=3, today=REFERENCE_DATE)
+    later = synthesize_corpus(12, seed=3, today=REFERENCE_DATE + dt.timedelta(days=400))
+
+    def dates(corpus):
+        return [o.value for c in corpus for o in c.pii if o.type == "DATE"]
+    assert dates(base) and all(a != b for a, b in zip(dates(base), dates(later)))
+
+
+class FixedChoice:
+    """A `random.Random` stand-in whose `choice` takes the first format (Faker's draws stay Faker's)."""
+
+    @staticmethod
+    def choice(options):
+        return "%d %B %Y"
+
+
 def test_shape_types_roles_and_recurring_identities():
     convs = synthesize_corpus(300, 0)
     stats = corpus_stats(convs)

@@ -374,3 +374,32 @@ def test_prompts_that_start_alike_share_their_prefill_with_equal_results(tiny_mo
     chat = len(CFGGenerator(model, tokenizer).encode(reqs[-1]).pos)
     assert shapes[0] == (3, max(len(text), len(head) + len(text), chat)) and shapes[1] == (9, 1)
     assert len(shapes) == 2 + 5  # then one forward per decode step
+
+
+def test_sliding_window_model_prefills_prompts_longer_than_its_window_correctly(default_tokenizer):
+    """A model whose layers attend to the last 8 tokens only: prompts that start alike and are longer than the
+    window decode as a direct forward of the whole text does (no cache), with prefix sharing on and off."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    tok = default_tokenizer
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, sliding_window=8, max_position_embeddings=512, initializer_range=0.2,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)).eval()
+    text = tok("The courier will call 555-0101 before delivering to 12 Elm Street, Seville, on Monday morning.",
+               add_special_tokens=False)["input_ids"]
+    prompts = [text[:k] for k in (12, 13, 20, len(text))]
+    expected = []
+    with torch.no_grad():
+        for ids in prompts:
+            ids, out = list(ids), []
+            for _ in range(5):
+                out.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+                ids.append(out[-1])
+            expected.append(out)
+    reqs = [GenerationRequest(input_ids=p, guidance=GuidanceConfig(1.0), sampling=SamplingConfig(max_new_tokens=5))
+            for p in prompts]
+    for share in (False, True):
+        got = no_eos(CFGGenerator(model, tok, share_prefixes=share)).generate(reqs)
+        assert [r.token_ids for r in got] == expected, share

@@ -12,7 +12,10 @@ context, as the LLM-PC attack does. Values come from
 Faker in several English locales; a pool of recurring identities (about one
 per three conversations) makes person -> attribute links memorisable. Each
 exchange is drawn from several phrasings per situation and composed with
-varied greetings, closings, date and phone formats. Deterministic for a seed.
+varied greetings, closings, date and phone formats. Deterministic for a seed,
+on any day: dates are drawn around `REFERENCE_DATE`, not around today (until
+session 21 they were, so a seed's corpus shifted its dates, and everything
+trained on it changed, from one day to the next).
 
 Types: NAME, LOC, DATE, PHONE, EMAIL, SSN, ADDRESS, ORG, URL, IP, ACCOUNT.
 """
@@ -22,9 +25,16 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
 
 from unleak.corpus.llmpc import DEFAULT_SYSTEM
 from unleak.corpus.model import Conversation, PIIOccurrence, Turn
+
+#: the "today" of the corpus: event dates fall from 2 years before it to 1 year after, birth dates 18-85 years
+#: before. The day the demo's published runs (sessions 18-21) synthesised their corpus on, so a seed still
+#: gives that corpus.
+REFERENCE_DATE = date(2026, 11, 26)
 
 SLOT_TYPES = {
     "name": "NAME", "first": "NAME", "spouse": "NAME", "child": "NAME", "sibling": "NAME", "doctor": "NAME",
@@ -242,11 +252,26 @@ class Identity:
     values: dict[str, str]
 
 
-def _make_identity(rng: random.Random, fakers: dict) -> Identity:
+def _years_before(day: date, years: int) -> date:
+    """The same day `years` earlier (29 February -> 1 March in a common year), as Faker's `change_year`."""
+    try:
+        return day.replace(year=day.year - years)
+    except ValueError:
+        return day.replace(year=day.year - years, month=3, day=1)
+
+
+def _date_of_birth(f: Any, today: date, minimum_age: int, maximum_age: int) -> date:
+    """Faker's `date_of_birth(minimum_age, maximum_age)` as drawn on `today` (the same random draw)."""
+    start = _years_before(today, maximum_age + 1)
+    dob = f.date_time_ad(start_datetime=start, end_datetime=_years_before(today, minimum_age)).date()
+    return dob if dob != start else dob + timedelta(days=1)
+
+
+def _make_identity(rng: random.Random, fakers: dict, today: date) -> Identity:
     locale = rng.choice(LOCALES)
     f, us = fakers[locale], fakers["en_US"]
     first, last = f.first_name(), f.last_name()
-    dob = f.date_of_birth(minimum_age=18, maximum_age=85)
+    dob = _date_of_birth(f, today, minimum_age=18, maximum_age=85)
     user = rng.choice([f"{first}.{last}", f"{first[0]}{last}", f"{first}{rng.randint(1, 99)}",
                        f"{last}.{first[0]}"]).lower().replace(" ", "").replace("'", "")
     domain = rng.choice(["gmail.com", "yahoo.com", "outlook.com", "proton.me", "icloud.com", f.free_email_domain()])
@@ -266,8 +291,10 @@ def _make_identity(rng: random.Random, fakers: dict) -> Identity:
     })
 
 
-def _event_date(rng: random.Random, fakers: dict) -> str:
-    return fakers["en_US"].date_between("-2y", "+1y").strftime(rng.choice(DATE_FORMATS))
+def _event_date(rng: random.Random, fakers: dict, today: date) -> str:
+    # Faker's date_between("-2y", "+1y") as drawn on `today` (its years are 365.24 days)
+    day = fakers["en_US"].date_between(today + timedelta(days=-2 * 365.24), today + timedelta(days=365.24))
+    return day.strftime(rng.choice(DATE_FORMATS))
 
 
 def _fill(template: str, values: dict[str, str]) -> tuple[str, list[tuple[str, int, int, str]]]:
@@ -295,11 +322,12 @@ def _detail(situation: str, rng: random.Random) -> str:
     return lead + (filled[0].lower() + filled[1:] if lead.endswith(", ") else filled)
 
 
-def synthesize_conversation(conv_id: str, identity: Identity, rng: random.Random, fakers: dict) -> Conversation:
+def synthesize_conversation(conv_id: str, identity: Identity, rng: random.Random, fakers: dict,
+                            today: date = REFERENCE_DATE) -> Conversation:
     name = rng.choice(sorted(SITUATIONS))
     situation = SITUATIONS[name]
     detail = _detail(name, rng)
-    values = dict(identity.values, date=_event_date(rng, fakers))
+    values = dict(identity.values, date=_event_date(rng, fakers, today))
     n_exchanges = rng.choice([1, 2, 2, 3])
     exchanges = [situation[0]] + [situation[1]] * (n_exchanges - 1)
     turns = [Turn("system", DEFAULT_SYSTEM)]
@@ -330,8 +358,9 @@ def synthesize_conversation(conv_id: str, identity: Identity, rng: random.Random
     return Conversation(conv_id, turns, pii)
 
 
-def synthesize_corpus(n: int = 400, seed: int = 0, identities: int | None = None) -> list[Conversation]:
-    """`n` synthetic conversations; about `n // 3` recurring identities unless given."""
+def synthesize_corpus(n: int = 400, seed: int = 0, identities: int | None = None,
+                      today: date = REFERENCE_DATE) -> list[Conversation]:
+    """`n` synthetic conversations; about `n // 3` recurring identities unless given; dates around `today`."""
     from faker import Faker
 
     rng = random.Random(seed)
@@ -339,5 +368,5 @@ def synthesize_corpus(n: int = 400, seed: int = 0, identities: int | None = None
     for i, loc in enumerate(LOCALES):
         fakers[loc] = Faker(loc)
         fakers[loc].seed_instance(seed * 1000 + i)
-    pool = [_make_identity(rng, fakers) for _ in range(identities or max(1, n // 3))]
-    return [synthesize_conversation(str(i), rng.choice(pool), rng, fakers) for i in range(n)]
+    pool = [_make_identity(rng, fakers, today) for _ in range(identities or max(1, n // 3))]
+    return [synthesize_conversation(str(i), rng.choice(pool), rng, fakers, today) for i in range(n)]
