@@ -378,7 +378,8 @@ def test_prompts_that_start_alike_share_their_prefill_with_equal_results(tiny_mo
 
 def test_sliding_window_model_prefills_prompts_longer_than_its_window_correctly(default_tokenizer):
     """A model whose layers attend to the last 8 tokens only: prompts that start alike and are longer than the
-    window decode as a direct forward of the whole text does (no cache), with prefix sharing on and off."""
+    window decode as a direct forward of the whole text does (no cache), with prefix sharing on and off (the
+    generator prefills such a model's prompts whole: a guest's mask counts on cache columns the window drops)."""
     from transformers import MistralConfig, MistralForCausalLM
 
     tok = default_tokenizer

@@ -166,6 +166,10 @@ class CFGGenerator:
         self.eos_ids = {e for e in eos if e is not None}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.is_peft = hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+        # a sliding-window layer's cache drops the oldest columns, which a guest's mask still counts on:
+        # such models prefill every prompt whole
+        self._sliding_window = bool(getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)
+                                    or any("sliding" in str(t) for t in getattr(cfg, "layer_types", None) or ()))
 
     @property
     def device(self) -> torch.device:
@@ -357,14 +361,15 @@ class CFGGenerator:
                  ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prefill the physical rows: their cache, last logits, attention mask and position ids.
 
-        With `share_prefixes`, in two forwards where `prefix.plan_prefill` finds that cheaper: the
-        hosts whole, then every row on its host's cache (a host: padding only), each guest's own
-        tokens after the part it shares; the guests' masks hide the rest of their host's tokens.
+        With `share_prefixes` (and no sliding-window attention), in two forwards where
+        `prefix.plan_prefill` finds that cheaper: the hosts whole, then every row on its host's cache
+        (a host: padding only), each guest's own tokens after the part it shares; the guests' masks
+        hide the rest of their host's tokens.
         """
         from transformers import DynamicCache
 
         device = self.device
-        plan = plan_prefill(rows, adapters) if self.share_prefixes else None
+        plan = plan_prefill(rows, adapters) if self.share_prefixes and not self._sliding_window else None
         hosts = plan.hosts if plan is not None else tuple(range(len(rows)))
         ids, mask = _left_padded([rows[h] for h in hosts], self.pad_id, device)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
