@@ -73,6 +73,18 @@ def build_tiny_llama(out: Path, tokenizer, seed: int = 0, layers: int = 2, width
     return out
 
 
+def random_lora(model, r: int = 8, alpha: int = 64):
+    """`model` with a LoRA on every linear layer whose weights are all random (seed the RNG first), wrapped
+    as the library wraps models (`peft_wrapping`: no deprecation warning from PEFT)."""
+    from peft import LoraConfig, get_peft_model
+
+    from unleak.models import peft_wrapping
+
+    with peft_wrapping():
+        return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules="all-linear",
+                                                init_lora_weights=False))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, default_tokenizer) -> Path:
     """A 2-layer, width-64 random Llama with the default's tokenizer, saved to a temp dir."""

@@ -10,7 +10,7 @@ import torch
 
 from unleak import models
 from unleak.errors import UnleakError
-from unleak.models import load_model, load_tokenizer
+from unleak.models import load_model, load_tokenizer, peft_wrapping
 
 
 def greedy_tokens(model, tokenizer, n: int = 8) -> list[int]:
@@ -90,8 +90,9 @@ def test_merged_adapter_gives_the_adapter_outputs(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                          LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with peft_wrapping():
+        peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                              LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     for name, param in peft.named_parameters():
         if "lora_B" in name:
             param.data.normal_(0, 0.5)  # a zero B would make the adapter a no-op

@@ -14,6 +14,7 @@ from unleak.decoding import CFGGenerator, GenerationRequest
 from unleak.decoding.cfg import cfg_mix_probs
 from unleak.errors import UnleakError
 from unleak.models import load_model, load_tokenizer
+from tests.conftest import random_lora
 
 PROMPTS = PromptConfig()
 DIALOGS = [
@@ -233,13 +234,10 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(tiny):
 
 
 def test_adapter_per_request_on_a_peft_model(tiny_model_dir):
-    from peft import LoraConfig, get_peft_model
-
     tokenizer = load_tokenizer(str(tiny_model_dir))
     base = load_model(str(tiny_model_dir), device="cpu")
     torch.manual_seed(0)
-    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=64, target_modules="all-linear",
-                                            init_lora_weights=False))
+    model = random_lora(base)
     model.eval()
     gen = no_eos(CFGGenerator(model, tokenizer))
     on = gen.generate([GenerationRequest(messages=DIALOGS[0], adapter=True,
@@ -257,12 +255,9 @@ def test_adapter_per_request_on_a_peft_model(tiny_model_dir):
 def test_negative_rows_without_the_adapter_contrast_with_the_undefended_model(tiny_model_dir):
     """`negative_adapter=False`: each step mixes the adapter under the positive prompt with the bare model
     under the negative one (direct reference: full forwards, no cache, no batching)."""
-    from peft import LoraConfig, get_peft_model
-
     tokenizer = load_tokenizer(str(tiny_model_dir))
     torch.manual_seed(0)
-    model = get_peft_model(load_model(str(tiny_model_dir), device="cpu"),
-                           LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False)).eval()
+    model = random_lora(load_model(str(tiny_model_dir), device="cpu")).eval()
     messages, g, n = DIALOGS[0], 3.0, 8
     pos = encode(tokenizer, messages, PROMPTS.positive)["input_ids"]
     neg = encode(tokenizer, messages, PROMPTS.negative)["input_ids"]
@@ -341,16 +336,9 @@ def test_prompts_that_start_alike_share_their_prefill_with_equal_results(tiny_mo
     """Attack-like prompts (each a prefix of the next, or one token longer) on a PEFT model, positive rows with
     the adapter and guided negative rows without it: two prefill forwards (the hosts whole, then every row's
     own rest), the same tokens as one prefill of every row; rows share only with rows of the same adapter."""
-    from peft import LoraConfig, get_peft_model
-
-    from unleak.models import peft_wrapping
-
     tokenizer = load_tokenizer(str(tiny_model_dir))
     torch.manual_seed(0)
-    with peft_wrapping():
-        model = get_peft_model(load_model(str(tiny_model_dir), device="cpu"),
-                               LoraConfig(r=8, lora_alpha=64, target_modules="all-linear",
-                                          init_lora_weights=False)).eval()
+    model = random_lora(load_model(str(tiny_model_dir), device="cpu")).eval()
     text = tokenizer("Dear Maria Lopez, the courier will call 555-0101 before delivering to 12 Elm Street, "
                      "Seville, on Monday. Your order number is 48213 and the invoice goes to maria@example.com.",
                      add_special_tokens=False)["input_ids"]

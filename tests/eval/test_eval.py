@@ -18,7 +18,7 @@ from unleak.eval.attack import (TASK_MESSAGE_1, attack_prompts, attack_success,
 from unleak.eval.fluency import answer_perplexities, answer_perplexity, repetition_counts, repetition_rate
 from unleak.eval.utility import (accuracy_with_se, format_question, load_mc_questions, multiple_choice_predictions,
                                  paired_difference)
-from tests.conftest import shared_file
+from tests.conftest import random_lora, shared_file
 
 
 def planted() -> Conversation:
@@ -440,8 +440,6 @@ def test_negative_branch_without_the_adapter_in_multiple_choice(tiny_model_dir):
     """On a PEFT model, `negative_adapter=False` scores the negative branch with the adapter off (PEFT's
     per-row `adapter_names` in the cloze pass, `disable_adapter` for letters): each choice alone, its positive
     branch with the adapter and its negative one without, mixed by the decoder's `cfg_scores`."""
-    from peft import LoraConfig, get_peft_model
-
     from unleak.chat import system_header_ids
     from unleak.config import GuidanceConfig, PromptConfig
     from unleak.decoding.cfg import cfg_scores
@@ -451,8 +449,7 @@ def test_negative_branch_without_the_adapter_in_multiple_choice(tiny_model_dir):
 
     tok = load_tokenizer(str(tiny_model_dir))
     torch.manual_seed(0)
-    model = get_peft_model(load_model(str(tiny_model_dir)), LoraConfig(
-        r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False)).eval()
+    model = random_lora(load_model(str(tiny_model_dir))).eval()
     qs = [{"subject": "s", "question": "What is " + "w" * (i + 1) + "?", "answer": 0,
            "choices": ["yes", "no", "a longer answer " * (i % 2)][:3]} for i in range(4)]
     prompts = PromptConfig()
@@ -517,8 +514,6 @@ def test_evaluation_with_the_negative_branch_on_the_base_model(tiny_model_dir, t
     rows of the same adapter in one pass (the adapter unmerged, switched per row), each row's answers, attack
     outputs and multiple-choice predictions are the decoder's and scorer's with that negative branch, as when
     evaluated alone; the two rows differ."""
-    from peft import LoraConfig, get_peft_model
-
     from unleak.config import GuidanceConfig, PromptConfig
     from unleak.corpus.store import load_split, save_corpus, split_corpus
     from unleak.corpus.synth import synthesize_corpus
@@ -530,8 +525,7 @@ def test_evaluation_with_the_negative_branch_on_the_base_model(tiny_model_dir, t
     from unleak.pairs.samples import build_samples, limit_samples
 
     torch.manual_seed(0)
-    peft = get_peft_model(load_model(str(tiny_model_dir)), LoraConfig(
-        r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False))
+    peft = random_lora(load_model(str(tiny_model_dir)))
     peft.save_pretrained(tmp_path / "adapter")
     corpus = save_corpus(tmp_path / "c", synthesize_corpus(8, seed=3), {})
     split_corpus(corpus, 0.4, seed=0)

@@ -548,6 +548,8 @@ def test_killed_build_resumes_without_duplicates(corpus_dir, tmp_path, tiny_mode
     assert shown.returncode == 0 and json.loads(shown.stdout.splitlines()[-1])["pairs"] == stats["pairs"]
 
 
+# TRL's trainers use transformers' deprecated gradient-checkpointing names themselves
+@pytest.mark.filterwarnings("ignore:`(is_)?gradient_checkpointing[a-z_]*` is deprecated:FutureWarning")
 def test_pairs_train_with_trl_orpo_and_dpo(corpus_dir, tmp_path, tiny_model_dir):
     """The CFG pairs load with `datasets` and train unmodified with TRL's ORPO and DPO trainers."""
     import datasets

@@ -32,14 +32,14 @@ MSGS = [{"role": "user", "content": "Tell me about my neighbour."}]
 
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_model_dir, tmp_path_factory):
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     import torch
 
+    from tests.conftest import random_lora
+
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    model = random_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), r=4, alpha=32)
     out = tmp_path_factory.mktemp("adapter")
     model.save_pretrained(out)
     return out

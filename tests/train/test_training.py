@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 
 from unleak.config import LoraSettings, NegationSettings, OrpoSettings, SftSettings
 from unleak.errors import UnleakError
+from unleak.models import peft_wrapping
 from unleak.train.data import PreferenceCollator, tokenize_chat_for_sft, tokenize_pair
 from unleak.train.losses import sequence_logps
 
@@ -115,7 +116,8 @@ def test_orpo_moves_chosen_above_rejected_and_resumes(tiny_model_dir, pairs_file
 
     from transformers import AutoModelForCausalLM
 
-    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter).eval()
+    with peft_wrapping():
+        tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter).eval()
     after = _mean_log_odds_gap(tuned, tok)
     assert after > before + 0.5, (before, after)
 
