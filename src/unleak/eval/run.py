@@ -9,7 +9,9 @@ configurations already done with the same settings (resumable) and recomputes
 those from before a metric was added. The configurations of one model
 (model, adapter, served) are evaluated together: the model is loaded once,
 every test and attack prompt is prefilled once for all their guidance
-settings (`CFGGenerator.generate_grouped`), and each multiple-choice question
+settings (`CFGGenerator.generate_grouped`), the attack's two variants in one
+pass so that prompts that start alike share their prefill (`run_attacks`),
+and each multiple-choice question
 is scored once per system prompt (both in one pass for cloze), the branches
 then mixed for each setting: utility is measured under guidance, as the model
 is served (a served
