@@ -544,19 +544,19 @@ def eval_run(
     run_evaluation(corpus, eval_configurations(model, adapter, guidance, cfg_space, baseline, negative), out,
                    settings)
     report = write_report(out)
-    from unleak.eval.report import markdown_table
+    from unleak.eval.report import print_table
 
-    Console().print(markdown_table(report["rows"] + report["reference_rows"]))
+    print_table(report["rows"] + report["reference_rows"])
     print(json.dumps({"report": report["report"], "plots": report["plots"]}))
 
 
 @eval_app.command("report")
 def eval_report(directory: str = typer.Argument(..., help="Output directory of `unleak eval run`.")) -> None:
     """Write report.md, results.json and the PNG plots from evaluated configurations."""
-    from unleak.eval.report import markdown_table, write_report
+    from unleak.eval.report import print_table, write_report
 
     report = write_report(directory)
-    Console().print(markdown_table(report["rows"] + report["reference_rows"]))
+    print_table(report["rows"] + report["reference_rows"])
     print(json.dumps({"report": report["report"], "plots": report["plots"]}))
 
 

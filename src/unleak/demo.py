@@ -257,7 +257,7 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     from unleak.corpus.store import (copy_corpus, corpus_digest, corpus_stats, load_corpus, save_corpus,
                                      split_corpus)
     from unleak.corpus.synth import synthesize_corpus
-    from unleak.eval.report import markdown_table, write_report
+    from unleak.eval.report import print_table, write_report
     from unleak.eval.run import RESULTS_VERSION, configuration_identity, run_evaluation
     from unleak.eval.utility import shared_mmlu_file
     from unleak.models import resolve_model_path
@@ -354,5 +354,5 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     for p in report["plots"]:
         shutil.copy(p, out / Path(p).name)
     shutil.copy(evaluation / "results.json", out / "results.json")
-    Console().print(markdown_table(report["rows"] + report["reference_rows"]))
+    print_table(report["rows"] + report["reference_rows"])
     return {"report": str(out / "report.md"), "rows": report["rows"], "times": times}

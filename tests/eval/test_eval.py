@@ -563,3 +563,31 @@ def test_evaluation_with_the_negative_branch_on_the_base_model(tiny_model_dir, t
                                                    negative_adapter=negative_adapter is None)[0]
         assert row["utility"]["correct"] == [p == i % 4 for i, p in enumerate(preds)]
     assert together[0]["examples"] != together[1]["examples"]
+
+
+def test_the_summary_prints_whole_markdown_into_a_pipe_and_a_laid_out_table_on_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from unleak.eval.report import markdown_table, print_table
+
+    row = {"configuration": "orpo-plain-g3-prob-vs-base", "utility": 0.25, "utility_se": 0.056,
+           "utility_diff": {"difference": -0.05, "se": 0.077}, "pii_original": 0, "pii_strict": 0, "known_values": 0,
+           "asr": 1 / 73, "attack_successes": 1, "attack_attempts": 73, "asr_stripped": 0.0,
+           "attack_stripped_successes": 0, "attack_stripped_attempts": 73, "perplexity": 29.0, "repetition": 0.05}
+    md = markdown_table([row])
+    assert md.splitlines()[2] == ("| orpo-plain-g3-prob-vs-base | 25.0 ± 5.6 | -5.0 ± 7.7 | 0 | 0 | 0 | 1.4 (1/73) | "
+                                  "0.0 (0/73) | 29.0 | 5.0 |")
+    piped = io.StringIO()
+    print_table([row], Console(file=piped, width=80, force_terminal=False))
+    assert piped.getvalue() == md  # not wrapped at the console's 80 columns: it pastes as the report's table
+    terminal = io.StringIO()
+    print_table([row], Console(file=terminal, width=130, force_terminal=True, color_system=None))
+    text = terminal.getvalue()
+    assert "|" not in text and "─" in text and max(len(line.rstrip()) for line in text.splitlines()) <= 130
+    for cell in ("orpo-plain-g3-prob-vs-base", "25.0 ± 5.6", "-5.0 ± 7.7", "1.4 (1/73)", "29.0"):
+        assert cell in text
+    narrow = io.StringIO()  # the numbers cannot fit: the markdown, not a table of cut cells
+    print_table([row], Console(file=narrow, width=60, force_terminal=True, color_system=None))
+    assert narrow.getvalue() == md

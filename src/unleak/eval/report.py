@@ -14,6 +14,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich import box
+from rich.console import Console
+from rich.cells import cell_len
+from rich.table import Table
+
 from unleak.errors import UnleakError
 from unleak.eval.judge import LLM_JUDGE_PREFIX
 from unleak.eval.utility import paired_difference
@@ -79,21 +84,56 @@ def _asr(asr: float | None, hits: int | None, attempts: int | None) -> str:
     return "–" if asr is None else f"{100 * asr:.1f} ({hits}/{attempts})"
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = "| configuration | utility % (± SE) | Δ utility (± SE) | PII count (original) | " \
-           "PII count (strict) | known values | attack ASR % (hits/attempts) | " \
-           "attack ASR %, space cut (hits/attempts) | answer perplexity | repetition % |"
-    lines = [head, "|" + " --- |" * 10]
+TABLE_HEADER = ["configuration", "utility % (± SE)", "Δ utility (± SE)", "PII count (original)", "PII count (strict)",
+                "known values", "attack ASR % (hits/attempts)", "attack ASR %, space cut (hits/attempts)",
+                "answer perplexity", "repetition %"]
+
+TERMINAL_HEADER = ["configuration", "utility %\n± SE", "Δ utility\n± SE", "PII\norig.", "PII\nstrict", "known\nvalues",
+                   "ASR %\n(hits/n)", "cut ASR %\n(hits/n)", "answer\nppl", "rep.\n%"]
+
+MIN_NAME_WIDTH = 16  # below this the configurations' names fold into too many lines: the markdown instead
+
+
+def table_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """The summary table's cells, one list per row, in `TABLE_HEADER`'s order."""
+    cells = []
     for r in rows:
         util = f"{_fmt(r.get('utility'), True)} ± {_fmt(r.get('utility_se'), True)}" if "utility" in r else "–"
         d = r.get("utility_diff")
         diff = f"{100 * d['difference']:+.1f} ± {100 * d['se']:.1f}" if d else "–"
         attack = _asr(r["asr"], r["attack_successes"], r["attack_attempts"])
         stripped = _asr(r.get("asr_stripped"), r.get("attack_stripped_successes"), r.get("attack_stripped_attempts"))
-        lines.append(f"| {r['configuration']} | {util} | {diff} | {_fmt(r['pii_original'])} | "
-                     f"{_fmt(r['pii_strict'])} | {_fmt(r.get('known_values'))} | {attack} | {stripped} | "
-                     f"{_fmt(r['perplexity'])} | {_fmt(r.get('repetition'), True)} |")
+        cells.append([r["configuration"], util, diff, _fmt(r["pii_original"]), _fmt(r["pii_strict"]),
+                      _fmt(r.get("known_values")), attack, stripped, _fmt(r["perplexity"]),
+                      _fmt(r.get("repetition"), True)])
+    return cells
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + " --- |" * len(TABLE_HEADER)]
+    lines += ["| " + " | ".join(c) + " |" for c in table_cells(rows)]
     return "\n".join(lines) + "\n"
+
+
+def print_table(rows: list[dict[str, Any]], console: Console | None = None) -> None:
+    """The summary on the console: a table laid out to a terminal's width (the configurations' names folded
+    if need be), or, into a file or pipe or where the numbers do not fit, the markdown lines of `report.md`
+    whole (not wrapped at the console's width, so they paste as a table)."""
+    console = console or Console()
+    cells = table_cells(rows)
+    widths = [max(cell_len(line) for line in head.split("\n")) for head in TERMINAL_HEADER[1:]]
+    for c in cells:
+        widths = [max(w, cell_len(x)) for w, x in zip(widths, c[1:])]
+    if console.is_terminal and sum(widths) + 2 * len(TERMINAL_HEADER) + MIN_NAME_WIDTH <= console.width:
+        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+        table.add_column("configuration", overflow="fold")
+        for head in TERMINAL_HEADER[1:]:
+            table.add_column(head, justify="right", no_wrap=True)
+        for c in cells:
+            table.add_row(*c)
+        console.print(table)
+    else:  # a pipe, a file or a terminal too narrow for the numbers
+        console.print(markdown_table(rows), markup=False, highlight=False, soft_wrap=True, end="")
 
 
 def _series_space(row: dict[str, Any]) -> str:
