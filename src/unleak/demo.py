@@ -50,7 +50,7 @@ console = Console(stderr=True)
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes and budgets of the demo; the defaults take about 25 minutes on a 2-core CPU."""
+    """Sizes and budgets of the demo; the defaults take 22-25 minutes on a 2-core CPU."""
 
     model: str = "default"
     #: an existing corpus instead of the synthetic one: a corpus directory (`unleak corpus synth` or
