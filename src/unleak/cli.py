@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -558,6 +559,23 @@ def eval_report(directory: str = typer.Argument(..., help="Output directory of `
     report = write_report(directory)
     print_table(report["rows"] + report["reference_rows"])
     print(json.dumps({"report": report["report"], "plots": report["plots"]}))
+
+
+@eval_app.command("compare")
+def eval_compare(
+    runs: list[str] = typer.Argument(..., help="Two or more output directories of `unleak eval run` or "
+                                               "`unleak demo` (or their results.json)."),
+    out: str = typer.Option(..., help="Where compare.md, compare.json and compare.png go."),
+    labels: str = typer.Option(None, help="Comma-separated run labels (default: the directories' names)."),
+    reference: str = typer.Option("leaky", help="Configuration the changes are relative to (the undefended "
+                                                "model)."),
+) -> None:
+    """Each configuration across runs (seeds, corpora), and the runs pooled: PII, attack hits, utility."""
+    from unleak.eval.compare import compare_runs
+
+    result = compare_runs(runs, out, labels=labels.split(",") if labels else None, reference=reference)
+    print(Path(result["report"]).read_text())
+    print(json.dumps({"report": result["report"], "plots": result["plots"]}))
 
 
 @app.command()
