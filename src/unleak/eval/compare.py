@@ -120,12 +120,10 @@ def compare_runs(paths: list[str | Path], out_dir: str | Path, labels: list[str]
           f"utility paired with `{reference}` over every run's questions (n: questions times runs); (Δ %) is "
           f"the pooled value's change relative to `{reference}`'s."
           + (f" Not in every run, left out: {', '.join(left_out)}." if left_out else ""), "",
-          compare_table(table, reference), ""]
-    if plot:
-        md.append(f"![{plot.stem}]({plot.name})")
+          compare_table(table, reference), "", f"![{plot.stem}]({plot.name})"]
     atomic_write_text(out / "compare.md", "\n".join(md) + "\n")
     atomic_write_text(out / "compare.json", json.dumps(summary, indent=1) + "\n")
-    return {"report": str(out / "compare.md"), "plots": [str(plot)] if plot else [], **summary}
+    return {"report": str(out / "compare.md"), "plots": [str(plot)], **summary}
 
 
 def _sizes(run: dict[str, Any]) -> str:
@@ -164,7 +162,7 @@ def compare_table(table: list[dict[str, Any]], reference: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_compare(table: list[dict[str, Any]], labels: list[str], out_png: Path) -> Path | None:
+def plot_compare(table: list[dict[str, Any]], labels: list[str], out_png: Path) -> Path:
     """PII count and attack hits per configuration, one bar per run."""
     import matplotlib
 
