@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -574,7 +573,7 @@ def eval_compare(
     from unleak.eval.compare import compare_runs
 
     result = compare_runs(runs, out, labels=labels.split(",") if labels else None, reference=reference)
-    print(Path(result["report"]).read_text())
+    print(result["markdown"])
     print(json.dumps({"report": result["report"], "plots": result["plots"]}))
 
 

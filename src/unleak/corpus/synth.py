@@ -13,9 +13,9 @@ Faker in several English locales; a pool of recurring identities (about one
 per three conversations) makes person -> attribute links memorisable. Each
 exchange is drawn from several phrasings per situation and composed with
 varied greetings, closings, date and phone formats. Deterministic for a seed,
-on any day: dates are drawn around `REFERENCE_DATE`, not around today (until
-session 21 they were, so a seed's corpus shifted its dates, and everything
-trained on it changed, from one day to the next).
+on any day: dates are drawn around `REFERENCE_DATE`, not around today (around
+today, a seed's corpus, and everything trained on it, would change from one
+day to the next).
 
 Types: NAME, LOC, DATE, PHONE, EMAIL, SSN, ADDRESS, ORG, URL, IP, ACCOUNT.
 """

@@ -121,9 +121,10 @@ def compare_runs(paths: list[str | Path], out_dir: str | Path, labels: list[str]
           f"the pooled value's change relative to `{reference}`'s."
           + (f" Not in every run, left out: {', '.join(left_out)}." if left_out else ""), "",
           compare_table(table, reference), "", f"![{plot.stem}]({plot.name})"]
-    atomic_write_text(out / "compare.md", "\n".join(md) + "\n")
+    markdown = "\n".join(md) + "\n"
+    atomic_write_text(out / "compare.md", markdown)
     atomic_write_text(out / "compare.json", json.dumps(summary, indent=1) + "\n")
-    return {"report": str(out / "compare.md"), "plots": [str(plot)], **summary}
+    return {"report": str(out / "compare.md"), "markdown": markdown, "plots": [str(plot)], **summary}
 
 
 def _sizes(run: dict[str, Any]) -> str:
