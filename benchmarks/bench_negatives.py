@@ -6,9 +6,9 @@ guided away from the model without the adapter) on the demo's corpus (40
 conversations, seed 0), evaluated by `run_evaluation`:
 
 - together: one group, the adapter unmerged and switched per row (what the
-  demo does since session 20);
+  demo does);
 - apart: the method's seven rows with the adapter merged, then the three
-  `-vs-base` rows unmerged (what it did before).
+  `-vs-base` rows unmerged (two passes).
 
 Side by side in one run after an untimed warm-up (`--repeats` times, the
 order alternating), each into a fresh output directory, so nothing is cached;

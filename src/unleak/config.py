@@ -238,8 +238,8 @@ class KeepConfig:
     """Keep pairs (not in the original): requests with nothing private, answered as they are.
 
     A defence trained only on redaction pairs learns to write placeholders
-    everywhere, also where nothing was private (session 14: the demo's
-    defended model put one into 98 of 100 general answers). A keep pair is a
+    everywhere, also where nothing was private (the demo's defended model
+    without keep pairs put one into 98 of 100 general answers). A keep pair is a
     general request answered by the generator (chosen, NER-checked like every
     chosen answer) against the same answer with placeholders invented over some
     of its noun phrases (rejected): the over-redaction, shown as what not to do.
@@ -263,13 +263,13 @@ class KeepConfig:
     entities: bool = False
     #: the share of keep pairs whose rejected side also opens with a name placeholder (`[REDACTED NAME], the
     #: law of ...`), the corpus's way to open an answer with the user's name, redacted: what a defence that
-    #: learned to redact that opener writes into general answers (session 16: with the opening stratum
+    #: learned to redact that opener writes into general answers (the demo: with the opening stratum
     #: oversampled, 58 of 100 generated MMLU answers opened so)
     name_opener: float = 0.0
     #: what those rejected sides open with: "name", always the name placeholder as an address
     #: (`[REDACTED NAME],`), or "corpus", an address drawn from the redacted train answers'
     #: own (`placeholder_openers`: `For [REDACTED NAME],`, `Dear [REDACTED NAME],`; "name" where they
-    #: have none), for a corpus whose answers address the user inside a clause rather than first (session 17,
+    #: have none), for a corpus whose answers address the user inside a clause rather than first (the demo's
     #: seed 1: no change in the general answers' placeholders, 57 of 100 against 53)
     opener_source: str = "name"
     seed: int = 0
@@ -313,7 +313,7 @@ class PairsConfig:
     #: the answers that open with their PII, `samples.opening_stratum`) with fewer pairs than this are
     #: repeated, in turn, up to this many. A rare shape otherwise weighs as little as its count: two train
     #: samples of seed 0 open an answer with the user's first name, and the one leaked value of the demo's
-    #: default run (session 15) was the user's first name opening such an answer
+    #: default run without it was the user's first name opening such an answer
     min_stratum_pairs: int = 0
 
     def __post_init__(self) -> None:

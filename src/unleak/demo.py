@@ -67,58 +67,20 @@ class DemoConfig:
     leaky: str | None = None
     #: the whole conversation carries the loss, so PII first disclosed in user turns is memorised too
     #: (what the extraction attack probes); frozen embeddings make a CPU step ~20 % cheaper. A high lr
-    #: and small batches stand in for the many epochs a really leaky model saw: measured on 40
-    #: conversations, 4 epochs at 1e-3 (batch 2) reached attack ASR 6.8 % (5/73) where 3 epochs at
-    #: 5e-4 on 50 reached 2.0 % (2/98)
+    #: and small batches stand in for the many epochs a really leaky model saw: on 40 conversations,
+    #: 4 epochs at 1e-3 (batch 2) reached attack ASR 6.8 % (5/73) where 3 epochs at 5e-4 on 50 reached 2.0 %
     sft: SftSettings = field(default_factory=lambda: SftSettings(epochs=4, batch_size=2, learning_rate=1e-3,
                                                                  max_length=384, loss_on="all",
                                                                  train_embeddings=False))
-    #: model-free `redact` candidates (the original answer, PII -> "[REDACTED PHONE NUMBER]"; not in the original),
-    #: NER + known values checked. Measured on the default leaky model (24 test prompts, 73 attacks; session 9,
-    #: leaky: PII 35, known values 45, 5/73): these 63 plain pairs gave PII 1, known values 1, 1/73 at g = 3
-    #: (prob). Before session 9's sample fix (leaky: PII 33, 5/73): 60 pairs (64 samples, 1 epoch, 215 s) gave
-    #: PII 2 and 1/73 at g = 1 and g = 3 (prob); all 170 samples PII 5-6 and perplexity 55-64; 2 epochs
-    #: overfit (PII 5 and 4, perplexity 28 -> 45); the base model as generator
-    #: (modes nudge + completion, 92 plain pairs from 64 samples, 629 s of generation): PII 6 and 2,
-    #: 0/73, perplexity 2.6-3.2, but answers that loop (seq-rep-4 34-41 %, leaky 0.2 %)
-    #: Session 10: plus 64 user-turn samples (`user_turns`; the leaky model memorised what users wrote, and
-    #: the attack cuts user turns too): 127 pairs, ORPO 211 s; PII 2, known values 2, attack 0/73 and, with
-    #: the context's trailing space cut, 0/73 (leaky 5 and 19), perplexity 29.2 at g = 3; seed 1: PII 0,
-    #: 0/102 and 0/102 (leaky 13 and 19), perplexity 16.3 (session 9, answer pairs only: PII 0, 2/102).
-    #: Session 11: `completion` candidates of the base model beside these (no_repeat_ngram_size 4,
-    #: max_repetition 0.1; 23 of 64 PII-free, 150 pairs, 77 s of generation, ORPO 265 s): PII 2, 1/73 at
-    #: g = 1, perplexity 23.2 at g = 3, within this run-to-run spread: not adopted. All 170 answer samples
-    #: instead of 64 (231 pairs, ORPO 423 s instead of 247 s): PII 2 -> 1 (`48 hours`, a TIME entity the
-    #: perfectly redacted test answers hold too), strict and known values 1 -> 0, attack 0/73 both ways,
-    #: perplexity 28.6 (64 samples: 25.4); the user's first name that opened one answer is gone: the default.
-    #: Seed 1 (224 pairs, ORPO 395 s): PII 0, attack 0/102, space cut 1/102 (a user message's organisation;
-    #: 64 samples: 0/102), perplexity 19.0 (16.3). Every user-turn sample too (128 / 123 instead of 64;
-    #: ORPO 503 / 474 s): seed 0 PII 1, strict 0, both attacks 0/73, perplexity 25.0; seed 1 PII 0, both
-    #: attacks 0/102, perplexity 19.9: the default
-    #: Session 15: plus keep pairs (`KeepConfig`) from 100 general requests answered by the base model: the
-    #: defence trained on redaction pairs alone wrote a placeholder into 98-99 of 100 general answers
-    #: (generative MMLU 0 %, leaky 8 %); 95 keep pairs beside the 295 (experiment, 96-token answers, ORPO
-    #: 932 s) took that to 48 of 100 and 5 %, with PII 1, strict 0, known values 0, attack 0/73 both ways.
-    #: The default run (65 keep pairs: 35 of the 100 answers name `Earth` and the like, which NER counts; pairs
-    #: 113 s, ORPO 715 s, stages 27.8 min; seed 1 30.5 min): placeholders in 52 of 100 general answers, 4 % at
-    #: g = 3 (leaky 8 %); PII 3, one of them the user's first name opening an answer (strict and known values 1),
-    #: attack 0/73 both ways; seed 1: PII 0, 0/102 both ways, 3 % against the leaky model's 10 %
-    #: Session 16: the pairs of rarer strata repeated up to 8 each (`min_stratum_pairs`: the 2 answers that
-    #: open with the user's name, IP, URL; 24 copies) removed that leak (PII 2, both `48 hours`, as in the
-    #: perfectly redacted answers; strict and known values 0) but taught the `[REDACTED NAME], ...` opener to
-    #: general answers (58 of 100 MMLU answers opened so, 69 held a placeholder; keep answers naming public
-    #: entities, `KeepConfig.entities`, tried in the same run). Half of the keep pairs' rejected sides opened
-    #: with that placeholder (`name_opener`) as well: the same PII and attacks, placeholders in 43 of 100
-    #: general answers, 6 % right at g = 3 (-2.0 ± 2.8 to the leaky model; session 15: 52 and 4 %; a second
-    #: run of the same pairs: PII 2 / 0 / 0 again, 54 placeholders, 34 openers, 4 %, -4.0 ± 2.4). Seed 1:
-    #: PII 0 at every setting, 0/102 both ways, 1 % right (-9.0 ± 2.9; session 15: 3 %), its corpus's style
-    #: opening answers with `For [REDACTED NAME], ...` rather than with the name. Session 17: those openers drawn
-    #: from the redacted train answers (`opener_source="corpus"`, 13 kinds) left seed 1 where it was (PII 0,
-    #: 0/102, 2 % right, -8.0 ± 2.7; placeholders in 57 of 100, 30 within the first five words, as before);
-    #: 200 general requests instead of 100 (134 keep pairs, ~35 min): 1 % right, placeholders in 46 of 100
-    #: Session 19: the redact candidates have what the detector still finds replaced too (`redact_detected`):
-    #: the one train answer holding `48 hours` (3 samples) got its pairs, and test PII at g = 3 went 2 -> 0
-    #: (unseeded LoRA weights) and 2 -> 1 (seeded: the first-name opener above, 1 attack hit of 73)
+    #: Not the original's generator candidates: the model-free `redact` candidates (the original answer,
+    #: each value -> "[REDACTED PHONE NUMBER]", NER + known values checked), because the 135M base model as
+    #: generator gave answers that loop (seq-rep-4 34-41 %, leaky 0.2 %) and left PII 6 at g = 1. Every
+    #: answer and user-turn sample (fewer left the user's first name in one answer; the leaky model
+    #: memorised what users wrote too). The pairs of rarer strata (answers that open with the user's name,
+    #: IPs, URLs) repeated up to 8 each: without them that name-opener leaked. Keep pairs from 100 general
+    #: requests, half of their rejected sides opened with the name placeholder: on redaction pairs alone
+    #: the defence wrote a placeholder into 98-99 of 100 general answers (with them: 43-54). Each choice's
+    #: measurements, seeds 0 and 1: docs/results.md
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(
         candidate=CandidateConfig(modes=("redact",), candidates=1, max_new_tokens=64, max_tries=1),
         pii_candidates_as_rejected=False, limit=None, user_turns=None, min_stratum_pairs=8,
@@ -126,32 +88,29 @@ class DemoConfig:
     #: which pairs the defended adapter trains on: "plain" (the original's "ORPO LoRA, no CFG data" row)
     #: or "cfg" (each pair under the positive and, swapped, the negative system prompt). With one CPU
     #: epoch the 135M model does not learn to tell the two system prompts apart (mean log-odds ~0, the
-    #: swapped rows cancel): the same 53 redact pairs as CFG data gave PII 24 / 4 of 73 at g = 1 and
-    #: 22 / 5 at g = 3, so the demo trains the plain variant; guidance at inference applies to either
+    #: swapped rows cancel; PII 22 and 5 attack hits of 73 at g = 3, beta 0.5 no better), so the demo
+    #: trains the plain variant; guidance at inference applies to either
     variant: str = "plain"
-    #: one epoch on a CPU budget, so a higher lr than the original's 1e-4 (3 epochs, far more pairs);
-    #: measured on the default leaky model and pairs: lr 3e-4 left test PII 30 and attack hits 8/73 at
-    #: g = 1 (leaky: 33, 5/73), lr 1e-3 brought them to 23 and 1/73 in the same time
+    #: one epoch on a CPU budget, so a higher lr than the original's 1e-4 (3 epochs, far more pairs):
+    #: lr 3e-4 left test PII 30 and 8/73 attack hits at g = 1 (leaky: 33, 5/73), 1e-3 brought them to
+    #: 23 and 1/73 in the same time; 2 epochs overfit (perplexity 28 -> 45)
     orpo: OrpoSettings = field(default_factory=lambda: OrpoSettings(epochs=1, learning_rate=1e-3, max_length=512,
                                                                       max_prompt_length=384))
     #: also train ORPO on the plain pairs and run the negation route
     full: bool = False
     #: the guidance scales besides 1, each in every space of `cfg_spaces`; they share each prompt's prefill
-    #: and every decode step while they agree (7 configurations of the defended model: 559 s of evaluation
-    #: against ~1,330 s one by one; session 12, agreeing steps run once: the defended model's 414 -> 295 s)
+    #: and every decode step while they agree (the defended model's seven settings: 559 s of evaluation
+    #: against ~1,330 s one by one)
     guidance: tuple[float, ...] = (2.0, 3.0, 5.0)
     cfg_spaces: tuple[str, ...] = ("prob", "log")
     #: the negative branches of the guided rows (`unleak.decoding.generator.NEGATIVE_BRANCHES`): "adapter"
-    #: (the method) and/or "base" (the leaky model without the adapter, rows named `...-vs-base`). Session 19,
-    #: LoRA weights seeded: the default run's adapter writes one user's first name (`Christine, report the
-    #: accident ...`) and gives one attack hit of 73 at every g under the method's negative prompt, neither
-    #: when guided away from the leaky model at g = 3-5 (prob). Both by default since session 20: the
-    #: `-vs-base` rows are evaluated in the method's pass (the adapter unmerged, switched per row), not in a
-    #: pass of their own, which took the evaluation from 486 to 820 s
+    #: (the method) and/or "base" (the leaky model without the adapter, rows named `...-vs-base`). The
+    #: default run's adapter writes one user's first name and gives one attack hit of 73 at every g under
+    #: the method's negative prompt, neither when guided away from the leaky model at g = 3-5 (prob); the
+    #: `-vs-base` rows run in the method's pass (the adapter unmerged, switched per row)
     negatives: tuple[str, ...] = ("adapter", "base")
     #: the CFG spaces of the `-vs-base` rows (of `cfg_spaces`): guided away from the leaky model in log space
-    #: the answers break (session 19: perplexity 71 at g = 3 and 610 at g = 5, against 29 in probability
-    #: space)
+    #: the answers break (perplexity 71 at g = 3 and 610 at g = 5, against 29 in probability space)
     base_negative_spaces: tuple[str, ...] = ("prob",)
     test_limit: int | None = 24
     leakage_max_new_tokens: int = 40

@@ -32,8 +32,8 @@ from unleak.corpus.llmpc import DEFAULT_SYSTEM
 from unleak.corpus.model import Conversation, PIIOccurrence, Turn
 
 #: the "today" of the corpus: event dates fall from 2 years before it to 1 year after, birth dates 18-85 years
-#: before. The day the demo's published runs (sessions 18-21) synthesised their corpus on, so a seed still
-#: gives that corpus.
+#: before. The day the demo's published runs first synthesised their corpus on, so a seed still gives
+#: that corpus.
 REFERENCE_DATE = date(2026, 11, 26)
 
 SLOT_TYPES = {

@@ -18,7 +18,7 @@ prompt before it (a pair's prompt cannot be empty).
 The whitespace before the PII belongs to the target, not the prefix: BPE
 tokenizers write it into the next word's token (" Reed", " ["), so a prompt
 ending in "dinner in " ends in a lone space token that training text never
-has there. Measured on the demo (SmolLM2, session 9): with the space in the
+has there. Measured on the demo (SmolLM2): with the space in the
 prefix the defended model answered `REDACTED NAME` without its bracket, and
 its only leaks left were values that start with a digit (`573.500.4438`,
 `031 Autumn Causeway`), the one case where a lone space token is the normal
@@ -125,7 +125,7 @@ def opening_stratum(sample: Sample) -> tuple[str, ...]:
     Such a sample has an empty half-written part: the model writes the whole answer, and a fine-tuned
     model opens it with a name from the dialog. They are rare (2 of the demo's 170 train samples, seed 0),
     and a stratification by type alone left both out of its 64, so no pair taught that shape: the
-    defended model's one leaked name (session 10, seed 0) was the user's, opening such an answer."""
+    defended model's one leaked name (seed 0) was the user's, opening such an answer."""
     return (sample.pii_type, "opening") if not sample.prefix.strip() else (sample.pii_type,)
 
 
