@@ -65,3 +65,16 @@ def test_query_rejects_unknown_settings_and_empty_prompts(tiny_model_dir):
         unleak.query("hi", modle="x")
     with pytest.raises(UnleakError, match="empty prompt"):
         unleak.query("  ", model=str(tiny_model_dir), device="cpu")
+
+
+def test_a_long_prompt_is_cut_once_per_branch_and_still_answered(tiny_model_dir, tmp_path):
+    """The tiny model's context is 1,024 tokens: a 3,000-word prompt is cut from the left, and the warning
+    comes once for the positive and once for the negative prompt (validation and decoding share the
+    encoding), not once more per pass."""
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"prompt": "word " * 3000}) + "\n")
+    out = run_cli("--model", str(tiny_model_dir), "--in", str(path), "--json", "--max-new-tokens", "4",
+                  "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("truncated from the left") == 2
+    assert json.loads(out.stdout)["finish_reason"] == "length"

@@ -117,9 +117,8 @@ def run_generate(
     gen = CFGGenerator(load_model(model, adapter=adapter, device=device, dtype=dtype), load_tokenizer(model),
                        prompts=prompts, max_batch_requests=batch_size,
                        negative_adapter=negative_adapter)
-    for r in requests:
-        gen.encode(r)  # validate everything before any output
-    return gen.stream(requests)
+    encoded = [gen.encode(r) for r in requests]  # every request validated before any output
+    return gen.stream_encoded(encoded)
 
 
 __all__ = ["GenerationResult", "QueryConfig", "query", "read_generation_requests", "run_generate"]
