@@ -385,6 +385,29 @@ def train_orpo_cmd(
     print(train_orpo(model, pairs, out, settings, resume=resume, tensorboard=tensorboard, deepspeed=deepspeed))
 
 
+@train_app.command("separation")
+def train_separation_cmd(
+    model: str = typer.Option(..., help="The model the adapter was trained on (checkpoint, 'default' or hub id)."),
+    pairs: str = typer.Option(..., help="Pairs JSONL with the PII-free side chosen (pairs.jsonl; of "
+                                        "pairs_cfg.jsonl the positive rows)."),
+    adapter: str = typer.Option(None, help="PEFT adapter directory (the defence); without it the model alone."),
+    limit: int = typer.Option(None, help="A seeded sample of this many pairs (default: all)."),
+    batch_size: int = typer.Option(8, help="Pairs scored together."),
+    out: str = typer.Option(None, help="Write the JSON result here too."),
+) -> None:
+    """Does the model tell the two system prompts apart? Mean ORPO log-odds of the PII-free answer under each."""
+    from unleak.jsonl import atomic_write_text
+    from unleak.train.separation import separation_of_files
+
+    if limit is not None and limit < 1:
+        raise UnleakError(f"--limit must be >= 1, got {limit}")
+    result = separation_of_files(model, pairs, adapter=adapter, limit=limit, batch_size=batch_size)
+    text = json.dumps(result, indent=2)
+    if out:
+        atomic_write_text(out, text + "\n")
+    print(text)
+
+
 @train_app.command("merge")
 def train_merge_cmd(
     model: str = typer.Option(..., help="Base checkpoint the adapter was trained on."),

@@ -77,8 +77,8 @@ def tokenize_pair(example: dict[str, Any], tokenizer: Any, max_length: int, max_
     return out
 
 
-def read_pairs(path: str | Path, tokenizer: Any, max_length: int, max_prompt_length: int) -> list[dict]:
-    """Tokenised pairs of a JSONL file in TRL's conversational preference format."""
+def read_pair_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL file in TRL's conversational preference format, checked (file:line:field)."""
     rows = []
     for number, row in read_jsonl(path):
         where = f"{path}:{number}"
@@ -86,10 +86,15 @@ def read_pairs(path: str | Path, tokenizer: Any, max_length: int, max_prompt_len
             value = require(row, key, list, where)
             if not value or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value):
                 raise UnleakError(f"{where}: field {key!r} must be a non-empty list of {{role, content}} messages")
-        rows.append(tokenize_pair(row, tokenizer, max_length, max_prompt_length))
+        rows.append(row)
     if not rows:
         raise UnleakError(f"{path}: no preference pairs")
     return rows
+
+
+def read_pairs(path: str | Path, tokenizer: Any, max_length: int, max_prompt_length: int) -> list[dict]:
+    """Tokenised pairs of a JSONL file in TRL's conversational preference format."""
+    return [tokenize_pair(row, tokenizer, max_length, max_prompt_length) for row in read_pair_rows(path)]
 
 
 def pair_tokens(row: dict[str, list[int]]) -> int:

@@ -1,0 +1,101 @@
+"""Does a defended model tell the two system prompts apart? The check to run before relying on guidance.
+
+Guidance follows the difference between the model under the positive ("Do not
+provide any personal data.") and under the negative system prompt; where the
+two agree it has nothing to amplify. For every preference pair this scores,
+under each prompt, the ORPO log-odds of the pair's PII-free side over its PII
+side (`log_odds` of `unleak.train.losses`: > 0 where the model prefers the
+PII-free answer):
+
+- trained on the CFG variant as intended: high under the positive prompt, low
+  under the negative one (a large `separation`, the difference of the means);
+- redacting whatever the prompt says (the plain pairs): high under both
+  (`separation` ~0: the defence is the adapter, guidance adds little);
+- having learnt neither: ~0 under both.
+
+Pairs come from `unleak pairs build` (`pairs.jsonl`, or `pairs_cfg.jsonl`, of
+which the positive rows, unswapped, are used) or any file in TRL's
+conversational format whose chosen side is the PII-free one. Keep pairs
+(`"mode": "keep"`: nothing private asked) are reported apart: both prompts
+should prefer their kept answer.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unleak.chat import with_system_prompt
+from unleak.config import PromptConfig
+from unleak.train.data import PreferenceCollator, read_pair_rows, tokenize_pair
+from unleak.train.orpo import orpo_batch_loss
+
+
+def unswapped_pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pairs with their PII-free side chosen: a CFG-variant file's positive rows, or every row."""
+    if any("system" in r for r in rows):
+        return [r for r in rows if r.get("system") == "positive"]
+    return rows
+
+
+def pair_log_odds(model: Any, tokenizer: Any, pairs: list[dict[str, Any]], system: str, *,
+                  batch_size: int = 8, max_length: int = 2048, max_prompt_length: int = 1900) -> list[float]:
+    """ORPO log-odds of chosen over rejected for each pair, its prompt under the system prompt `system`."""
+    rows = [tokenize_pair({**p, "prompt": with_system_prompt(p["prompt"], system)}, tokenizer, max_length,
+                          max_prompt_length) for p in pairs]
+    collate = PreferenceCollator(tokenizer.pad_token_id, share_prompt=True)
+    device = next(model.parameters()).device
+    out: list[float] = []
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            batch = {k: v.to(device) for k, v in collate(rows[start:start + batch_size]).items()}
+            out += orpo_batch_loss(model, batch, beta=0.0)[0].log_odds.float().tolist()
+    return out
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    return {"mean_log_odds": round(statistics.fmean(values), 4),
+            "prefers_chosen": round(sum(v > 0 for v in values) / len(values), 4)}
+
+
+def prompt_separation(model: Any, tokenizer: Any, pairs: list[dict[str, Any]], prompts: PromptConfig | None = None,
+                      *, batch_size: int = 8, max_length: int = 2048, max_prompt_length: int = 1900
+                      ) -> dict[str, Any]:
+    """Per kind of pair ("redaction", "keep"): its count and, under the positive and the negative prompt, the
+    mean log-odds of the chosen (PII-free or kept) side and the share of pairs that prefer it; for redaction
+    pairs also `separation` = positive mean - negative mean. `pairs` have their PII-free side chosen
+    (`unswapped_pairs`)."""
+    prompts = prompts or PromptConfig()
+    kinds = {"redaction": [p for p in pairs if p.get("mode") != "keep"],
+             "keep": [p for p in pairs if p.get("mode") == "keep"]}
+    result: dict[str, Any] = {}
+    for kind, group in kinds.items():
+        if not group:
+            continue
+        scores = {name: pair_log_odds(model, tokenizer, group, system, batch_size=batch_size,
+                                      max_length=max_length, max_prompt_length=max_prompt_length)
+                  for name, system in (("positive", prompts.positive), ("negative", prompts.negative))}
+        result[kind] = {"pairs": len(group), **{name: _summary(v) for name, v in scores.items()}}
+        if kind == "redaction":
+            result[kind]["separation"] = round(result[kind]["positive"]["mean_log_odds"]
+                                               - result[kind]["negative"]["mean_log_odds"], 4)
+    return result
+
+
+def separation_of_files(model: str, pairs_file: str | Path, adapter: str | None = None, limit: int | None = None,
+                        seed: int = 0, device: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    """`prompt_separation` of `model` (with `adapter`) on a pairs file; `limit`: a seeded sample of its pairs.
+    The file is checked before any model loads."""
+    from unleak.models import load_model, load_tokenizer
+
+    pairs = unswapped_pairs(read_pair_rows(pairs_file))
+    if limit is not None and limit < len(pairs):
+        pairs = random.Random(seed).sample(pairs, limit)
+    tokenizer = load_tokenizer(model)
+    loaded = load_model(model, adapter=adapter, device=device, merge=adapter is not None)
+    return {"model": model, "adapter": adapter, "pairs_file": str(pairs_file),
+            **prompt_separation(loaded, tokenizer, pairs, **kwargs)}
