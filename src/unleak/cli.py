@@ -329,7 +329,8 @@ def pairs_stats(directory: str = typer.Argument(..., help="Output directory of `
                       if k in stats}))
 
 
-train_app = typer.Typer(help="Training: the leaky model (sft), ORPO + LoRA unlearning (orpo), adapter merge.",
+train_app = typer.Typer(help="Training: the leaky model (sft), ORPO + LoRA unlearning (orpo), adapter merge, "
+                        "whether an adapter tells the prompts apart (separation).",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -401,7 +402,7 @@ def train_separation_cmd(
 
     if limit is not None and limit < 1:
         raise UnleakError(f"--limit must be >= 1, got {limit}")
-    result = separation_of_files(model, pairs, adapter=adapter, limit=limit, batch_size=batch_size)
+    result = separation_of_files(model, pairs, adapter=adapter, limit=limit, batch_size=batch_size, progress=True)
     text = json.dumps(result, indent=2)
     if out:
         atomic_write_text(out, text + "\n")

@@ -95,3 +95,7 @@ def test_cli_writes_the_result_and_refuses_a_bad_file_before_loading_a_model(tin
     assert failed.returncode == 2
     assert f"{bad}:2" in failed.stderr and "'chosen'" in failed.stderr and "Traceback" not in failed.stderr
     assert not (tmp_path / "none.json").exists()
+    negative_only = write(tmp_path / "negative.jsonl", [r for r in cfg_variant(PAIRS, PromptConfig())
+                                                         if r["system"] == "negative"])
+    failed = run_cli("--model", "no/such-model", "--pairs", str(negative_only))
+    assert failed.returncode == 2 and "no pair under the positive prompt" in failed.stderr

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import random
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import torch
 
 from unleak.chat import with_system_prompt
 from unleak.config import PromptConfig
+from unleak.errors import UnleakError
 from unleak.train.data import PreferenceCollator, read_pair_rows, tokenize_pair
 from unleak.train.orpo import orpo_batch_loss
 
@@ -43,8 +45,10 @@ def unswapped_pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def pair_log_odds(model: Any, tokenizer: Any, pairs: list[dict[str, Any]], system: str, *,
-                  batch_size: int = 8, max_length: int = 2048, max_prompt_length: int = 1900) -> list[float]:
-    """ORPO log-odds of chosen over rejected for each pair, its prompt under the system prompt `system`."""
+                  batch_size: int = 8, max_length: int = 2048, max_prompt_length: int = 1900,
+                  on_batch: Callable[[int], None] | None = None) -> list[float]:
+    """ORPO log-odds of chosen over rejected for each pair, its prompt under the system prompt `system`;
+    `on_batch(n)` after each batch of n pairs (progress)."""
     rows = [tokenize_pair({**p, "prompt": with_system_prompt(p["prompt"], system)}, tokenizer, max_length,
                           max_prompt_length) for p in pairs]
     collate = PreferenceCollator(tokenizer.pad_token_id, share_prompt=True)
@@ -54,6 +58,8 @@ def pair_log_odds(model: Any, tokenizer: Any, pairs: list[dict[str, Any]], syste
         for start in range(0, len(rows), batch_size):
             batch = {k: v.to(device) for k, v in collate(rows[start:start + batch_size]).items()}
             out += orpo_batch_loss(model, batch, beta=0.0)[0].log_odds.float().tolist()
+            if on_batch is not None:
+                on_batch(len(batch["prompt_ids"]))
     return out
 
 
@@ -63,12 +69,12 @@ def _summary(values: list[float]) -> dict[str, Any]:
 
 
 def prompt_separation(model: Any, tokenizer: Any, pairs: list[dict[str, Any]], prompts: PromptConfig | None = None,
-                      *, batch_size: int = 8, max_length: int = 2048, max_prompt_length: int = 1900
-                      ) -> dict[str, Any]:
+                      *, batch_size: int = 8, max_length: int = 2048, max_prompt_length: int = 1900,
+                      on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Per kind of pair ("redaction", "keep"): its count and, under the positive and the negative prompt, the
     mean log-odds of the chosen (PII-free or kept) side and the share of pairs that prefer it; for redaction
     pairs also `separation` = positive mean - negative mean. `pairs` have their PII-free side chosen
-    (`unswapped_pairs`)."""
+    (`unswapped_pairs`). Each pair is scored twice (`on_batch` counts both)."""
     prompts = prompts or PromptConfig()
     kinds = {"redaction": [p for p in pairs if p.get("mode") != "keep"],
              "keep": [p for p in pairs if p.get("mode") == "keep"]}
@@ -77,7 +83,8 @@ def prompt_separation(model: Any, tokenizer: Any, pairs: list[dict[str, Any]], p
         if not group:
             continue
         scores = {name: pair_log_odds(model, tokenizer, group, system, batch_size=batch_size,
-                                      max_length=max_length, max_prompt_length=max_prompt_length)
+                                      max_length=max_length, max_prompt_length=max_prompt_length,
+                                      on_batch=on_batch)
                   for name, system in (("positive", prompts.positive), ("negative", prompts.negative))}
         result[kind] = {"pairs": len(group), **{name: _summary(v) for name, v in scores.items()}}
         if kind == "redaction":
@@ -87,15 +94,24 @@ def prompt_separation(model: Any, tokenizer: Any, pairs: list[dict[str, Any]], p
 
 
 def separation_of_files(model: str, pairs_file: str | Path, adapter: str | None = None, limit: int | None = None,
-                        seed: int = 0, device: str | None = None, **kwargs: Any) -> dict[str, Any]:
-    """`prompt_separation` of `model` (with `adapter`) on a pairs file; `limit`: a seeded sample of its pairs.
-    The file is checked before any model loads."""
+                        seed: int = 0, device: str | None = None, progress: bool = False, **kwargs: Any
+                        ) -> dict[str, Any]:
+    """`prompt_separation` of `model` (with `adapter`) on a pairs file; `limit`: a seeded sample of its pairs;
+    `progress`: a progress bar on stderr. The file is checked before any model loads."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from unleak.models import load_model, load_tokenizer
 
     pairs = unswapped_pairs(read_pair_rows(pairs_file))
+    if not pairs:
+        raise UnleakError(f"{pairs_file}: no pair under the positive prompt (field 'system')")
     if limit is not None and limit < len(pairs):
         pairs = random.Random(seed).sample(pairs, limit)
     tokenizer = load_tokenizer(model)
     loaded = load_model(model, adapter=adapter, device=device, merge=adapter is not None)
-    return {"model": model, "adapter": adapter, "pairs_file": str(pairs_file),
-            **prompt_separation(loaded, tokenizer, pairs, **kwargs)}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), disable=not progress) as bar:
+        task = bar.add_task("pairs under both prompts", total=2 * len(pairs))
+        result = prompt_separation(loaded, tokenizer, pairs, on_batch=lambda n: bar.advance(task, n), **kwargs)
+    return {"model": model, "adapter": adapter, "pairs_file": str(pairs_file), **result}
