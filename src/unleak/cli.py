@@ -400,8 +400,6 @@ def train_separation_cmd(
     from unleak.jsonl import atomic_write_text
     from unleak.train.separation import separation_of_files
 
-    if limit is not None and limit < 1:
-        raise UnleakError(f"--limit must be >= 1, got {limit}")
     result = separation_of_files(model, pairs, adapter=adapter, limit=limit, batch_size=batch_size, progress=True)
     text = json.dumps(result, indent=2)
     if out:

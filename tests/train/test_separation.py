@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from unleak.config import LoraSettings, OrpoSettings, PromptConfig
+from unleak.errors import UnleakError
 from unleak.pairs.build import cfg_variant
 from unleak.train.separation import separation_of_files, unswapped_pairs
 
@@ -76,6 +77,8 @@ def test_a_cfg_file_is_read_as_its_unswapped_pairs_and_batching_changes_nothing(
     assert mixed["keep"]["pairs"] == 1 and "separation" not in mixed["keep"]
     assert mixed["redaction"] == from_plain["redaction"]  # keep pairs are reported apart
     assert separation_of_files(model, files["plain"], device="cpu", limit=2)["redaction"]["pairs"] == 2
+    with pytest.raises(UnleakError, match="limit must be >= 1"):
+        separation_of_files("no/such-model", files["plain"], limit=0)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

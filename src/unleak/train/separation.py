@@ -103,6 +103,8 @@ def separation_of_files(model: str, pairs_file: str | Path, adapter: str | None 
 
     from unleak.models import load_model, load_tokenizer
 
+    if limit is not None and limit < 1:
+        raise UnleakError(f"limit must be >= 1, got {limit}")
     pairs = unswapped_pairs(read_pair_rows(pairs_file))
     if not pairs:
         raise UnleakError(f"{pairs_file}: no pair under the positive prompt (field 'system')")
