@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from unleak.chat import with_system_prompt
-from unleak.config import PromptConfig
+from unleak.config import OrpoSettings, PromptConfig
 from unleak.errors import UnleakError
 from unleak.train.data import PreferenceCollator, read_pair_rows, tokenize_pair
 from unleak.train.orpo import orpo_batch_loss
@@ -45,7 +45,8 @@ def unswapped_pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def pair_log_odds(model: Any, tokenizer: Any, pairs: list[dict[str, Any]], system: str, *,
-                  batch_size: int = 8, max_length: int = 2048, max_prompt_length: int = 1900,
+                  batch_size: int = 8, max_length: int = OrpoSettings.max_length,
+                  max_prompt_length: int = OrpoSettings.max_prompt_length,
                   on_batch: Callable[[int], None] | None = None) -> list[float]:
     """ORPO log-odds of chosen over rejected for each pair, its prompt under the system prompt `system`;
     `on_batch(n)` after each batch of n pairs (progress)."""
@@ -69,7 +70,8 @@ def _summary(values: list[float]) -> dict[str, Any]:
 
 
 def prompt_separation(model: Any, tokenizer: Any, pairs: list[dict[str, Any]], prompts: PromptConfig | None = None,
-                      *, batch_size: int = 8, max_length: int = 2048, max_prompt_length: int = 1900,
+                      *, batch_size: int = 8, max_length: int = OrpoSettings.max_length,
+                      max_prompt_length: int = OrpoSettings.max_prompt_length,
                       on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Per kind of pair ("redaction", "keep"): its count and, under the positive and the negative prompt, the
     mean log-odds of the chosen (PII-free or kept) side and the share of pairs that prefer it; for redaction
