@@ -114,11 +114,16 @@ def test_pairs_build_keep_pairs_flags(tiny_model_dir, tmp_path):
 
 
 def test_demo_flags_are_validated_before_any_stage_runs(tmp_path):
+    odd_batch = tmp_path / "odd.yaml"
+    odd_batch.write_text("orpo: {batch_size: 3}\n")
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--pairs-modes", "redact,bogus", "--orpo-lr", "1e-3")
     assert out.returncode == 2 and "modes must be a non-empty subset" in out.stderr and "bogus" in out.stderr
     assert not (tmp_path / "d").exists()
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--orpo-beta", "-0.5")
     assert out.returncode == 2 and "ORPO beta must be >= 0" in out.stderr
+    assert not (tmp_path / "d").exists()
+    out = run_cli("demo", "--out", str(tmp_path / "d"), "--orpo-twin-batches", "--config", str(odd_batch))
+    assert out.returncode == 2 and "even batch_size" in out.stderr
     assert not (tmp_path / "d").exists()
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--pairs-user-turns", "-2")
     assert out.returncode == 2 and "user_turns must be >= 0" in out.stderr

@@ -369,6 +369,9 @@ def train_orpo_cmd(
     group_by_length: bool = typer.Option(None, "--group-by-length/--random-order",
                                          help="Batch pairs of similar token counts (less padding) or the "
                                               "original's random order (the default)."),
+    twin_batches: bool = typer.Option(None, "--twin-batches/--no-twin-batches",
+                                      help="Batch each CFG pair with its twin under the other system prompt "
+                                           "(even --batch-size)."),
     resume: bool = typer.Option(False, help="Continue from the last epoch checkpoint in --out."),
     tensorboard: bool = typer.Option(False, help="Also log to TensorBoard (out/runs)."),
     deepspeed: str = typer.Option(None, help="DeepSpeed JSON config (under `accelerate launch`)."),
@@ -382,7 +385,7 @@ def train_orpo_cmd(
     settings = load_config(OrpoSettings, None, base=dataclasses.replace(base, lora=lora),
                            **_given(epochs=epochs, batch_size=batch_size, beta=beta, learning_rate=learning_rate,
                                     max_length=max_length, max_prompt_length=max_prompt_length,
-                                    group_by_length=group_by_length))
+                                    group_by_length=group_by_length, twin_batches=twin_batches))
     print(train_orpo(model, pairs, out, settings, resume=resume, tensorboard=tensorboard, deepspeed=deepspeed))
 
 
@@ -664,6 +667,8 @@ def demo(
     orpo_lr: float = typer.Option(None, help="ORPO learning rate (the demo's is above the original's: one "
                                              "CPU epoch)."),
     orpo_beta: float = typer.Option(None, help="ORPO beta, the odds-ratio term's weight (the original: 0.1)."),
+    orpo_twin_batches: bool = typer.Option(None, "--orpo-twin-batches/--orpo-random-order",
+                                           help="Batch each CFG pair with its twin under the other system prompt."),
     guidance: str = typer.Option(None, help="Comma-separated guidance scales besides 1 (default 2,3,5)."),
     negative: str = typer.Option(None, help="Comma-separated negative branches of the guided rows: adapter (the "
                                  "method), base (the leaky model without the adapter; probability space only). "
@@ -689,7 +694,7 @@ def demo(
     if sft_epochs is not None:
         changes["sft"] = dataclasses.replace(cfg.sft, epochs=sft_epochs)
     changes["orpo"] = dataclasses.replace(cfg.orpo, **_given(epochs=orpo_epochs, learning_rate=orpo_lr,
-                                                               beta=orpo_beta))
+                                                               beta=orpo_beta, twin_batches=orpo_twin_batches))
     candidate = dataclasses.replace(cfg.pairs.candidate, **_given(
         modes=tuple(pairs_modes.split(",")) if pairs_modes else None))
     changes["pairs"] = dataclasses.replace(cfg.pairs, candidate=candidate,

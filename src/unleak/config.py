@@ -359,6 +359,10 @@ class OrpoSettings:
     #: batch pairs of similar token counts (HF's length-grouped sampler: random mega-batches, each sorted
     #: by length) so that less compute goes to padding; off: the original's random order
     group_by_length: bool = False
+    #: batch each CFG pair with its twin (the same pair under the other system prompt, chosen and rejected
+    #: swapped; `unleak.train.twins`), so that each step learns the prompts' difference; off: the
+    #: original's random order. Needs an even batch size; no effect on plain pairs
+    twin_batches: bool = False
 
     def __post_init__(self) -> None:
         if self.beta < 0:
@@ -367,6 +371,10 @@ class OrpoSettings:
             raise UnleakError("max_prompt_length must be smaller than max_length")
         if not 0 <= self.min_lr_ratio <= 1:
             raise UnleakError("min_lr_ratio must be in [0, 1]")
+        if self.twin_batches and self.batch_size % 2:
+            raise UnleakError(f"twin_batches needs an even batch_size (a twin fills two places), got {self.batch_size}")
+        if self.twin_batches and self.group_by_length:
+            raise UnleakError("twin_batches and group_by_length are two batch orders: choose one")
 
 
 @dataclass(frozen=True)

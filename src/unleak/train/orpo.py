@@ -22,7 +22,9 @@ The loss and gradients are those of the concatenated forward (tested); the
 step runs on ~40 % fewer tokens for the demo's pairs (prompts ~4x the answers).
 `OrpoSettings.group_by_length` batches pairs of similar token counts (HF's
 length-grouped sampler), which cuts the padded tokens of the demo's batches
-of 2 from ~95k to ~81k per epoch.
+of 2 from ~95k to ~81k per epoch. `OrpoSettings.twin_batches` puts each CFG
+pair in one batch with its twin under the other system prompt
+(`unleak.train.twins`).
 """
 
 from __future__ import annotations
@@ -89,10 +91,15 @@ def orpo_batch_loss(model: Any, inputs: dict[str, torch.Tensor], beta: float) ->
 class OrpoTrainer(Trainer):
     """`Trainer` whose loss is ORPO over collated `[chosen..., rejected...]` rows."""
 
-    def __init__(self, *args: Any, beta: float = 0.1, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, beta: float = 0.1, train_sampler: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.beta = beta
+        self.train_sampler = train_sampler
         self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """The given sampler (`TwinBatchSampler`), else the `TrainingArguments`' (random or length-grouped)."""
+        return self.train_sampler or super()._get_train_sampler(train_dataset)
 
     def compute_loss(self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -132,13 +139,19 @@ def train_orpo(model: str, pairs_file: str | Path, out_dir: str | Path, settings
     """ORPO + LoRA on `pairs_file`; returns the adapter directory (`out_dir/adapter`)."""
     from unleak.models import load_model, load_tokenizer
     from unleak.train.arguments import training_arguments, training_device
-    from unleak.train.data import PreferenceCollator, pair_tokens, read_pairs
+    from unleak.train.data import PreferenceCollator, pair_tokens, read_pair_rows, tokenize_pair
     from unleak.train.logging_utils import JsonlLogCallback, plot_loss_curve
 
     s = settings or OrpoSettings()
     out = Path(out_dir)
     tokenizer = load_tokenizer(model)
-    data = read_pairs(pairs_file, tokenizer, s.max_length, s.max_prompt_length)
+    rows = read_pair_rows(pairs_file)
+    data = [tokenize_pair(row, tokenizer, s.max_length, s.max_prompt_length) for row in rows]
+    sampler = None
+    if s.twin_batches:
+        from unleak.train.twins import TwinBatchSampler, twin_units
+
+        sampler = TwinBatchSampler(twin_units(rows), seed=s.seed)
     checkpoints = sorted(out.glob("checkpoint-*")) if out.is_dir() else []
     if out.is_dir() and any(out.iterdir()) and not resume:
         raise UnleakError(f"{out} is not empty; pass --resume to continue its run or choose another --out")
@@ -167,6 +180,7 @@ def train_orpo(model: str, pairs_file: str | Path, out_dir: str | Path, settings
     share = s.share_prompt and not args.gradient_checkpointing
     trainer = OrpoTrainer(model=peft_model, args=args, train_dataset=data,
                           data_collator=PreferenceCollator(tokenizer.pad_token_id, share_prompt=share), beta=s.beta,
+                          train_sampler=sampler,
                           callbacks=[JsonlLogCallback(out / "train_log.jsonl", quiet=quiet), *(callbacks or [])])
     trainer.train(resume_from_checkpoint=bool(resume and checkpoints) or None)
     adapter = out / "adapter"
