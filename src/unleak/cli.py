@@ -145,15 +145,23 @@ def pii_scan(
     detector: str = typer.Option("combined", help="combined, ner or patterns."),
     summary: bool = typer.Option(False, help="Print counts by label."),
     workers: int = typer.Option(0, help="Processes for the combined detector (0: one per CPU core)."),
+    keep: str = typer.Option("", help="Input fields to copy into each output row, comma-separated (e.g. id)."),
+    redact: str = typer.Option(None, help="Also write the text redacted: each entity replaced by this template "
+                                          "({name}: the type in words, {type}), e.g. '[REDACTED {name}]'."),
 ) -> None:
-    """Detect PII in a text field of every row."""
+    """Detect PII in a text field of every row (and redact it)."""
     import os
 
+    from unleak.corpus.model import check_template
     from unleak.pii import build_detector
-    from unleak.pii.scan import read_texts, scan_file
+    from unleak.pii.scan import read_scan_rows, scan_file
 
-    read_texts(in_file, field)  # validate before loading any model
-    counts = scan_file(build_detector(detector, workers=workers or os.cpu_count() or 1), in_file, out, field)
+    kept = [k.strip() for k in keep.split(",") if k.strip()]
+    if redact is not None:  # validate before loading any model
+        check_template(redact, "--redact")
+    read_scan_rows(in_file, field, kept)
+    counts = scan_file(build_detector(detector, workers=workers or os.cpu_count() or 1), in_file, out, field,
+                       keep=kept, redact=redact)
     if summary:
         print(json.dumps({"total": sum(counts.values()), "by_label": dict(counts.most_common())}))
 

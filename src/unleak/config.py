@@ -197,11 +197,9 @@ class CandidateConfig:
                 isinstance(k, str) and isinstance(v, str) for k, v in self.redact_type_names.items()):
             raise UnleakError("redact_type_names must map PII types to names (strings), "
                               f"got {self.redact_type_names!r}")
-        try:
-            self.redact_template.format(type="NAME", placeholder="NAME-1", name="NAME")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise UnleakError(f"redact_template {self.redact_template!r}: only {{name}}, {{type}} and {{placeholder}} "
-                              f"can be filled in ({exc})") from None
+        from unleak.corpus.model import check_template
+
+        check_template(self.redact_template, "redact_template")
 
     @property
     def generated_modes(self) -> tuple[str, ...]:

@@ -21,8 +21,7 @@ from unleak.corpus.synth import synthesize_corpus
 from unleak.decoding.generator import GenerationRequest
 from unleak.errors import UnleakError
 from unleak.pairs.build import (build_preference_pairs, candidate_answer, cfg_variant,
-                                is_repetitive, mode_request, oversample_strata, redact_spans,
-                                redacted_continuation)
+                                is_repetitive, mode_request, oversample_strata, redacted_continuation)
 from unleak.pii.known import conversation_values, known_value_spans
 from unleak.pairs.generators import CandidateRequest, LocalCandidateGenerator, OpenAICandidateGenerator
 from unleak.pairs.samples import build_samples, limit_samples, opening_stratum, pair_stratum
@@ -255,22 +254,6 @@ def test_redact_mode_needs_no_generator_and_checks_its_candidates(corpus_dir, tm
         build_preference_pairs(corpus_dir, None, tmp_path / "x", PairsConfig(candidate=CandidateConfig(
             modes=("redact", "nudge"))), detector=build_detector("patterns"), progress=False)
 
-
-
-def test_redact_spans_by_hand():
-    text = "Ann, call 555-201-3344 at 9 pm in North Paris."
-    spans = [{"start": 0, "end": 3, "label": "PERSON", "text": "Ann"},
-             {"start": 10, "end": 22, "label": "KNOWN_VALUE", "text": "555-201-3344"},
-             {"start": 26, "end": 30, "label": "TIME", "text": "9 pm"},
-             {"start": 34, "end": 45, "label": "GPE", "text": "North Paris"},
-             {"start": 40, "end": 46, "label": "KNOWN_VALUE", "text": "Paris."}]  # overlaps the GPE: one placeholder
-    names = {"LOC": "LOCATION"}
-    assert redact_spans(text, spans, "[REDACTED {name}]", names, {"555-201-3344": "PHONE"}) == \
-        "[REDACTED NAME], call [REDACTED PHONE] at [REDACTED TIME] in [REDACTED LOCATION]"
-    # a known value the conversation does not type, and the placeholder field filled with the type
-    assert redact_spans("x 12 y", [{"start": 2, "end": 4, "label": "KNOWN_VALUE", "text": "12"}], "<{placeholder}>") \
-        == "x <PII> y"
-    assert redact_spans(text, [], "[{type}]") == text
 
 
 def test_redact_mode_redacts_what_the_detector_still_finds(tmp_path):

@@ -44,6 +44,16 @@ def fill_placeholder(template: str, pii_type: str, placeholder: str,
     return template.format(type=pii_type, placeholder=placeholder, name=name)
 
 
+def check_template(template: str, what: str) -> str:
+    """`template` if `fill_placeholder` can fill it, else an error naming `what` (a setting or flag)."""
+    try:
+        template.format(type="NAME", placeholder="NAME-1", name="NAME")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UnleakError(f"{what} {template!r}: only {{name}}, {{type}} and {{placeholder}} can be filled in "
+                          f"({exc})") from None
+    return template
+
+
 def placeholder_pattern(template: str) -> re.Pattern[str]:
     """A regex matching `template` filled for any PII value (`fill_placeholder`): each field stands for a run of
     letters, digits, spaces, `_` and `-` ("[REDACTED {name}]" matches "[REDACTED PHONE NUMBER]")."""

@@ -12,7 +12,7 @@
    original continuation with each PII value of the conversation replaced by
    a placeholder (`redacted_continuation`), checked like any other (where
    the detector still finds an entity, that is replaced too and checked
-   again: `CandidateConfig.redact_detected`, `redact_spans`); a
+   again: `CandidateConfig.redact_detected`, `unleak.pii.redact`); a
    candidate that loops (`CandidateConfig.max_repetition`) is unusable;
 3. the PII detector labels each candidate's full answer; PII-free answers are
    **chosen**, the original answer (and PII-bearing candidates) **rejected**.
@@ -66,8 +66,8 @@ from unleak.pairs.generators import CandidateGenerator, CandidateRequest
 from unleak.pairs.keep import (complete_sentences, invent_placeholders, keep_pair, keep_requests, noun_phrases,
                                open_with, placeholder_openers, request_key)
 from unleak.pairs.samples import Sample, build_samples, limit_samples, opening_stratum, pair_stratum
-from unleak.pii.base import canonical_type
-from unleak.pii.known import KNOWN_VALUE_LABEL, conversation_values, known_value_spans, value_types
+from unleak.pii.known import conversation_values, known_value_spans, value_types
+from unleak.pii.redact import redact_spans
 
 log = logging.getLogger(__name__)
 
@@ -116,27 +116,6 @@ def redacted_continuation(sample: Sample, conversation: Conversation, template: 
                           type_names: Mapping[str, str] | None = None) -> str:
     """The sample's target with every PII occurrence of its turn replaced by `template` (name, type, placeholder)."""
     return conversation.redacted_text(sample.turn, template, start=len(sample.prefix), type_names=type_names)
-
-
-def redact_spans(text: str, spans: Sequence[Mapping[str, Any]], template: str,
-                 type_names: Mapping[str, str] | None = None, known_types: Mapping[str, str] | None = None) -> str:
-    """`text` with each detected span (`Span.as_dict()`s) replaced by `template` filled for its type: a
-    detector's label as unleak's PII type (`canonical_type`: PERSON -> NAME, GPE -> LOC), a known value's
-    the type of the conversation's value it repeats (`known_types`: lower-cased value -> type; else "PII").
-    Overlapping spans are replaced as one, with the type of the one that starts first."""
-    merged: list[list[Any]] = []
-    for sp in sorted(spans, key=lambda sp: (sp["start"], -sp["end"])):
-        if merged and sp["start"] < merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], sp["end"])
-            continue
-        kind = ((known_types or {}).get(sp["text"].lower(), "PII") if sp["label"] == KNOWN_VALUE_LABEL
-                else canonical_type(sp["label"]))
-        merged.append([sp["start"], sp["end"], kind])
-    parts, last = [], 0
-    for start, end, kind in merged:
-        parts += [text[last:start], fill_placeholder(template, kind, kind, type_names)]
-        last = end
-    return "".join(parts) + text[last:]
 
 
 def mode_request(sample: Sample, mode: str, prompts: PromptConfig, start_with_instruction: str,
