@@ -86,10 +86,12 @@ class DemoConfig:
         pii_candidates_as_rejected=False, limit=None, user_turns=None, min_stratum_pairs=8,
         keep=KeepConfig(requests=100, name_opener=0.5)))
     #: which pairs the defended adapter trains on: "plain" (the original's "ORPO LoRA, no CFG data" row)
-    #: or "cfg" (each pair under the positive and, swapped, the negative system prompt). With one CPU
-    #: epoch the 135M model does not learn to tell the two system prompts apart (mean log-odds ~0, the
-    #: swapped rows cancel; PII 22 and 5 attack hits of 73 at g = 3, beta 0.5 no better), so the demo
-    #: trains the plain variant; guidance at inference applies to either
+    #: or "cfg" (each pair under the positive and, swapped, the negative system prompt). In random order
+    #: the 135M model does not learn to tell the two system prompts apart (mean log-odds ~0, the swapped
+    #: rows cancel; PII 22 and 5 attack hits of 73 at g = 3, beta 0.5 no better); with twin batches
+    #: (`OrpoSettings.twin_batches`) it does (separation 5.5), and guidance then over-redacts (g = 3 log:
+    #: placeholders everywhere, 23 % repeated 4-grams; prob: -12 MMLU points), so the demo trains the
+    #: plain variant; guidance at inference applies to either
     variant: str = "plain"
     #: one epoch on a CPU budget, so a higher lr than the original's 1e-4 (3 epochs, far more pairs):
     #: lr 3e-4 left test PII 30 and 8/73 attack hits at g = 1 (leaky: 33, 5/73), 1e-3 brought them to
