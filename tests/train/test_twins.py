@@ -121,6 +121,17 @@ def test_orpo_trains_each_twin_in_one_batch(tiny_model_dir, tmp_path, monkeypatc
     assert trained(False) < 6
 
 
+def test_twin_batches_on_plain_pairs_warn(tiny_model_dir, tmp_path, caplog):
+    from unleak.train.orpo import train_orpo
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in PAIRS[:4]))
+    with caplog.at_level("WARNING", logger="unleak.train.orpo"):
+        train_orpo(str(tiny_model_dir), path, tmp_path / "o", quiet=True,
+                   settings=OrpoSettings(epochs=1, save_per_epoch=False, twin_batches=True))
+    assert "4 of 4 rows have no twin" in caplog.text
+
+
 def test_cli_twin_batches_flag(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps(PAIRS[0]) + "\n")

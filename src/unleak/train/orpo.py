@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -43,6 +44,8 @@ from unleak.config import OrpoSettings
 from unleak.errors import UnleakError
 from unleak.models import output_cache
 from unleak.train.losses import OrpoLossOutput, orpo_loss, sequence_logps
+
+log = logging.getLogger(__name__)
 
 
 def shared_prompt_logps(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, Any]:
@@ -151,7 +154,11 @@ def train_orpo(model: str, pairs_file: str | Path, out_dir: str | Path, settings
     if s.twin_batches:
         from unleak.train.twins import TwinBatchSampler, twin_units
 
-        sampler = TwinBatchSampler(twin_units(rows), seed=s.seed)
+        units = twin_units(rows)
+        if singles := sum(len(u) == 1 for u in units):
+            log.warning("%s: %d of %d rows have no twin under the other system prompt (twin batches pair "
+                        "the CFG variant's rows; these are batched in random pairs)", pairs_file, singles, len(rows))
+        sampler = TwinBatchSampler(units, seed=s.seed)
     checkpoints = sorted(out.glob("checkpoint-*")) if out.is_dir() else []
     if out.is_dir() and any(out.iterdir()) and not resume:
         raise UnleakError(f"{out} is not empty; pass --resume to continue its run or choose another --out")
