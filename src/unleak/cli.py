@@ -154,14 +154,12 @@ def pii_scan(
 
     from unleak.corpus.model import check_template
     from unleak.pii import build_detector
-    from unleak.pii.scan import read_scan_rows, scan_file
+    from unleak.pii.scan import read_scan_rows, write_scan
 
-    kept = [k.strip() for k in keep.split(",") if k.strip()]
     if redact is not None:  # validate before loading any model
         check_template(redact, "--redact")
-    read_scan_rows(in_file, field, kept)
-    counts = scan_file(build_detector(detector, workers=workers or os.cpu_count() or 1), in_file, out, field,
-                       keep=kept, redact=redact)
+    rows = read_scan_rows(in_file, field, [k.strip() for k in keep.split(",") if k.strip()])
+    counts = write_scan(build_detector(detector, workers=workers or os.cpu_count() or 1), rows, out, redact)
     if summary:
         print(json.dumps({"total": sum(counts.values()), "by_label": dict(counts.most_common())}))
 

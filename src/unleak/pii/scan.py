@@ -41,10 +41,6 @@ def read_scan_rows(path: str | Path, field: str = "text", keep: Sequence[str] = 
     return rows
 
 
-def read_texts(path: str | Path, field: str = "text") -> list[str]:
-    return [text for text, _ in read_scan_rows(path, field)]
-
-
 def scan_texts(detector: Detector, texts: list[str]) -> list[dict[str, Any]]:
     return [{"entities": [s.as_dict() for s in spans], "count": len(spans)} for spans in detector.detect(texts)]
 
@@ -58,7 +54,12 @@ def scan_file(detector: Detector, in_path: str | Path, out_path: str | Path, fie
     in words from `type_names`, `{type}`, `{placeholder}`) for a `redacted` copy of the text."""
     if redact is not None:
         check_template(redact, "redact template")
-    rows = read_scan_rows(in_path, field, keep)
+    return write_scan(detector, read_scan_rows(in_path, field, keep), out_path, redact, type_names)
+
+
+def write_scan(detector: Detector, rows: list[tuple[str, dict]], out_path: str | Path, redact: str | None = None,
+               type_names: Mapping[str, str] = REDACT_TYPE_NAMES) -> Counter:
+    """`scan_file` on rows already read (`read_scan_rows`) and a template already checked."""
     found = scan_texts(detector, [text for text, _ in rows])
     out = []
     for (text, kept), result in zip(rows, found):

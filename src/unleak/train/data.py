@@ -92,9 +92,14 @@ def read_pair_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def tokenize_pairs(rows: list[dict[str, Any]], tokenizer: Any, max_length: int, max_prompt_length: int
+                   ) -> list[dict[str, list[int]]]:
+    return [tokenize_pair(row, tokenizer, max_length, max_prompt_length) for row in rows]
+
+
 def read_pairs(path: str | Path, tokenizer: Any, max_length: int, max_prompt_length: int) -> list[dict]:
     """Tokenised pairs of a JSONL file in TRL's conversational preference format."""
-    return [tokenize_pair(row, tokenizer, max_length, max_prompt_length) for row in read_pair_rows(path)]
+    return tokenize_pairs(read_pair_rows(path), tokenizer, max_length, max_prompt_length)
 
 
 def pair_tokens(row: dict[str, list[int]]) -> int:

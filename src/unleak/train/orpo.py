@@ -142,14 +142,14 @@ def train_orpo(model: str, pairs_file: str | Path, out_dir: str | Path, settings
     """ORPO + LoRA on `pairs_file`; returns the adapter directory (`out_dir/adapter`)."""
     from unleak.models import load_model, load_tokenizer
     from unleak.train.arguments import training_arguments, training_device
-    from unleak.train.data import PreferenceCollator, pair_tokens, read_pair_rows, tokenize_pair
+    from unleak.train.data import PreferenceCollator, pair_tokens, read_pair_rows, tokenize_pairs
     from unleak.train.logging_utils import JsonlLogCallback, plot_loss_curve
 
     s = settings or OrpoSettings()
     out = Path(out_dir)
     tokenizer = load_tokenizer(model)
     rows = read_pair_rows(pairs_file)
-    data = [tokenize_pair(row, tokenizer, s.max_length, s.max_prompt_length) for row in rows]
+    data = tokenize_pairs(rows, tokenizer, s.max_length, s.max_prompt_length)
     sampler = None
     if s.twin_batches:
         from unleak.train.twins import TwinBatchSampler, twin_units
