@@ -616,6 +616,8 @@ def serve(
     host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
     max_batch: int = typer.Option(16, help="Requests decoded together."),
     max_queue: int = typer.Option(64, help="Waiting requests before 429."),
+    continuous: bool = typer.Option(True, help="Requests that arrive while a batch decodes join it between "
+                                               "steps (off: they wait for the next batch)."),
     device: str = typer.Option(None), dtype: str = typer.Option(None),
 ) -> None:
     """OpenAI-compatible server with guidance and adapter policies per API key."""
@@ -635,7 +637,8 @@ def serve(
     policy_set = load_policies(policies, set(adapters))  # validated before the model loads
     generator = build_server_generator(model, adapters, device, dtype, max_batch)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    app = create_app(generator, policy_set, model_name=model, max_batch=max_batch, max_queue=max_queue)
+    app = create_app(generator, policy_set, model_name=model, max_batch=max_batch, max_queue=max_queue,
+                     continuous=continuous)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
 
 

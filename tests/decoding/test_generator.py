@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 
 import pytest
 import torch
@@ -222,6 +223,85 @@ def test_streamed_text_adds_up_to_the_result(tiny):
         if ev.result is not None:
             results[ev.index] = ev.result
     assert pieces[0] == results[0].text and pieces[1] == results[1].text
+
+
+def test_a_cancelled_request_leaves_the_batch_and_the_others_run_on_unchanged(tiny):
+    """Its `cancel` event set after its second text event, a request ends at the next step ("cancelled") with a
+    prefix of its uncancelled tokens; the other request of the batch gives exactly its solo answer."""
+    model, tokenizer = tiny
+    gen = no_eos(CFGGenerator(model, tokenizer))
+    full = gen.generate([request(DIALOGS[0], 3.0, "prob", 24)])[0]
+    other = gen.generate([request(DIALOGS[1], 3.0, "log", 24)])[0]
+    cancel = threading.Event()
+    reqs = [dataclasses.replace(request(DIALOGS[0], 3.0, "prob", 24), cancel=cancel),
+            request(DIALOGS[1], 3.0, "log", 24)]
+    seen, results = 0, {}
+    for ev in gen.stream(reqs):
+        if ev.index == 0 and ev.text:
+            seen += 1
+            if seen == 2:
+                cancel.set()
+        if ev.result is not None:
+            results[ev.index] = ev.result
+    cut = results[0]
+    assert cut.finish_reason == "cancelled"
+    assert 2 <= len(cut.token_ids) < 24 and cut.token_ids == full.token_ids[: len(cut.token_ids)]
+    assert results[1].token_ids == other.token_ids and results[1].finish_reason == "length"
+
+
+@pytest.mark.parametrize("running, joining", [
+    # the joiners' prompts shorter than the running cache (theirs left-padded) ...
+    ([(0, 3.0, "prob", 30), (2, 1.0, "log", 10)], [(1, 3.0, "log", 6), (0, 2.0, "prob", 8)]),
+    # ... and longer (the running cache left-padded)
+    ([(1, 3.0, "log", 30)], [(0, 3.0, "prob", 8), (2, 1.0, "log", 5)]),
+])
+def test_requests_joining_a_running_batch_decode_as_if_alone(tiny, running, joining):
+    """`admit` hands over requests after the third decode step, while the batch still runs: each request's
+    tokens equal its solo greedy run, the joiners get the next indices and finish before the long request;
+    `admit` is told how many requests are running."""
+    model, tokenizer = tiny
+    gen = no_eos(CFGGenerator(model, tokenizer, max_batch_requests=4))
+    first = [request(DIALOGS[d], g, space, n) for d, g, space, n in running]
+    later = [request(DIALOGS[d], g, space, n) for d, g, space, n in joining]
+    solo = [gen.generate([r])[0].token_ids for r in first + later]
+    calls = []
+
+    def admit(n_running):
+        calls.append(n_running)
+        return [gen.encode(r) for r in later] if len(calls) == 3 else []
+
+    results, order = {}, []
+    for ev in gen.stream_encoded([gen.encode(r) for r in first], admit=admit):
+        if ev.result is not None:
+            results[ev.index] = ev.result
+            order.append(ev.index)
+    assert [results[i].token_ids for i in range(len(solo))] == solo
+    assert calls[:3] == [len(first)] * 3 and calls[3] == len(first) + len(later)
+    assert order[-1] == 0  # the 30-token request ends last
+
+
+def test_join_caches_left_pads_the_shorter_rows(tiny):
+    """Joined caches: rows of 5 and 3 positions -> 5 columns, the 3-position row's keys after 2 zero columns,
+    its mask 0 0 1 1 1; a sliding-window model's cache is not joinable."""
+    from transformers import DynamicCache, MistralConfig
+
+    from unleak.decoding.generator import join_caches, joinable
+
+    model, _ = tiny
+    a, b = DynamicCache(config=model.config), DynamicCache(config=model.config)
+    heads, dim = model.config.num_key_value_heads, model.config.hidden_size // model.config.num_attention_heads
+    for layer in range(model.config.num_hidden_layers):
+        a.update(torch.randn(1, heads, 5, dim), torch.randn(1, heads, 5, dim), layer)
+        b.update(torch.randn(1, heads, 3, dim), torch.randn(1, heads, 3, dim), layer)
+    b_keys = b.layers[0].keys.clone()
+    mask = join_caches(a, torch.ones(1, 5, dtype=torch.long), b, torch.ones(1, 3, dtype=torch.long))
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]
+    assert a.layers[0].keys.shape == (2, heads, 5, dim)
+    assert torch.equal(a.layers[0].keys[1, :, 2:], b_keys[0]) and not a.layers[0].keys[1, :, :2].any()
+    assert joinable(a)
+    sliding = MistralConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                            sliding_window=4)
+    assert not joinable(DynamicCache(config=sliding))
 
 
 def test_seeded_sampling_is_reproducible_and_batch_independent(tiny):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import time
 
 import httpx
 import openai
@@ -63,8 +65,8 @@ def client(url: str, key: str = "sk-public", **kw) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, **kw)
 
 
-def direct(generator, adapter, g=1.0, space="prob", max_new=12, negative_adapter=None) -> str:
-    req = GenerationRequest(messages=MSGS, guidance=GuidanceConfig(g, space),
+def direct(generator, adapter, g=1.0, space="prob", max_new=12, negative_adapter=None, messages=MSGS) -> str:
+    req = GenerationRequest(messages=messages, guidance=GuidanceConfig(g, space),
                             sampling=SamplingConfig(max_new_tokens=max_new), adapter=adapter,
                             negative_adapter=negative_adapter)
     return generator.generate([req])[0].text
@@ -153,6 +155,75 @@ def test_requests_arriving_together_decode_together(generator):
         answers = asyncio.run(burst())
         assert max(app.state.batcher.batch_sizes) > 1
     assert len({a.choices[0].message.content for a in answers}) == 1  # greedy: batching does not change output
+
+
+LONG = {"policies": {"long": {"adapter": "unleak", "guidance_scale": 3.0, "max_tokens": 100_000}},
+        "keys": {"sk-long": "long"}}
+
+
+@pytest.fixture(scope="module")
+def unbounded(tiny_model_dir, adapter_dir):
+    """The server's generator with a context long enough for 100,000-token answers (RoPE needs no table)."""
+    gen = build_server_generator(str(tiny_model_dir), {"unleak": str(adapter_dir)}, max_batch=8)
+    gen.eos_ids, gen.context_length = set(), 10**6
+    return gen
+
+
+def wait_until(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_client_that_goes_away_stops_its_decoding(unbounded, caplog):
+    """A stream closed after a few chunks, and a call that times out while queued behind it (one request per
+    batch): the first stops decoding, the second is never decoded; both are counted "cancelled", long before
+    their 100,000-token budgets, and the next request is served."""
+    app = create_app(unbounded, policies_from_dict(LONG, {"unleak"}), max_batch=1)
+    with live_server(app) as url, caplog.at_level(logging.INFO, logger="unleak.serve"):
+        stream = client(url, "sk-long").chat.completions.create(model="tiny", messages=MSGS, stream=True,
+                                                                 max_tokens=100_000)
+        chunks = [next(stream) for _ in range(4)]
+        assert chunks[-1].choices[0].delta.content
+        with pytest.raises(openai.APITimeoutError):
+            client(url, "sk-long", timeout=0.5).chat.completions.create(model="tiny", messages=MSGS,
+                                                                         max_tokens=100_000)
+        stream.close()
+        assert wait_until(lambda: app.state.batcher.finished["cancelled"] == 2), app.state.batcher.finished
+        served = client(url, "sk-long").chat.completions.create(model="tiny", messages=MSGS, max_tokens=5)
+        assert served.usage.completion_tokens == 5 and served.choices[0].finish_reason == "length"
+        assert httpx.get(f"{url}/health").json()["finished"] == {"cancelled": 2, "length": 1}
+    gone = [r.getMessage() for r in caplog.records if "the client disconnected" in r.getMessage()]
+    assert len(gone) == 2 and all("policy=long" in x for x in gone)
+
+
+@pytest.mark.parametrize("continuous", [True, False])
+def test_a_short_request_joins_a_running_batch(unbounded, continuous):
+    """While a 100,000-token stream decodes, a 6-token request arrives: with continuous batching it joins the
+    running batch and is answered, with the answer it gets alone, while the stream still runs; without, it
+    waits for the batch to end (here: the stream's client leaving)."""
+    app = create_app(unbounded, policies_from_dict(LONG, {"unleak"}), max_batch=4, continuous=continuous)
+    with live_server(app) as url, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        stream = client(url, "sk-long").chat.completions.create(model="tiny", messages=MSGS, stream=True,
+                                                                 max_tokens=100_000)
+        next(stream), next(stream)
+        short = pool.submit(client(url, "sk-long").chat.completions.create, model="tiny", max_tokens=6,
+                            messages=[{"role": "user", "content": "And what about the weather today?"}])
+        if continuous:
+            answer = short.result(timeout=30)
+            assert next(stream).choices[0].delta.content is not None  # the stream still runs
+            assert app.state.batcher.joined == 1 and app.state.batcher.batch_sizes == [1]
+        else:
+            with pytest.raises(concurrent.futures.TimeoutError):
+                short.result(timeout=2)
+        stream.close()
+        answer = short.result(timeout=30)
+    alone = direct(unbounded, "unleak", 3.0, max_new=6,
+                   messages=[{"role": "user", "content": "And what about the weather today?"}])
+    assert answer.choices[0].message.content == alone and answer.usage.completion_tokens == 6
 
 
 def test_logs_carry_no_content(server, caplog):

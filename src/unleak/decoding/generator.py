@@ -7,8 +7,10 @@ left-padded, one batched KV cache, position ids taken from the attention mask,
 logits of the last position only. Each step the two rows of a pair are mixed
 (`cfg.cfg_scores`), one token is chosen (`sampling.sample_next_token`) and
 appended to both rows. A pair leaves the batch as soon as it stops (EOS, a
-stop string or its token budget), so finished requests cost nothing. Requests
-with guidance scale 1 have no negative row at all. Rows that are identical so
+stop string or its token budget), so finished requests cost nothing, and new
+requests can join a running batch between steps (`stream_encoded(admit=...)`:
+prefilled on their own, their KV-cache rows appended; a server's continuous
+batching). Requests with guidance scale 1 have no negative row at all. Rows that are identical so
 far (one prompt under several guidance settings, or sampled n times) run as
 one physical row, prefill and decode steps alike, until their tokens differ;
 then the row's KV cache is copied. Comparing settings thus costs only the
@@ -21,13 +23,16 @@ Per request: guidance scale and space, sampling settings and seed, stop
 strings, and, on a `peft.PeftModel`, the adapter (on, off, or a named one;
 a batch mixing them uses PEFT's per-row `adapter_names`), and the negative
 row's own (by default the same: the method's one model under two prompts;
-off: guidance away from the undefended model, `NEGATIVE_BRANCHES`).
+off: guidance away from the undefended model, `NEGATIVE_BRANCHES`). A request
+whose `cancel` event is set leaves the batch at the next step (finish reason
+"cancelled"): the server sets it when a client goes away.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +86,8 @@ class GenerationRequest:
     adapter: AdapterChoice = True
     #: the adapter of the guided negative row; None: the generator's `negative_adapter`, else `adapter`
     negative_adapter: AdapterChoice | None = None
+    #: set it (from any thread) to stop decoding this request: it finishes at the next step, "cancelled"
+    cancel: threading.Event | None = None
 
 
 @dataclass
@@ -89,7 +96,7 @@ class GenerationResult:
 
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (EOS or stop string) or "length"
+    finish_reason: str  # "stop" (EOS or stop string), "length" or "cancelled" (its `cancel` event set)
     guidance_scale: float
     cfg_space: str
     prompt_tokens: int
@@ -118,7 +125,9 @@ class StreamEvent:
 
 
 @dataclass
-class _Encoded:
+class EncodedRequest:
+    """A request's token ids under the positive and (guided) negative system prompt (`CFGGenerator.encode`)."""
+
     pos: list[int]
     neg: list[int] | None
     request: GenerationRequest
@@ -129,7 +138,7 @@ class _Pair:
     """Decoding state of one request inside a batch."""
 
     index: int
-    enc: _Encoded
+    enc: EncodedRequest
     generator: torch.Generator | None
     tokens: list[int] = field(default_factory=list)
     emitted: int = 0  # characters of text already streamed
@@ -177,7 +186,7 @@ class CFGGenerator:
 
     # --- encoding -------------------------------------------------------------
 
-    def encode(self, request: GenerationRequest) -> _Encoded:
+    def encode(self, request: GenerationRequest) -> EncodedRequest:
         """Token ids of the positive and (if guided) negative prompt of a request."""
         guided = request.guidance.guidance_scale != 1.0
         given = sum(x is not None for x in (request.messages, request.prompt, request.input_ids))
@@ -189,7 +198,7 @@ class CFGGenerator:
             if guided and not request.negative_input_ids:
                 raise UnleakError("a guided request with input_ids needs negative_input_ids")
             pos, neg = list(request.input_ids), list(request.negative_input_ids or []) or None
-            return _Encoded(self._fit(pos, 0, request), self._fit(neg, 0, request) if guided else None, request)
+            return EncodedRequest(self._fit(pos, 0, request), self._fit(neg, 0, request) if guided else None, request)
         if request.messages is not None:
             messages = validate_messages(request.messages)
             continue_final = messages[-1]["role"] == "assistant"
@@ -204,7 +213,7 @@ class CFGGenerator:
                 with_system_prompt(messages, self.prompts.negative), continue_final
             )
             neg = self._fit(neg_ids, keep_neg, request)
-        return _Encoded(pos, neg, request)
+        return EncodedRequest(pos, neg, request)
 
     def _encode_messages(self, messages: list[Message], continue_final: bool) -> tuple[list[int], int]:
         text = render_prompt(self.tokenizer, messages, continue_final)
@@ -263,30 +272,45 @@ class CFGGenerator:
         """Decode, yielding text deltas as they come; a final event per request carries its result."""
         return self.stream_encoded([self.encode(r) for r in requests])
 
-    def stream_encoded(self, encoded: Sequence[_Encoded]) -> Iterator[StreamEvent]:
-        """`stream` for requests already passed through `encode` (e.g. validated one by one by a server)."""
+    def stream_encoded(self, encoded: Sequence[EncodedRequest],
+                       admit: Callable[[int], Sequence[EncodedRequest]] | None = None) -> Iterator[StreamEvent]:
+        """`stream` for requests already passed through `encode` (e.g. validated one by one by a server).
+
+        `admit(running)`, if given, is asked between decode steps (with the number of requests still
+        decoding) for more encoded requests; those join the running batch (continuous batching: a server's
+        new request need not wait for the batch to end) and get the next indices. With `admit`, `encoded`
+        must fit one batch (`max_batch_requests`). Models whose cache cannot be joined (sliding-window
+        attention) never call it.
+        """
+        if admit is not None:
+            if len(encoded) > self.max_batch_requests:
+                raise ValueError(f"admit needs one batch: {len(encoded)} requests > {self.max_batch_requests}")
+            yield from self._decode_batch(list(encoded), offset=0, admit=admit)
+            return
         for start in range(0, len(encoded), self.max_batch_requests):
             chunk = list(encoded[start:start + self.max_batch_requests])
             yield from self._decode_batch(chunk, offset=start)
 
-    def _decode_batch(self, encoded: list[_Encoded], offset: int) -> Iterator[StreamEvent]:
-        if not encoded:
-            return
-        device = self.device
+    def _new_pairs(self, encoded: list[EncodedRequest], offset: int) -> list[_Pair]:
+        """Decoding states of `encoded` (indices from `offset`), each sampled request with its seeded RNG."""
         pairs = []
         for i, enc in enumerate(encoded):
             seed = enc.request.sampling.seed
             gen = None
             if enc.request.sampling.temperature > 0:
-                gen = torch.Generator(device=device)
+                gen = torch.Generator(device=self.device)
                 gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
             pairs.append(_Pair(offset + i, enc, gen))
+        return pairs
 
-        # rows: positive rows of all pairs, then negative rows of the guided ones
-        rows_ids = [p.enc.pos for p in pairs] + [p.enc.neg for p in pairs if p.enc.neg is not None]
+    def _physical_rows(self, pairs: list[_Pair]) -> tuple[list[list[int]], list[AdapterChoice], list[int]]:
+        """The distinct rows of `pairs`: their token ids and adapters, and for each logical row (the positive
+        rows of all pairs, then the negative rows of the guided ones) its physical row.
+
+        Identical rows (same ids and adapter: one prompt under several guidance settings, the positive and
+        negative row of equal prompts, n samples of one prompt) are one physical row."""
         neg_owner = [k for k, p in enumerate(pairs) if p.enc.neg is not None]
-        # identical rows (same ids and adapter: one prompt under several guidance settings, the
-        # positive and negative row of equal prompts, n samples of one prompt) are one physical row
+        rows_ids = [p.enc.pos for p in pairs] + [pairs[k].enc.neg for k in neg_owner]
         row_adapters = [p.enc.request.adapter for p in pairs] + [self._negative_row_adapter(pairs[k].enc.request)
                                                                   for k in neg_owner]
         first_of: dict[tuple[tuple[int, ...], AdapterChoice], int] = {}
@@ -297,18 +321,25 @@ class CFGGenerator:
                 first_of[key] = len(unique)
                 unique.append(r)
             expand.append(first_of[key])
+        return [rows_ids[r] for r in unique], [row_adapters[r] for r in unique], expand
 
+    def _decode_batch(self, encoded: list[EncodedRequest], offset: int,
+                      admit: Callable[[int], Sequence[EncodedRequest]] | None = None) -> Iterator[StreamEvent]:
+        if not encoded:
+            return
+        device = self.device
+        pairs = self._new_pairs(encoded, offset)
         active = list(range(len(pairs)))  # indices into `pairs` of unfinished pairs, row order
-        neg_active = list(neg_owner)  # owners of the current negative rows, row order
+        neg_active = [k for k, p in enumerate(pairs) if p.enc.neg is not None]  # owners of the negative rows
         # the cache holds physical rows only: one per distinct (prompt, adapter, tokens so far). Rows that
         # agree so far (one prompt under several guidance settings while their choices coincide, the
         # positive rows of settings that all chose the same tokens) run once; a row is copied when its
         # token first differs from its twin's. `phys_of` maps each logical row to its physical row.
-        phys_of = expand
-        phys_adapters = [row_adapters[r] for r in unique]
+        phys_rows, phys_adapters, phys_of = self._physical_rows(pairs)
         with torch.inference_mode(), skinny_cpu_linear(self.model):
-            cache, last_logits, step_mask, step_positions = self._prefill([rows_ids[r] for r in unique],
-                                                                          phys_adapters)
+            cache, last_logits, step_mask, step_positions = self._prefill(phys_rows, phys_adapters)
+            if self._sliding_window or not joinable(cache):
+                admit = None
             while True:
                 logits = last_logits[torch.tensor(phys_of, device=device)]
                 tokens = self._choose(logits, [pairs[k] for k in active], neg_active, active)
@@ -349,6 +380,23 @@ class CFGGenerator:
                                                              device=device)], dim=1)
                 out = self._forward(step_inputs, step_mask, step_positions, cache, phys_adapters)
                 cache, last_logits = output_cache(out), out.logits[:, -1, :]
+                if admit is None or not (joining := list(admit(len(active)))):
+                    continue
+                # new requests join: prefilled on their own, their cache rows appended (left-padded to a common
+                # length), their logical rows placed after the running pairs' positive and negative rows
+                fresh = self._new_pairs(joining, offset + len(pairs))
+                rows, adapters, fresh_of = self._physical_rows(fresh)
+                new_cache, new_logits, new_mask, new_positions = self._prefill(rows, adapters)
+                step_mask = join_caches(cache, step_mask, new_cache, new_mask)
+                last_logits = torch.cat([last_logits, new_logits])
+                step_positions = torch.cat([step_positions[:, -1:], new_positions[:, -1:]])
+                fresh_of = [len(phys_adapters) + r for r in fresh_of]
+                phys_of = (phys_of[:len(active)] + fresh_of[:len(fresh)] + phys_of[len(active):]
+                           + fresh_of[len(fresh):])
+                phys_adapters = phys_adapters + adapters
+                active = active + [len(pairs) + i for i in range(len(fresh))]
+                neg_active = neg_active + [len(pairs) + i for i, p in enumerate(fresh) if p.enc.neg is not None]
+                pairs += fresh
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
                  adapters: list[AdapterChoice]) -> Any:
@@ -421,13 +469,15 @@ class CFGGenerator:
         """Append `token` to a pair; return an event with new text (and the result if it finished)."""
         req = pair.enc.request
         finish = None
-        if token in self.eos_ids:
+        if req.cancel is not None and req.cancel.is_set():
+            finish = "cancelled"
+        elif token in self.eos_ids:
             finish = "stop"
         else:
             pair.tokens.append(token)
         text = self.tokenizer.decode(pair.tokens, skip_special_tokens=True)
         stops = req.sampling.stop
-        if stops:
+        if stops and finish != "cancelled":
             hits = [text.find(s, max(0, pair.emitted - len(s))) for s in stops]
             hits = [h for h in hits if h >= 0]
             if hits:
@@ -485,6 +535,34 @@ class CFGGenerator:
                 self.model.set_adapter(active_name)
         else:
             yield {}
+
+
+def joinable(cache: Any) -> bool:
+    """Whether `join_caches` can append rows to `cache`: every layer a plain `DynamicLayer` (a sliding-window
+    layer drops columns, so rows of other lengths do not line up)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def join_caches(cache: Any, mask: torch.Tensor, other: Any, other_mask: torch.Tensor) -> torch.Tensor:
+    """Append the rows of KV cache `other` to `cache` (in place), the shorter left-padded with zero keys and
+    values along the sequence; returns the joined attention mask (the padding masked out)."""
+    width = max(mask.shape[1], other_mask.shape[1])
+
+    def left_pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+        missing = width - t.shape[dim]
+        if not missing:
+            return t
+        shape = list(t.shape)
+        shape[dim] = missing
+        return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+    for layer, extra in zip(cache.layers, other.layers, strict=True):
+        layer.keys = torch.cat([left_pad(layer.keys, -2), left_pad(extra.keys, -2)])
+        layer.values = torch.cat([left_pad(layer.values, -2), left_pad(extra.values, -2)])
+    return torch.cat([left_pad(mask, 1), left_pad(other_mask, 1)])
 
 
 def _left_padded(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

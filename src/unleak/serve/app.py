@@ -9,13 +9,20 @@ Errors use OpenAI's JSON shape: 401 unknown key, 403 override refused, 422
 malformed body, 429 queue full, 400 a request the generator refuses.
 
 Privacy by default: prompts and completions are never logged; a log line
-carries request id, policy, token counts and latency.
+carries request id, policy, token counts, finish reason and latency.
+
+A client that goes away (a closed stream, a timed-out call) is noticed within
+`DISCONNECT_POLL_S`, and its request stops decoding (or is dropped from the
+queue): its batch slot goes to others. `/health` counts the requests by how
+they ended.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 import time
 import uuid
 from typing import Any, Literal
@@ -32,6 +39,9 @@ from unleak.serve.batcher import Batcher, QueueFull
 from unleak.serve.policies import Policy, PolicySet
 
 log = logging.getLogger("unleak.serve")
+
+#: how often a request's connection is checked while it waits or decodes
+DISCONNECT_POLL_S = 0.1
 
 
 class ChatMessage(BaseModel):
@@ -61,10 +71,23 @@ def _error(status: int, message: str, kind: str, code: str | None = None) -> JSO
                         status_code=status)
 
 
+async def cancel_when_disconnected(request: Request, cancel: threading.Event, rid: str, policy: str) -> None:
+    """Set `cancel` as soon as the client of `request` has disconnected (run as a task, cancelled when the
+    request is answered), so the batcher stops decoding for nobody."""
+    while not cancel.is_set():
+        if await request.is_disconnected():
+            cancel.set()
+            log.info("request %s policy=%s cancelled: the client disconnected", rid, policy)
+            return
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
 def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "unleak", max_batch: int = 16,
-               max_queue: int = 64) -> FastAPI:
+               max_queue: int = 64, continuous: bool = True) -> FastAPI:
+    """The app around `generator`: `max_batch` requests decode at once, `max_queue` wait (then 429); with
+    `continuous`, waiting requests join a running batch between decode steps (see `Batcher`)."""
     app = FastAPI(title="unleak", version="1")
-    batcher = Batcher(generator, max_batch=max_batch, max_queue=max_queue)
+    batcher = Batcher(generator, max_batch=max_batch, max_queue=max_queue, continuous=continuous)
     app.state.batcher = batcher
 
     @app.exception_handler(RequestValidationError)
@@ -80,7 +103,7 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "queued": batcher.jobs.qsize()}
+        return {"status": "ok", "queued": batcher.jobs.qsize(), "finished": dict(batcher.finished)}
 
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
@@ -106,9 +129,11 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
                                       top_p=body.top_p, seed=body.seed, stop=stop)
         except UnleakError as exc:
             return _error(400, str(exc), "invalid_request_error")
+        cancel = threading.Event()
         gen_request = GenerationRequest(messages=[m.model_dump() for m in body.messages], guidance=guidance,
                                         sampling=sampling, adapter=policy.adapter or False,
-                                        negative_adapter=negative_adapter_for(policy.negative, policy.adapter))
+                                        negative_adapter=negative_adapter_for(policy.negative, policy.adapter),
+                                        cancel=cancel)
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         started = time.time()
         try:
@@ -117,11 +142,13 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
             log.info("request %s policy=%s rejected: queue full", rid, policy.name)
             return _error(429, "server busy: request queue is full, retry later", "rate_limit_error",
                           "queue_full")
+        watcher = asyncio.create_task(cancel_when_disconnected(request, cancel, rid, policy.name))
         name = body.model or model_name
 
         def finish_log(result: GenerationResult) -> None:
-            log.info("request %s policy=%s prompt_tokens=%d completion_tokens=%d latency_ms=%d", rid, policy.name,
-                     result.prompt_tokens, result.completion_tokens, 1000 * (time.time() - started))
+            log.info("request %s policy=%s prompt_tokens=%d completion_tokens=%d finish=%s latency_ms=%d", rid,
+                     policy.name, result.prompt_tokens, result.completion_tokens, result.finish_reason,
+                     1000 * (time.time() - started))
 
         if body.stream:
             async def sse() -> Any:
@@ -138,10 +165,12 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
                     if kind == "event":
                         yield chunk({"content": payload})
                     elif kind == "error":
+                        watcher.cancel()
                         err = {"error": {"message": str(payload), "type": "invalid_request_error"}}
                         yield f"data: {json.dumps(err)}\n\n"
                         break
                     else:
+                        watcher.cancel()
                         finish_log(payload)
                         yield chunk({}, payload.finish_reason, _usage(payload))
                         break
@@ -152,8 +181,10 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
         while True:
             kind, payload = await events.get()
             if kind == "error":
+                watcher.cancel()
                 return _error(400, str(payload), "invalid_request_error")
             if kind == "done":
+                watcher.cancel()
                 break
         result: GenerationResult = payload
         finish_log(result)
