@@ -38,25 +38,25 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def staggered(url: str, args: argparse.Namespace) -> dict:
-    c = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-bench", max_retries=0, timeout=3600)
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-bench", max_retries=0, timeout=3600) as c:
 
-    async def one(i: int) -> tuple[bool, float, float]:
-        await asyncio.sleep(i * args.interval)
-        long = i % args.long_every == 0
-        arrived = time.perf_counter()
-        first = None
-        stream = await c.chat.completions.create(
-            model="default", stream=True, max_tokens=args.long_tokens if long else args.short_tokens,
-            messages=[{"role": "user", "content": f"Give me two tips about {TOPICS[i % len(TOPICS)]}."}])
-        async for chunk in stream:
-            if first is None and chunk.choices and chunk.choices[0].delta.content:
-                first = time.perf_counter()
-        done = time.perf_counter()
-        return long, (first or done) - arrived, done - arrived
+        async def one(i: int) -> tuple[bool, float, float]:
+            await asyncio.sleep(i * args.interval)
+            long = i % args.long_every == 0
+            arrived = time.perf_counter()
+            first = None
+            stream = await c.chat.completions.create(
+                model="default", stream=True, max_tokens=args.long_tokens if long else args.short_tokens,
+                messages=[{"role": "user", "content": f"Give me two tips about {TOPICS[i % len(TOPICS)]}."}])
+            async for chunk in stream:
+                if first is None and chunk.choices and chunk.choices[0].delta.content:
+                    first = time.perf_counter()
+            done = time.perf_counter()
+            return long, (first or done) - arrived, done - arrived
 
-    start = time.perf_counter()
-    results = await asyncio.gather(*(one(i) for i in range(args.requests)))
-    wall = time.perf_counter() - start
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one(i) for i in range(args.requests)))
+        wall = time.perf_counter() - start
     short = [lat for long, _, lat in results if not long]
     return {"wall_s": round(wall, 2),
             "ttft_p50_s": percentile([t for _, t, _ in results], 0.5),
