@@ -10,10 +10,10 @@ appended to both rows. A pair leaves the batch as soon as it stops (EOS, a
 stop string or its token budget), so finished requests cost nothing, and new
 requests can join a running batch between steps (`stream_encoded(admit=...)`:
 prefilled on their own, their KV-cache rows appended; a server's continuous
-batching). Requests with guidance scale 1 have no negative row at all. Rows that are identical so
-far (one prompt under several guidance settings, or sampled n times) run as
-one physical row, prefill and decode steps alike, until their tokens differ;
-then the row's KV cache is copied. Comparing settings thus costs only the
+batching). Requests with guidance scale 1 have no negative row at all. Rows
+that are identical so far (one prompt under several guidance settings, or
+sampled n times) run as one physical row, prefill and decode steps alike,
+until their tokens differ; then the row's KV cache is copied. Comparing settings thus costs only the
 steps where they disagree. Prompts that start alike (one conversation's
 attack contexts, a shared system prompt) prefill the common part once
 (`share_prefixes`, planned by `unleak.decoding.prefix`): the demo's attack
