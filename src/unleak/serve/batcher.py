@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from unleak.decoding.generator import CFGGenerator, GenerationRequest, GenerationResult, EncodedRequest
+from unleak.decoding.generator import CFGGenerator, EncodedRequest, GenerationRequest, GenerationResult
 
 
 class QueueFull(Exception):
