@@ -619,6 +619,8 @@ def serve(
     max_queue: int = typer.Option(64, help="Waiting requests before 429."),
     continuous: bool = typer.Option(True, help="Requests that arrive while a batch decodes join it between "
                                                "steps (off: they wait for the next batch)."),
+    graceful_timeout: float = typer.Option(30.0, help="On shutdown (Ctrl+C, SIGTERM), seconds open requests "
+                                                      "get to finish before they are cancelled."),
     device: str = typer.Option(None), dtype: str = typer.Option(None),
 ) -> None:
     """OpenAI-compatible server with guidance and adapter policies per API key."""
@@ -640,7 +642,11 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = create_app(generator, policy_set, model_name=model, max_batch=max_batch, max_queue=max_queue,
                      continuous=continuous)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False,
+                    timeout_graceful_shutdown=graceful_timeout)
+    finally:  # also after a forced exit (a second Ctrl+C skips the app's shutdown): no decoding left behind
+        app.state.batcher.close(timeout=5)
 
 
 @app.command()

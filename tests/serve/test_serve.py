@@ -17,8 +17,9 @@ from unleak.config import GuidanceConfig, SamplingConfig
 from unleak.decoding.generator import GenerationRequest
 from unleak.errors import UnleakError
 from unleak.serve.app import build_server_generator, create_app
-from unleak.serve.policies import key_hash, policies_from_dict
 from unleak.serve.background import live_server
+from unleak.serve.batcher import Batcher, BatcherClosed
+from unleak.serve.policies import key_hash, policies_from_dict
 
 POLICIES = {
     "policies": {
@@ -65,9 +66,10 @@ def client(url: str, key: str = "sk-public", **kw) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, **kw)
 
 
-def direct(generator, adapter, g=1.0, space="prob", max_new=12, negative_adapter=None, messages=MSGS) -> str:
+def direct(generator, adapter, g=1.0, space="prob", max_new=12, negative_adapter=None, messages=MSGS,
+           **sampling) -> str:
     req = GenerationRequest(messages=messages, guidance=GuidanceConfig(g, space),
-                            sampling=SamplingConfig(max_new_tokens=max_new), adapter=adapter,
+                            sampling=SamplingConfig(max_new_tokens=max_new, **sampling), adapter=adapter,
                             negative_adapter=negative_adapter)
     return generator.generate([req])[0].text
 
@@ -101,6 +103,29 @@ def test_streaming_adds_up_to_the_plain_answer(server, generator):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == direct(generator, "unleak", 3.0)
     assert chunks[-1].choices[0].finish_reason == "length" and len(chunks) > 3
+
+
+def test_n_choices_are_seeded_one_by_one(server, generator):
+    """n = 3 sampled choices: choice i is what a call with seed + i gives alone; usage counts the prompt once
+    and every choice's tokens; streamed, the chunks of each index add up to the same choices."""
+    kw = dict(model="tiny", messages=MSGS, max_tokens=8, temperature=1.0, seed=11, n=3)
+    resp = client(server, "sk-internal").chat.completions.create(**kw)
+    texts = [c.message.content for c in resp.choices]
+    assert [c.index for c in resp.choices] == [0, 1, 2]
+    assert texts == [direct(generator, False, max_new=8, temperature=1.0, seed=11 + i) for i in range(3)]
+    assert len(set(texts)) > 1  # sampled with three seeds
+    one = client(server, "sk-internal").chat.completions.create(**{**kw, "n": 1})
+    assert resp.usage.prompt_tokens == one.usage.prompt_tokens and resp.usage.completion_tokens == 3 * 8
+    streamed = {0: "", 1: "", 2: ""}
+    finish = {}
+    for c in client(server, "sk-internal").chat.completions.create(**kw, stream=True):
+        for choice in c.choices:
+            streamed[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finish[choice.index] = choice.finish_reason
+    assert [streamed[i] for i in range(3)] == texts and finish == {0: "length", 1: "length", 2: "length"}
+    with pytest.raises(openai.BadRequestError, match="more than this server queues"):
+        client(server, "sk-internal").chat.completions.create(**{**kw, "n": 100})
 
 
 def test_extra_body_guidance_only_where_allowed(server, generator):
@@ -226,6 +251,45 @@ def test_a_short_request_joins_a_running_batch(unbounded, continuous):
     assert answer.choices[0].message.content == alone and answer.usage.completion_tokens == 6
 
 
+def test_shutdown_cancels_what_runs_and_stops_the_worker(unbounded):
+    """The server stops while a 100,000-token stream decodes: after the graceful timeout the stream is
+    cancelled, the batcher closes and its worker thread ends (none left decoding in the background)."""
+    app = create_app(unbounded, policies_from_dict(LONG, {"unleak"}), max_batch=1)
+    with live_server(app, graceful_timeout=0.5) as url:
+        stream = client(url, "sk-long").chat.completions.create(model="tiny", messages=MSGS, stream=True,
+                                                                 max_tokens=100_000)
+        next(stream), next(stream)
+    batcher = app.state.batcher
+    assert batcher.closing and not batcher.alive and batcher.finished == {"cancelled": 1}
+    stream.close()
+
+
+def test_a_closed_batcher_answers_everything_and_refuses_more(unbounded):
+    """`close` with one request decoding and one waiting (one per batch): both end "cancelled" long before
+    their budgets, the worker ends, later submissions are refused."""
+    batcher = Batcher(unbounded, max_batch=1)
+    request = GenerationRequest(messages=MSGS, guidance=GuidanceConfig(3.0, "prob"),
+                                sampling=SamplingConfig(max_new_tokens=100_000))
+
+    async def run() -> list[tuple]:
+        events = batcher.submit_all([request, request])
+        first = await events.get()
+        assert first[:2] == (0, "event")
+        assert await asyncio.to_thread(batcher.close, 30)
+        with pytest.raises(BatcherClosed):
+            batcher.submit(request)
+        items = [first]
+        while sum(kind == "done" for _, kind, _ in items) < 2:
+            items.append(await events.get())
+        return items
+
+    items = asyncio.run(run())
+    done = {index: payload for index, kind, payload in items if kind == "done"}
+    assert {i: r.finish_reason for i, r in done.items()} == {0: "cancelled", 1: "cancelled"}
+    assert 0 < done[0].completion_tokens < 100_000 and done[1].completion_tokens == 0
+    assert not batcher.alive and batcher.finished == {"cancelled": 2}
+
+
 def test_logs_carry_no_content(server, caplog):
     secret = "my SSN is 078-05-1120"
     with caplog.at_level(logging.INFO, logger="unleak.serve"):
@@ -271,3 +335,47 @@ def test_fuzzed_bodies_never_cause_server_errors(server, body):
     assert r.status_code < 500, (body, r.text)
     if r.status_code != 200:
         assert "error" in r.json()
+
+
+def test_the_cli_server_stops_cleanly_on_sigterm(tiny_model_dir, tmp_path):
+    """`unleak serve` in its own process answers; SIGTERM while a stream decodes: after the graceful timeout
+    the stream is cancelled, the app's shutdown closes the batcher, and the process ends as one ended by
+    SIGTERM does (uvicorn re-raises the signal once it has shut down), no worker left decoding to crash the
+    interpreter's exit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from unleak.serve.background import free_port
+
+    policies = tmp_path / "policies.yaml"
+    policies.write_text("policies:\n  open: {adapter: null, max_tokens: 900}\nkeys:\n  sk-x: open\n")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "unleak", "serve", "--policies", str(policies), "--model",
+                             str(tiny_model_dir), "--port", str(port), "--graceful-timeout", "0.3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{url}/health").status_code == 200
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.communicate()[1]
+                return False
+
+        assert wait_until(up, timeout=120)
+        answer = client(url, "sk-x").chat.completions.create(model="tiny", messages=MSGS, max_tokens=4)
+        assert 1 <= answer.usage.completion_tokens <= 4
+        stream = client(url, "sk-x").chat.completions.create(model="tiny", messages=MSGS, max_tokens=900,
+                                                              stream=True)  # ~3 s of decoding here
+        next(stream), next(stream)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode in (0, -signal.SIGTERM), err
+    assert "Application shutdown complete" in err and "terminate called" not in err
+    assert "batcher stopped; requests by finish: {'length': 1, 'cancelled': 1}" in err

@@ -6,7 +6,13 @@
 `guidance_scale` / `cfg_space` in the body (the `openai` client's
 `extra_body`) are honoured only when the policy allows overriding (else 403).
 Errors use OpenAI's JSON shape: 401 unknown key, 403 override refused, 422
-malformed body, 429 queue full, 400 a request the generator refuses.
+malformed body, 429 queue full, 400 a request the generator refuses, 503
+shutting down.
+
+`n` > 1 asks for several choices: they are queued together (all or none) and
+decode in the same batch; with a `seed`, choice i samples with seed + i, so a
+call is reproducible choice by choice. Usage counts the prompt once and the
+completion tokens of every choice (as OpenAI does).
 
 Privacy by default: prompts and completions are never logged; a log line
 carries request id, policy, token counts, finish reason and latency.
@@ -15,6 +21,10 @@ A client that goes away (a closed stream, a timed-out call) is noticed within
 `DISCONNECT_POLL_S`, and its request stops decoding (or is dropped from the
 queue): its batch slot goes to others. `/health` counts the requests by how
 they ended.
+
+On shutdown (the app's lifespan; uvicorn first lets open requests finish
+within its graceful timeout) the batcher is closed: what still waits or
+decodes ends "cancelled" and its worker thread is joined.
 """
 
 from __future__ import annotations
@@ -25,6 +35,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -35,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from unleak.config import GuidanceConfig, SamplingConfig
 from unleak.decoding.generator import CFGGenerator, GenerationRequest, GenerationResult, negative_adapter_for
 from unleak.errors import UnleakError
-from unleak.serve.batcher import Batcher, QueueFull
+from unleak.serve.batcher import Batcher, BatcherClosed, QueueFull
 from unleak.serve.policies import Policy, PolicySet
 
 log = logging.getLogger("unleak.serve")
@@ -61,7 +74,7 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1, le=128)
     guidance_scale: float | None = Field(None, gt=0, le=50)
     cfg_space: Literal["log", "prob"] | None = None
 
@@ -86,8 +99,16 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
                max_queue: int = 64, continuous: bool = True) -> FastAPI:
     """The app around `generator`: `max_batch` requests decode at once, `max_queue` wait (then 429); with
     `continuous`, waiting requests join a running batch between decode steps (see `Batcher`)."""
-    app = FastAPI(title="unleak", version="1")
     batcher = Batcher(generator, max_batch=max_batch, max_queue=max_queue, continuous=continuous)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        stopped = await asyncio.to_thread(batcher.close)
+        log.info("batcher %s; requests by finish: %s", "stopped" if stopped else "still stopping",
+                 dict(batcher.finished))
+
+    app = FastAPI(title="unleak", version="1", lifespan=lifespan)
     app.state.batcher = batcher
 
     @app.exception_handler(RequestValidationError)
@@ -103,7 +124,8 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "queued": batcher.jobs.qsize(), "finished": dict(batcher.finished)}
+        return {"status": "closing" if batcher.closing else "ok", "queued": batcher.jobs.qsize(),
+                "finished": dict(batcher.finished)}
 
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
@@ -129,76 +151,89 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
                                       top_p=body.top_p, seed=body.seed, stop=stop)
         except UnleakError as exc:
             return _error(400, str(exc), "invalid_request_error")
-        cancel = threading.Event()
-        gen_request = GenerationRequest(messages=[m.model_dump() for m in body.messages], guidance=guidance,
-                                        sampling=sampling, adapter=policy.adapter or False,
-                                        negative_adapter=negative_adapter_for(policy.negative, policy.adapter),
-                                        cancel=cancel)
+        if body.n > max_queue:
+            return _error(400, f"n={body.n} is more than this server queues at once ({max_queue})",
+                          "invalid_request_error", "n_too_large")
+        cancel = threading.Event()  # one for the call: its client leaving ends every choice
+        gen_requests = [
+            GenerationRequest(messages=[m.model_dump() for m in body.messages], guidance=guidance,
+                              sampling=replace(sampling, seed=None if body.seed is None else body.seed + i),
+                              adapter=policy.adapter or False,
+                              negative_adapter=negative_adapter_for(policy.negative, policy.adapter), cancel=cancel)
+            for i in range(body.n)]
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         started = time.time()
         try:
-            events = batcher.submit(gen_request)
+            events = batcher.submit_all(gen_requests)
         except QueueFull:
             log.info("request %s policy=%s rejected: queue full", rid, policy.name)
             return _error(429, "server busy: request queue is full, retry later", "rate_limit_error",
                           "queue_full")
+        except BatcherClosed:
+            return _error(503, "server shutting down", "server_error", "shutting_down")
         watcher = asyncio.create_task(cancel_when_disconnected(request, cancel, rid, policy.name))
         name = body.model or model_name
+        results: dict[int, GenerationResult] = {}
 
-        def finish_log(result: GenerationResult) -> None:
-            log.info("request %s policy=%s prompt_tokens=%d completion_tokens=%d finish=%s latency_ms=%d", rid,
-                     policy.name, result.prompt_tokens, result.completion_tokens, result.finish_reason,
-                     1000 * (time.time() - started))
+        def usage() -> dict[str, int]:
+            prompt = next(iter(results.values())).prompt_tokens
+            completion = sum(r.completion_tokens for r in results.values())
+            return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+        def finish_log() -> None:
+            u = usage()
+            log.info("request %s policy=%s n=%d prompt_tokens=%d completion_tokens=%d finish=%s latency_ms=%d",
+                     rid, policy.name, body.n, u["prompt_tokens"], u["completion_tokens"],
+                     ",".join(results[i].finish_reason for i in sorted(results)), 1000 * (time.time() - started))
 
         if body.stream:
             async def sse() -> Any:
-                def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
+                def chunk(index: int, delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
                     row = {"id": rid, "object": "chat.completion.chunk", "created": int(started), "model": name,
-                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                           "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
                     if usage:
                         row["usage"] = usage
                     return f"data: {json.dumps(row)}\n\n"
 
-                yield chunk({"role": "assistant", "content": ""})
-                while True:
-                    kind, payload = await events.get()
+                for index in range(body.n):
+                    yield chunk(index, {"role": "assistant", "content": ""})
+                while len(results) < body.n:
+                    index, kind, payload = await events.get()
                     if kind == "event":
-                        yield chunk({"content": payload})
+                        yield chunk(index, {"content": payload})
                     elif kind == "error":
+                        cancel.set()  # the other choices stop too
                         watcher.cancel()
                         err = {"error": {"message": str(payload), "type": "invalid_request_error"}}
                         yield f"data: {json.dumps(err)}\n\n"
                         break
                     else:
-                        watcher.cancel()
-                        finish_log(payload)
-                        yield chunk({}, payload.finish_reason, _usage(payload))
-                        break
+                        results[index] = payload
+                        last = len(results) == body.n
+                        if last:
+                            watcher.cancel()
+                            finish_log()
+                        yield chunk(index, {}, payload.finish_reason, usage() if last else None)
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(sse(), media_type="text/event-stream")
 
-        while True:
-            kind, payload = await events.get()
+        while len(results) < body.n:
+            index, kind, payload = await events.get()
             if kind == "error":
+                cancel.set()
                 watcher.cancel()
                 return _error(400, str(payload), "invalid_request_error")
             if kind == "done":
-                watcher.cancel()
-                break
-        result: GenerationResult = payload
-        finish_log(result)
+                results[index] = payload
+        watcher.cancel()
+        finish_log()
         return {"id": rid, "object": "chat.completion", "created": int(started), "model": name,
-                "choices": [{"index": 0, "finish_reason": result.finish_reason,
-                             "message": {"role": "assistant", "content": result.text}}],
-                "usage": _usage(result)}
+                "choices": [{"index": i, "finish_reason": results[i].finish_reason,
+                             "message": {"role": "assistant", "content": results[i].text}} for i in range(body.n)],
+                "usage": usage()}
 
     return app
-
-
-def _usage(result: GenerationResult) -> dict[str, int]:
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens}
 
 
 def build_server_generator(model: str, adapters: dict[str, str], device: str | None = None,

@@ -17,12 +17,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(app: Any) -> Iterator[str]:
-    """Serve an ASGI `app` on a free loopback port; yield its base URL; stop it afterwards."""
+def live_server(app: Any, graceful_timeout: float = 10.0) -> Iterator[str]:
+    """Serve an ASGI `app` on a free loopback port; yield its base URL; stop it afterwards (requests still open
+    get `graceful_timeout` s to finish, then are cancelled; the app's shutdown runs)."""
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=graceful_timeout))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -34,4 +36,4 @@ def live_server(app: Any) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=graceful_timeout + 30)

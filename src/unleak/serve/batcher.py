@@ -12,6 +12,13 @@ one; with `continuous=False` they form the next batch. A request whose
 `cancel` event is set (its client went away) is dropped if still waiting and
 leaves the batch at the next step if decoding; `finished` counts the requests
 by how they ended.
+
+Requests submitted together (`submit_all`: the `n` choices of one API call)
+are queued all or none and report on one asyncio queue, tagged with their
+index. `close` shuts the worker down: new requests are refused
+(`BatcherClosed`), waiting and running ones end "cancelled", and the thread is
+joined, so no decoding is left running in a daemon thread when the process
+exits.
 """
 
 from __future__ import annotations
@@ -21,14 +28,19 @@ import queue
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from unleak.decoding.generator import CFGGenerator, EncodedRequest, GenerationRequest, GenerationResult
 
 
 class QueueFull(Exception):
-    pass
+    """The queue has no room for the request(s): the server answers 429."""
+
+
+class BatcherClosed(Exception):
+    """The batcher is shutting down and takes no new requests: the server answers 503."""
 
 
 @dataclass
@@ -36,6 +48,8 @@ class _Job:
     request: GenerationRequest
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
+    #: the request's position in its `submit_all` call (the choice index of an API call with n > 1)
+    index: int = 0
 
 
 class Batcher:
@@ -52,22 +66,63 @@ class Batcher:
         self.joined = 0
         #: requests by how they ended: a finish reason ("stop", "length", "cancelled") or "error"
         self.finished: Counter[str] = Counter()
+        self._lock = threading.Lock()  # submissions against `close`
+        self._closing = False
+        self._running: list[_Job] = []  # the jobs of the batch decoding now
         self._thread = threading.Thread(target=self._run, name="unleak-batcher", daemon=True)
         self._thread.start()
 
+    @property
+    def closing(self) -> bool:
+        """`close` was called: no new requests."""
+        return self._closing
+
+    @property
+    def alive(self) -> bool:
+        """The worker thread runs."""
+        return self._thread.is_alive()
+
     def submit(self, request: GenerationRequest) -> asyncio.Queue:
-        """Queue a request; returns the asyncio queue its ("event"|"error"|"done", payload) items arrive on."""
+        """Queue a request; returns the asyncio queue its (0, "event"|"error"|"done", payload) items arrive on."""
+        return self.submit_all([request])
+
+    def submit_all(self, requests: Sequence[GenerationRequest]) -> asyncio.Queue:
+        """Queue `requests` together, all or none; returns one asyncio queue of (index, kind, payload) items,
+        `index` the request's position in `requests` and `kind` "event" (new text), "error" or "done" (the
+        `GenerationResult`). Raises `QueueFull` when the queue lacks room for all of them, `BatcherClosed`
+        once `close` was called. A request without a `cancel` event gets one (`close` needs it)."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        try:
-            self.jobs.put_nowait(_Job(request, loop, events))
-        except queue.Full:
-            raise QueueFull from None
+        with self._lock:
+            if self._closing:
+                raise BatcherClosed
+            if self.jobs.maxsize and self.jobs.maxsize - self.jobs.qsize() < len(requests):
+                raise QueueFull
+            for index, request in enumerate(requests):
+                if request.cancel is None:
+                    request = replace(request, cancel=threading.Event())
+                self.jobs.put_nowait(_Job(request, loop, events, index))  # only the worker takes: room stays
         return events
 
+    def close(self, timeout: float = 30.0) -> bool:
+        """Shut down: refuse new requests, end the waiting and the decoding ones "cancelled" (a decoding request
+        at its next step) and wait up to `timeout` s for the worker thread. Idempotent; True when it ended."""
+        with self._lock:
+            self._closing = True
+            with self.jobs.mutex:
+                waiting = list(self.jobs.queue)
+            for job in waiting + list(self._running):
+                job.request.cancel.set()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def _run(self) -> None:
-        while True:
-            batch = [self.jobs.get()]
+        while not self._closing:
+            try:
+                first = self.jobs.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            batch = [first]
             deadline = time.monotonic() + self.gather_s
             while len(batch) < self.max_batch:
                 try:
@@ -76,9 +131,15 @@ class Batcher:
                     break
             self.batch_sizes.append(len(batch))
             self._decode(batch)
+        while True:  # closed: whatever still waits was cancelled by `close`, and is answered so
+            try:
+                self._encode([self.jobs.get_nowait()], [])
+            except queue.Empty:
+                return
 
     def _decode(self, jobs: list[_Job]) -> None:
         batch: list[_Job] = []  # the jobs decoding, in the generator's index order
+        self._running = batch
         encoded = self._encode(jobs, batch)
         if not batch:
             return
@@ -100,37 +161,47 @@ class Batcher:
             for event in self.generator.stream_encoded(encoded, admit=admit if self.continuous else None):
                 job = batch[event.index]
                 if event.text:
-                    _send(job, ("event", event.text))
+                    _send(job, "event", event.text)
                 if event.result is not None:
                     done.add(event.index)
                     self.finished[event.result.finish_reason] += 1
-                    _send(job, ("done", event.result))
+                    _send(job, "done", event.result)
         except Exception as exc:  # one bad batch must not kill the worker
             for i, job in enumerate(batch):
                 if i not in done:
                     self.finished["error"] += 1
-                    _send(job, ("error", exc))
+                    _send(job, "error", exc)
+        finally:
+            self._running = []
 
     def _encode(self, jobs: list[_Job], batch: list[_Job]) -> list[EncodedRequest]:
         """Encode `jobs` for the generator, appending those it takes to `batch`: a request the generator
-        refuses fails alone (an error to its client), a cancelled one is answered without decoding."""
+        refuses fails alone (an error to its client), a cancelled one (its client left while it waited, or the
+        batcher is closing) is answered without decoding."""
         encoded = []
         for job in jobs:
-            if job.request.cancel is not None and job.request.cancel.is_set():
-                self.finished["cancelled"] += 1  # its client left while it waited
-                guidance = job.request.guidance
-                _send(job, ("done", GenerationResult("", [], "cancelled", guidance.guidance_scale,
-                                                     guidance.cfg_space, prompt_tokens=0)))
-                continue
             try:
-                encoded.append(self.generator.encode(job.request))
-                batch.append(job)
+                request = self.generator.encode(job.request)
             except Exception as exc:
                 self.finished["error"] += 1
-                _send(job, ("error", exc))
+                _send(job, "error", exc)
+                continue
+            with self._lock:  # a job `close` does not see as running yet sees `_closing`
+                cancelled = self._closing or job.request.cancel is not None and job.request.cancel.is_set()
+                if not cancelled:
+                    encoded.append(request)
+                    batch.append(job)
+            if cancelled:
+                self.finished["cancelled"] += 1
+                guidance = job.request.guidance
+                _send(job, "done", GenerationResult("", [], "cancelled", guidance.guidance_scale,
+                                                    guidance.cfg_space, prompt_tokens=0))
         return encoded
 
 
-def _send(job: _Job, item: tuple[str, Any]) -> None:
-    """Hand an item to the job's asyncio queue, from the worker thread."""
-    job.loop.call_soon_threadsafe(job.events.put_nowait, item)
+def _send(job: _Job, kind: str, payload: Any) -> None:
+    """Hand an item to the job's asyncio queue, from the worker thread (dropped if its event loop has ended)."""
+    try:
+        job.loop.call_soon_threadsafe(job.events.put_nowait, (job.index, kind, payload))
+    except RuntimeError:  # the loop is closed: nobody is listening any more
+        pass

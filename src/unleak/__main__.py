@@ -1,0 +1,5 @@
+"""`python -m unleak`: the `unleak` command."""
+
+from unleak.cli import main
+
+main()
