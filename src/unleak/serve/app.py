@@ -176,7 +176,7 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
         results: dict[int, GenerationResult] = {}
 
         def usage() -> dict[str, int]:
-            prompt = next(iter(results.values())).prompt_tokens
+            prompt = max(r.prompt_tokens for r in results.values())  # 0 for a choice cancelled unread
             completion = sum(r.completion_tokens for r in results.values())
             return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
