@@ -103,11 +103,13 @@ def test_streaming_adds_up_to_the_plain_answer(server, generator):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == direct(generator, "unleak", 3.0)
     assert chunks[-1].choices[0].finish_reason == "length" and len(chunks) > 3
+    assert all(c.usage is None for c in chunks)  # not asked for
 
 
 def test_n_choices_are_seeded_one_by_one(server, generator):
     """n = 3 sampled choices: choice i is what a call with seed + i gives alone; usage counts the prompt once
-    and every choice's tokens; streamed, the chunks of each index add up to the same choices."""
+    and every choice's tokens; streamed, the chunks of each index add up to the same choices, and the usage
+    comes in a last chunk without choices when `stream_options.include_usage` asks for it."""
     kw = dict(model="tiny", messages=MSGS, max_tokens=8, temperature=1.0, seed=11, n=3)
     resp = client(server, "sk-internal").chat.completions.create(**kw)
     texts = [c.message.content for c in resp.choices]
@@ -118,12 +120,16 @@ def test_n_choices_are_seeded_one_by_one(server, generator):
     assert resp.usage.prompt_tokens == one.usage.prompt_tokens and resp.usage.completion_tokens == 3 * 8
     streamed = {0: "", 1: "", 2: ""}
     finish = {}
-    for c in client(server, "sk-internal").chat.completions.create(**kw, stream=True):
+    chunks = list(client(server, "sk-internal").chat.completions.create(
+        **kw, stream=True, stream_options={"include_usage": True}))
+    for c in chunks:
         for choice in c.choices:
             streamed[choice.index] += choice.delta.content or ""
             if choice.finish_reason:
                 finish[choice.index] = choice.finish_reason
     assert [streamed[i] for i in range(3)] == texts and finish == {0: "length", 1: "length", 2: "length"}
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 3 * 8  # include_usage, as OpenAI
+    assert all(c.usage is None for c in chunks[:-1])
     with pytest.raises(openai.BadRequestError, match="more than this server queues"):
         client(server, "sk-internal").chat.completions.create(**{**kw, "n": 100})
 

@@ -63,6 +63,11 @@ class ChatMessage(BaseModel):
     content: str
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
@@ -74,6 +79,7 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=128)
     guidance_scale: float | None = Field(None, gt=0, le=50)
     cfg_space: Literal["log", "prob"] | None = None
@@ -188,32 +194,32 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
 
         if body.stream:
             async def sse() -> Any:
-                def chunk(index: int, delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
-                    row = {"id": rid, "object": "chat.completion.chunk", "created": int(started), "model": name,
-                           "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
-                    if usage:
-                        row["usage"] = usage
-                    return f"data: {json.dumps(row)}\n\n"
+                def chunk(choices: list[dict], **extra: Any) -> str:
+                    return _sse({"id": rid, "object": "chat.completion.chunk", "created": int(started),
+                                 "model": name, "choices": choices, **extra})
+
+                def delta(index: int, content: dict, finish: str | None = None) -> str:
+                    return chunk([{"index": index, "delta": content, "finish_reason": finish}])
 
                 for index in range(body.n):
-                    yield chunk(index, {"role": "assistant", "content": ""})
+                    yield delta(index, {"role": "assistant", "content": ""})
                 while len(results) < body.n:
                     index, kind, payload = await events.get()
                     if kind == "event":
-                        yield chunk(index, {"content": payload})
+                        yield delta(index, {"content": payload})
                     elif kind == "error":
                         cancel.set()  # the other choices stop too
                         watcher.cancel()
-                        err = {"error": {"message": str(payload), "type": "invalid_request_error"}}
-                        yield f"data: {json.dumps(err)}\n\n"
+                        yield _sse({"error": {"message": str(payload), "type": "invalid_request_error"}})
                         break
                     else:
                         results[index] = payload
-                        last = len(results) == body.n
-                        if last:
+                        yield delta(index, {}, payload.finish_reason)
+                        if len(results) == body.n:
                             watcher.cancel()
                             finish_log()
-                        yield chunk(index, {}, payload.finish_reason, usage() if last else None)
+                            if body.stream_options and body.stream_options.include_usage:
+                                yield chunk([], usage=usage())  # as OpenAI: a last chunk without choices
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(sse(), media_type="text/event-stream")
@@ -234,6 +240,11 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
                 "usage": usage()}
 
     return app
+
+
+def _sse(data: dict[str, Any]) -> str:
+    """One server-sent event."""
+    return f"data: {json.dumps(data)}\n\n"
 
 
 def build_server_generator(model: str, adapters: dict[str, str], device: str | None = None,
