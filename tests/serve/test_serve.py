@@ -161,7 +161,7 @@ def test_malformed_body_is_422(server):
         client(server).chat.completions.create(model="tiny", messages=[{"role": "wizard", "content": "x"}])
 
 
-def test_saturated_queue_answers_429(generator):
+def test_saturated_queue_answers_429_and_metrics_count_it(generator):
     app = create_app(generator, policies_from_dict(POLICIES, {"unleak"}), max_batch=1, max_queue=1)
     with live_server(app) as url:
         async def burst():
@@ -170,9 +170,28 @@ def test_saturated_queue_answers_429(generator):
             return await asyncio.gather(*calls, return_exceptions=True)
 
         results = asyncio.run(burst())
+        metrics = prometheus_samples(httpx.get(f"{url}/metrics").text)
     limited = [r for r in results if isinstance(r, openai.RateLimitError)]
     served = [r for r in results if not isinstance(r, Exception)]
     assert limited and served and len(limited) + len(served) == 8
+    # /metrics: every call counted where it ended, by policy
+    assert metrics[("unleak_rejected_requests_total", (("policy", "public"), ("reason", "queue_full")))] \
+        == len(limited)
+    assert metrics[("unleak_requests_total", (("finish", "length"), ("policy", "public")))] == len(served)
+    assert metrics[("unleak_completion_tokens_total", (("policy", "public"),))] == 12 * len(served)
+    assert metrics[("unleak_prompt_tokens_total", (("policy", "public"),))] \
+        == sum(r.usage.prompt_tokens for r in served)
+    for name in ("unleak_request_latency_seconds_count", "unleak_time_to_first_token_seconds_count"):
+        assert metrics[(name, (("policy", "public"),))] == len(served)
+    assert metrics[("unleak_queued_requests", ())] == 0 and metrics[("unleak_running_requests", ())] == 0
+
+
+def prometheus_samples(text: str) -> dict[tuple, float]:
+    """{(sample name, sorted labels): value} of a Prometheus exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def test_requests_arriving_together_decode_together(generator):
@@ -227,6 +246,9 @@ def test_a_client_that_goes_away_stops_its_decoding(unbounded, caplog):
         served = client(url, "sk-long").chat.completions.create(model="tiny", messages=MSGS, max_tokens=5)
         assert served.usage.completion_tokens == 5 and served.choices[0].finish_reason == "length"
         assert httpx.get(f"{url}/health").json()["finished"] == {"cancelled": 2, "length": 1}
+        metrics = prometheus_samples(httpx.get(f"{url}/metrics").text)
+        assert metrics[("unleak_requests_total", (("finish", "cancelled"), ("policy", "long")))] == 2
+        assert metrics[("unleak_time_to_first_token_seconds_count", (("policy", "long"),))] == 2  # not the queued
     gone = [r.getMessage() for r in caplog.records if "the client disconnected" in r.getMessage()]
     assert len(gone) == 2 and all("policy=long" in x for x in gone)
 

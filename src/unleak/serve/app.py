@@ -22,6 +22,10 @@ A client that goes away (a closed stream, a timed-out call) is noticed within
 queue): its batch slot goes to others. `/health` counts the requests by how
 they ended.
 
+`GET /metrics` exposes Prometheus metrics (`unleak.serve.metrics`: requests
+by policy and finish, tokens, latency, time to first token, queue and batch
+sizes), like `/health` without a key: keep the port on an internal network.
+
 On shutdown (the app's lifespan; uvicorn first lets open requests finish
 within its graceful timeout) the batcher is closed: what still waits or
 decodes ends "cancelled" and its worker thread is joined.
@@ -42,13 +46,14 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from unleak.config import GuidanceConfig, SamplingConfig
 from unleak.decoding.generator import CFGGenerator, GenerationRequest, GenerationResult, negative_adapter_for
 from unleak.errors import UnleakError
 from unleak.serve.batcher import Batcher, BatcherClosed, QueueFull
+from unleak.serve.metrics import ServerMetrics
 from unleak.serve.policies import Policy, PolicySet
 
 log = logging.getLogger("unleak.serve")
@@ -105,7 +110,10 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
                max_queue: int = 64, continuous: bool = True) -> FastAPI:
     """The app around `generator`: `max_batch` requests decode at once, `max_queue` wait (then 429); with
     `continuous`, waiting requests join a running batch between decode steps (see `Batcher`)."""
-    batcher = Batcher(generator, max_batch=max_batch, max_queue=max_queue, continuous=continuous)
+    metrics = ServerMetrics()
+    batcher = Batcher(generator, max_batch=max_batch, max_queue=max_queue, continuous=continuous,
+                      on_finish=metrics.observe)
+    metrics.watch(batcher)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -116,6 +124,7 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
 
     app = FastAPI(title="unleak", version="1", lifespan=lifespan)
     app.state.batcher = batcher
+    app.state.metrics = metrics
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -132,6 +141,11 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
     async def health() -> dict[str, Any]:
         return {"status": "closing" if batcher.closing else "ok", "queued": batcher.jobs.qsize(),
                 "finished": dict(batcher.finished)}
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        text, content_type = metrics.render()
+        return Response(text, media_type=content_type)
 
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
@@ -170,12 +184,14 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         started = time.time()
         try:
-            events = batcher.submit_all(gen_requests)
+            events = batcher.submit_all(gen_requests, label=policy.name)
         except QueueFull:
             log.info("request %s policy=%s rejected: queue full", rid, policy.name)
+            metrics.rejected.labels(policy.name, "queue_full").inc()
             return _error(429, "server busy: request queue is full, retry later", "rate_limit_error",
                           "queue_full")
         except BatcherClosed:
+            metrics.rejected.labels(policy.name, "shutting_down").inc()
             return _error(503, "server shutting down", "server_error", "shutting_down")
         watcher = asyncio.create_task(cancel_when_disconnected(request, cancel, rid, policy.name))
         name = body.model or model_name

@@ -18,21 +18,25 @@ are queued all or none and report on one asyncio queue, tagged with their
 index. `close` shuts the worker down: new requests are refused
 (`BatcherClosed`), waiting and running ones end "cancelled", and the thread is
 joined, so no decoding is left running in a daemon thread when the process
-exits.
+exits. Each request that ends (any way) is reported to `on_finish` as a
+`Finished` record (its label, finish, tokens and times), e.g. for metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from unleak.decoding.generator import CFGGenerator, EncodedRequest, GenerationRequest, GenerationResult
+
+log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
@@ -50,12 +54,37 @@ class _Job:
     events: asyncio.Queue
     #: the request's position in its `submit_all` call (the choice index of an API call with n > 1)
     index: int = 0
+    label: str = ""
+    #: `time.monotonic()` when queued, when its decoding began, when its first text came
+    submitted: float = 0.0
+    started: float | None = None
+    first_text: float | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How one request ended (handed to `Batcher.on_finish`, from the worker thread)."""
+
+    #: the `label` it was submitted with (the server: its policy) and its index in that submission
+    label: str
+    index: int
+    #: its finish reason ("stop", "length", "cancelled") or "error"
+    finish: str
+    prompt_tokens: int
+    completion_tokens: int
+    #: seconds from its submission to its decoding's start (to its end, if it never decoded), to its first
+    #: text (None: none came), to its end
+    queued_s: float
+    first_text_s: float | None
+    latency_s: float
 
 
 class Batcher:
     def __init__(self, generator: CFGGenerator, max_batch: int = 16, max_queue: int = 64,
-                 gather_ms: float = 5.0, continuous: bool = True) -> None:
+                 gather_ms: float = 5.0, continuous: bool = True,
+                 on_finish: Callable[[Finished], None] | None = None) -> None:
         self.generator = generator
+        self.on_finish = on_finish
         #: requests decoding at once (at most the generator's `max_batch_requests`)
         self.max_batch = min(max_batch, generator.max_batch_requests)
         self.continuous = continuous
@@ -82,17 +111,24 @@ class Batcher:
         """The worker thread runs."""
         return self._thread.is_alive()
 
+    @property
+    def running(self) -> int:
+        """Requests decoding now."""
+        return len(self._running)
+
     def submit(self, request: GenerationRequest) -> asyncio.Queue:
         """Queue a request; returns the asyncio queue its (0, "event"|"error"|"done", payload) items arrive on."""
         return self.submit_all([request])
 
-    def submit_all(self, requests: Sequence[GenerationRequest]) -> asyncio.Queue:
+    def submit_all(self, requests: Sequence[GenerationRequest], label: str = "") -> asyncio.Queue:
         """Queue `requests` together, all or none; returns one asyncio queue of (index, kind, payload) items,
         `index` the request's position in `requests` and `kind` "event" (new text), "error" or "done" (the
         `GenerationResult`). Raises `QueueFull` when the queue lacks room for all of them, `BatcherClosed`
-        once `close` was called. A request without a `cancel` event gets one (`close` needs it)."""
+        once `close` was called. A request without a `cancel` event gets one (`close` needs it). `label`
+        comes back in their `Finished` records."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
+        now = time.monotonic()
         with self._lock:
             if self._closing:
                 raise BatcherClosed
@@ -101,7 +137,7 @@ class Batcher:
             for index, request in enumerate(requests):
                 if request.cancel is None:
                     request = replace(request, cancel=threading.Event())
-                self.jobs.put_nowait(_Job(request, loop, events, index))  # only the worker takes: room stays
+                self.jobs.put_nowait(_Job(request, loop, events, index, label, now))  # only the worker takes
         return events
 
     def close(self, timeout: float = 30.0) -> bool:
@@ -161,16 +197,16 @@ class Batcher:
             for event in self.generator.stream_encoded(encoded, admit=admit if self.continuous else None):
                 job = batch[event.index]
                 if event.text:
+                    if job.first_text is None:
+                        job.first_text = time.monotonic()
                     _send(job, "event", event.text)
                 if event.result is not None:
                     done.add(event.index)
-                    self.finished[event.result.finish_reason] += 1
-                    _send(job, "done", event.result)
+                    self._end(job, event.result)
         except Exception as exc:  # one bad batch must not kill the worker
             for i, job in enumerate(batch):
                 if i not in done:
-                    self.finished["error"] += 1
-                    _send(job, "error", exc)
+                    self._end(job, exc)
         finally:
             self._running = []
 
@@ -183,20 +219,38 @@ class Batcher:
             try:
                 request = self.generator.encode(job.request)
             except Exception as exc:
-                self.finished["error"] += 1
-                _send(job, "error", exc)
+                self._end(job, exc)
                 continue
             with self._lock:  # a job `close` does not see as running yet sees `_closing`
                 cancelled = self._closing or job.request.cancel is not None and job.request.cancel.is_set()
                 if not cancelled:
+                    job.started = time.monotonic()
                     encoded.append(request)
                     batch.append(job)
             if cancelled:
-                self.finished["cancelled"] += 1
                 guidance = job.request.guidance
-                _send(job, "done", GenerationResult("", [], "cancelled", guidance.guidance_scale,
-                                                    guidance.cfg_space, prompt_tokens=0))
+                self._end(job, GenerationResult("", [], "cancelled", guidance.guidance_scale, guidance.cfg_space,
+                                                prompt_tokens=0))
         return encoded
+
+    def _end(self, job: _Job, outcome: GenerationResult | Exception) -> None:
+        """The job ended with `outcome`: count it, report it to `on_finish`, hand it to its client."""
+        result = outcome if isinstance(outcome, GenerationResult) else None
+        finish = result.finish_reason if result is not None else "error"
+        self.finished[finish] += 1
+        if self.on_finish is not None:
+            now = time.monotonic()
+            try:
+                self.on_finish(Finished(
+                    job.label, job.index, finish, result.prompt_tokens if result else 0,
+                    result.completion_tokens if result else 0, (job.started or now) - job.submitted,
+                    None if job.first_text is None else job.first_text - job.submitted, now - job.submitted))
+            except Exception:  # a failing observer must not take the worker down
+                log.exception("on_finish failed")
+        if result is not None:
+            _send(job, "done", result)
+        else:
+            _send(job, "error", outcome)
 
 
 def _send(job: _Job, kind: str, payload: Any) -> None:
