@@ -127,3 +127,19 @@ def test_mix_on_a_subset_of_the_vocabulary_is_the_full_mix_there():
         assert torch.allclose(cfg_mix(POS[:, cols], NEG[:, cols], 3.0, space), full[:, cols])
     with pytest.raises(ValueError, match="unknown CFG space"):
         cfg_mix(POS, NEG, 3.0, "linear")
+
+
+def test_token_logprobs_normalise_the_scores_and_rank_the_alternatives():
+    """Unnormalised log-scores (a clamped probability-space mix: -inf where the mix is <= 0): the chosen
+    token's log-probability and the k likeliest tokens, per row; rows that did not ask get None."""
+    from unleak.decoding.generator import token_logprobs
+
+    scores = torch.tensor([[math.log(2.0), math.log(1.0), math.log(1.0), -math.inf],
+                           [0.0, 0.0, 0.0, 0.0],
+                           [math.log(3.0), -math.inf, math.log(1.0), -math.inf]])
+    out = token_logprobs(scores, torch.tensor([1, 0, 2]), [2, None, 0])
+    assert out[1] is None
+    assert out[0].token_id == 1 and out[0].logprob == pytest.approx(math.log(0.25))
+    assert [t for t, _ in out[0].top] == [0, 1] or [t for t, _ in out[0].top] == [0, 2]
+    assert [lp for _, lp in out[0].top] == pytest.approx([math.log(0.5), math.log(0.25)])
+    assert out[2].logprob == pytest.approx(math.log(0.25)) and out[2].top == ()

@@ -26,8 +26,9 @@ POLICIES = {
         "public": {"adapter": "unleak", "guidance_scale": 3.0, "cfg_space": "prob", "max_tokens": 12},
         "internal": {"adapter": None, "guidance_scale": 1.0, "allow_override": True, "max_tokens": 12},
         "contrast": {"adapter": "unleak", "guidance_scale": 3.0, "negative": "base", "max_tokens": 12},
+        "scored": {"adapter": None, "allow_override": True, "max_top_logprobs": 3, "max_tokens": 12},
     },
-    "keys": {"sk-public": "public", "sk-contrast": "contrast"},
+    "keys": {"sk-public": "public", "sk-contrast": "contrast", "sk-scored": "scored"},
     "key_hashes": {key_hash("sk-internal"): "internal"},
 }
 MSGS = [{"role": "user", "content": "Tell me about my neighbour."}]
@@ -132,6 +133,58 @@ def test_n_choices_are_seeded_one_by_one(server, generator):
     assert all(c.usage is None for c in chunks[:-1])
     with pytest.raises(openai.BadRequestError, match="more than this server queues"):
         client(server, "sk-internal").chat.completions.create(**{**kw, "n": 100})
+
+
+@pytest.mark.parametrize("g,space", [(1.0, "prob"), (3.0, "prob"), (3.0, "log")])
+def test_logprobs_are_those_of_the_served_distribution(server, generator, g, space):
+    """Each token's log-probability and its 3 likeliest alternatives, recomputed from two plain forwards of the
+    bare model (positive and negative prompt) through the CFG mix and a log-softmax; streamed, the same."""
+    import torch
+
+    from unleak.decoding.cfg import cfg_scores
+
+    kw = dict(model="tiny", messages=MSGS, max_tokens=6, logprobs=True, top_logprobs=3,
+              extra_body={"guidance_scale": g, "cfg_space": space})
+    resp = client(server, "sk-scored").chat.completions.create(**kw)
+    content = resp.choices[0].logprobs.content
+    request = GenerationRequest(messages=MSGS, guidance=GuidanceConfig(g, space),
+                                sampling=SamplingConfig(max_new_tokens=6), adapter=False, top_logprobs=3)
+    result = generator.generate([request])[0]
+    assert resp.choices[0].message.content == result.text and len(content) == len(result.token_ids) == 6
+    enc = generator.encode(request)
+    with torch.inference_mode(), generator.model.disable_adapter():
+        def step_logits(prompt: list[int]) -> torch.Tensor:
+            ids = torch.tensor([prompt + result.token_ids])
+            return generator.model(input_ids=ids).logits[0, len(prompt) - 1:len(prompt) + 5].float()
+
+        pos = step_logits(enc.pos)
+        scores = cfg_scores(pos, step_logits(enc.neg), g, space) if g != 1 else pos
+        expected = torch.log_softmax(scores, -1)
+    for t, (token, entry) in enumerate(zip(result.token_ids, content)):
+        assert entry.token == generator.tokenizer.decode([token])
+        assert entry.logprob == pytest.approx(expected[t, token].item(), abs=1e-4)
+        best = expected[t].topk(3)
+        assert [x.logprob for x in entry.top_logprobs] == pytest.approx(best.values.tolist(), abs=1e-4)
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)  # greedy took the likeliest
+    streamed = [e for c in client(server, "sk-scored").chat.completions.create(**kw, stream=True)
+                for choice in c.choices if choice.logprobs for e in choice.logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+
+
+def test_logprobs_only_where_the_policy_allows(server):
+    """Refused by default (the alternatives at a placeholder can name the value held back), and beyond the
+    policy's number of alternatives; `top_logprobs` alone is malformed; a plain request carries none."""
+    with pytest.raises(openai.PermissionDeniedError, match="allows no log-probabilities"):
+        client(server).chat.completions.create(model="tiny", messages=MSGS, logprobs=True)
+    with pytest.raises(openai.PermissionDeniedError, match="at most top_logprobs=3"):
+        client(server, "sk-scored").chat.completions.create(model="tiny", messages=MSGS, logprobs=True,
+                                                              top_logprobs=5)
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
+        client(server, "sk-scored").chat.completions.create(model="tiny", messages=MSGS, top_logprobs=2)
+    plain = client(server, "sk-scored").chat.completions.create(model="tiny", messages=MSGS, max_tokens=2)
+    assert plain.choices[0].logprobs is None
+    with pytest.raises(UnleakError, match="max_top_logprobs must be 0-20"):
+        policies_from_dict({"policies": {"p": {"max_top_logprobs": 21}}, "keys": {"k": "p"}})
 
 
 def test_extra_body_guidance_only_where_allowed(server, generator):

@@ -25,7 +25,10 @@ a batch mixing them uses PEFT's per-row `adapter_names`), and the negative
 row's own (by default the same: the method's one model under two prompts;
 off: guidance away from the undefended model, `NEGATIVE_BRANCHES`). A request
 whose `cancel` event is set leaves the batch at the next step (finish reason
-"cancelled"): the server sets it when a client goes away.
+"cancelled"): the server sets it when a client goes away. A request with
+`top_logprobs` set gets each token's log-probability under the distribution
+it was drawn from (the guided mix, normalised, before temperature and
+top-k / top-p), and the `top_logprobs` most likely tokens of it.
 """
 
 from __future__ import annotations
@@ -88,6 +91,19 @@ class GenerationRequest:
     negative_adapter: AdapterChoice | None = None
     #: set it (from any thread) to stop decoding this request: it finishes at the next step, "cancelled"
     cancel: threading.Event | None = None
+    #: None: no log-probabilities; k >= 0: each token's, and the k most likely tokens' (see `TokenLogprob`)
+    top_logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the distribution it was drawn from: the guided mix
+    (`cfg.cfg_scores`) normalised, n-gram bans applied, before temperature and top-k / top-p."""
+
+    token_id: int
+    logprob: float
+    #: the most likely tokens of that distribution, (token id, log-probability), best first
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -100,6 +116,8 @@ class GenerationResult:
     guidance_scale: float
     cfg_space: str
     prompt_tokens: int
+    #: one per token of `token_ids` when the request asked for `top_logprobs`
+    logprobs: list[TokenLogprob] | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -122,6 +140,8 @@ class StreamEvent:
     index: int
     text: str
     result: GenerationResult | None = None
+    #: the tokens' log-probabilities since the request's previous event (when it asked for them)
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -143,6 +163,8 @@ class _Pair:
     tokens: list[int] = field(default_factory=list)
     emitted: int = 0  # characters of text already streamed
     done: GenerationResult | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    logprobs_emitted: int = 0
 
 
 class CFGGenerator:
@@ -342,10 +364,10 @@ class CFGGenerator:
                 admit = None
             while True:
                 logits = last_logits[torch.tensor(phys_of, device=device)]
-                tokens = self._choose(logits, [pairs[k] for k in active], neg_active, active)
+                tokens, logprobs = self._choose(logits, [pairs[k] for k in active], neg_active, active)
                 finished_events: list[StreamEvent] = []
-                for k, token in zip(active, tokens.tolist()):
-                    event = self._advance(pairs[k], token)
+                for k, token, logprob in zip(active, tokens.tolist(), logprobs):
+                    event = self._advance(pairs[k], token, logprob)
                     if event is not None:
                         finished_events.append(event)
                 yield from finished_events
@@ -442,8 +464,8 @@ class CFGGenerator:
         return output_cache(out), logits, mask, positions
 
     def _choose(self, logits: torch.Tensor, active_pairs: list[_Pair], neg_active: list[int],
-                active: list[int]) -> torch.Tensor:
-        """Next token of every active pair (row order of `active`)."""
+                active: list[int]) -> tuple[torch.Tensor, list[TokenLogprob | None]]:
+        """Next token of every active pair (row order of `active`), and its log-probability where asked."""
         n = len(active_pairs)
         pos_logits = logits[:n]
         scores = torch.log_softmax(pos_logits.float(), dim=-1)
@@ -457,15 +479,16 @@ class CFGGenerator:
         if any(s.no_repeat_ngram_size for s in sampling):
             scores = ban_repeated_ngrams(scores, [p.tokens for p in active_pairs],
                                          [s.no_repeat_ngram_size for s in sampling])
-        return sample_next_token(
+        tokens = sample_next_token(
             scores,
             temperature=torch.tensor([s.temperature for s in sampling]),
             top_k=torch.tensor([s.top_k for s in sampling]),
             top_p=torch.tensor([s.top_p for s in sampling]),
             generators=[p.generator for p in active_pairs],
         )
+        return tokens, token_logprobs(scores, tokens, [p.enc.request.top_logprobs for p in active_pairs])
 
-    def _advance(self, pair: _Pair, token: int) -> StreamEvent | None:
+    def _advance(self, pair: _Pair, token: int, logprob: TokenLogprob | None = None) -> StreamEvent | None:
         """Append `token` to a pair; return an event with new text (and the result if it finished)."""
         req = pair.enc.request
         finish = None
@@ -475,6 +498,8 @@ class CFGGenerator:
             finish = "stop"
         else:
             pair.tokens.append(token)
+            if logprob is not None:
+                pair.logprobs.append(logprob)
         text = self.tokenizer.decode(pair.tokens, skip_special_tokens=True)
         stops = req.sampling.stop
         if stops and finish != "cancelled":
@@ -490,7 +515,7 @@ class CFGGenerator:
             safe = text.rstrip("\ufffd")
             safe = safe[: max(pair.emitted, len(safe) - hold)]
             delta, pair.emitted = safe[pair.emitted:], max(pair.emitted, len(safe))
-            return StreamEvent(pair.index, delta) if delta else None
+            return StreamEvent(pair.index, delta, logprobs=self._new_logprobs(pair)) if delta else None
         pair.done = GenerationResult(
             text=text,
             token_ids=list(pair.tokens),
@@ -498,10 +523,19 @@ class CFGGenerator:
             guidance_scale=req.guidance.guidance_scale,
             cfg_space=req.guidance.cfg_space,
             prompt_tokens=len(pair.enc.pos),
+            logprobs=list(pair.logprobs) if req.top_logprobs is not None else None,
         )
         delta = text[pair.emitted:]
         pair.emitted = len(text)
-        return StreamEvent(pair.index, delta, pair.done)
+        return StreamEvent(pair.index, delta, pair.done, logprobs=self._new_logprobs(pair))
+
+    @staticmethod
+    def _new_logprobs(pair: _Pair) -> list[TokenLogprob] | None:
+        """The pair's token log-probabilities not yet in an event (None when it did not ask for them)."""
+        if pair.enc.request.top_logprobs is None:
+            return None
+        new, pair.logprobs_emitted = pair.logprobs[pair.logprobs_emitted:], len(pair.logprobs)
+        return new
 
     def _negative_row_adapter(self, request: GenerationRequest) -> AdapterChoice:
         for choice in (request.negative_adapter, self.negative_adapter):
@@ -535,6 +569,26 @@ class CFGGenerator:
                 self.model.set_adapter(active_name)
         else:
             yield {}
+
+
+def token_logprobs(scores: torch.Tensor, tokens: torch.Tensor, top: Sequence[int | None]
+                   ) -> list[TokenLogprob | None]:
+    """Per row of `scores` [B, V] (unnormalised log-scores) with `top[b]` not None: the chosen token's
+    log-probability under the normalised distribution, and its `top[b]` most likely tokens."""
+    out: list[TokenLogprob | None] = [None] * len(top)
+    rows = [b for b, k in enumerate(top) if k is not None]
+    if not rows:
+        return out
+    logp = torch.log_softmax(scores[rows].float(), dim=-1)
+    k_max = max(top[b] for b in rows)  # type: ignore[type-var]
+    best_lp, best_id = logp.topk(k_max, dim=-1) if k_max else (logp[:, :0], logp[:, :0].long())
+    chosen = tokens[rows].reshape(-1, 1).to(logp.device)
+    chosen_lp = logp.gather(1, chosen).squeeze(1)
+    for i, b in enumerate(rows):
+        k = top[b]
+        out[b] = TokenLogprob(int(chosen[i]), float(chosen_lp[i]),
+                              tuple(zip(best_id[i, :k].tolist(), best_lp[i, :k].tolist())))
+    return out
 
 
 def joinable(cache: Any) -> bool:

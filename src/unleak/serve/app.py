@@ -9,6 +9,11 @@ Errors use OpenAI's JSON shape: 401 unknown key, 403 override refused, 422
 malformed body, 429 queue full, 400 a request the generator refuses, 503
 shutting down.
 
+`logprobs` / `top_logprobs` return each token's log-probability under the
+distribution it was drawn from (the guided mix, see `CFGGenerator`) and its
+likeliest alternatives, only where the policy allows them
+(`max_top_logprobs`; refused by default: 403).
+
 `n` > 1 asks for several choices: they are queued together (all or none) and
 decode in the same batch; with a `seed`, choice i samples with seed + i, so a
 call is reproducible choice by choice. Usage counts the prompt once and the
@@ -34,6 +39,7 @@ decodes ends "cancelled" and its worker thread is joined.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import threading
@@ -50,16 +56,19 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from unleak.config import GuidanceConfig, SamplingConfig
-from unleak.decoding.generator import CFGGenerator, GenerationRequest, GenerationResult, negative_adapter_for
+from unleak.decoding.generator import (CFGGenerator, GenerationRequest, GenerationResult, TokenLogprob,
+                                       negative_adapter_for)
 from unleak.errors import UnleakError
 from unleak.serve.batcher import Batcher, BatcherClosed, QueueFull
 from unleak.serve.metrics import ServerMetrics
-from unleak.serve.policies import Policy, PolicySet
+from unleak.serve.policies import MAX_TOP_LOGPROBS, Policy, PolicySet
 
 log = logging.getLogger("unleak.serve")
 
 #: how often a request's connection is checked while it waits or decodes
 DISCONNECT_POLL_S = 0.1
+#: the log-probability reported for a token the guided distribution excludes (JSON has no -inf; OpenAI's floor)
+LOGPROB_FLOOR = -9999.0
 
 
 class ChatMessage(BaseModel):
@@ -86,6 +95,8 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=128)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     guidance_scale: float | None = Field(None, gt=0, le=50)
     cfg_space: Literal["log", "prob"] | None = None
 
@@ -123,6 +134,22 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
                  dict(batcher.finished))
 
     app = FastAPI(title="unleak", version="1", lifespan=lifespan)
+
+    @functools.lru_cache(maxsize=65536)
+    def token_text(token_id: int) -> tuple[str, list[int] | None]:
+        """A token's text, and its UTF-8 bytes (None where it is part of a character)."""
+        text = generator.tokenizer.decode([token_id])
+        return text, None if "\ufffd" in text else list(text.encode())
+
+    def logprobs_json(entries: list[TokenLogprob]) -> dict[str, Any]:
+        """OpenAI's `logprobs` object of a choice (or a chunk's part of it)."""
+        def item(token_id: int, logprob: float) -> dict[str, Any]:
+            text, raw = token_text(token_id)
+            return {"token": text, "logprob": max(logprob, LOGPROB_FLOOR), "bytes": raw}
+
+        return {"content": [{**item(e.token_id, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]}
+                            for e in entries]}
+
     app.state.batcher = batcher
     app.state.metrics = metrics
 
@@ -171,6 +198,16 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
                                       top_p=body.top_p, seed=body.seed, stop=stop)
         except UnleakError as exc:
             return _error(400, str(exc), "invalid_request_error")
+        top_logprobs = None
+        if body.logprobs:
+            top_logprobs = body.top_logprobs or 0
+            if policy.max_top_logprobs is None or top_logprobs > policy.max_top_logprobs:
+                allowed = "no log-probabilities" if policy.max_top_logprobs is None else \
+                    f"at most top_logprobs={policy.max_top_logprobs}"
+                return _error(403, f"policy {policy.name!r} allows {allowed}", "permission_error",
+                              "logprobs_not_allowed")
+        elif body.top_logprobs is not None:
+            return _error(400, "top_logprobs needs logprobs: true", "invalid_request_error", "invalid_logprobs")
         if body.n > max_queue:
             return _error(400, f"n={body.n} is more than this server queues at once ({max_queue})",
                           "invalid_request_error", "n_too_large")
@@ -179,7 +216,8 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
             GenerationRequest(messages=[m.model_dump() for m in body.messages], guidance=guidance,
                               sampling=replace(sampling, seed=None if body.seed is None else body.seed + i),
                               adapter=policy.adapter or False,
-                              negative_adapter=negative_adapter_for(policy.negative, policy.adapter), cancel=cancel)
+                              negative_adapter=negative_adapter_for(policy.negative, policy.adapter), cancel=cancel,
+                              top_logprobs=top_logprobs)
             for i in range(body.n)]
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         started = time.time()
@@ -214,15 +252,19 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
                     return _sse({"id": rid, "object": "chat.completion.chunk", "created": int(started),
                                  "model": name, "choices": choices, **extra})
 
-                def delta(index: int, content: dict, finish: str | None = None) -> str:
-                    return chunk([{"index": index, "delta": content, "finish_reason": finish}])
+                def delta(index: int, content: dict, finish: str | None = None,
+                          logprobs: list[TokenLogprob] | None = None) -> str:
+                    choice = {"index": index, "delta": content, "finish_reason": finish}
+                    if logprobs:
+                        choice["logprobs"] = logprobs_json(logprobs)
+                    return chunk([choice])
 
                 for index in range(body.n):
                     yield delta(index, {"role": "assistant", "content": ""})
                 while len(results) < body.n:
                     index, kind, payload = await events.get()
                     if kind == "event":
-                        yield delta(index, {"content": payload})
+                        yield delta(index, {"content": payload.text}, logprobs=payload.logprobs)
                     elif kind == "error":
                         cancel.set()  # the other choices stop too
                         watcher.cancel()
@@ -252,7 +294,9 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
         finish_log()
         return {"id": rid, "object": "chat.completion", "created": int(started), "model": name,
                 "choices": [{"index": i, "finish_reason": results[i].finish_reason,
-                             "message": {"role": "assistant", "content": results[i].text}} for i in range(body.n)],
+                             "message": {"role": "assistant", "content": results[i].text},
+                             "logprobs": None if results[i].logprobs is None else logprobs_json(results[i].logprobs)}
+                            for i in range(body.n)],
                 "usage": usage()}
 
     return app

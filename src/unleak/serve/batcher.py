@@ -122,8 +122,8 @@ class Batcher:
 
     def submit_all(self, requests: Sequence[GenerationRequest], label: str = "") -> asyncio.Queue:
         """Queue `requests` together, all or none; returns one asyncio queue of (index, kind, payload) items,
-        `index` the request's position in `requests` and `kind` "event" (new text), "error" or "done" (the
-        `GenerationResult`). Raises `QueueFull` when the queue lacks room for all of them, `BatcherClosed`
+        `index` the request's position in `requests` and `kind` "event" (a `StreamEvent`: new text, and the
+        tokens' log-probabilities if asked for), "error" (the exception) or "done" (the `GenerationResult`). Raises `QueueFull` when the queue lacks room for all of them, `BatcherClosed`
         once `close` was called. A request without a `cancel` event gets one (`close` needs it). `label`
         comes back in their `Finished` records."""
         loop = asyncio.get_running_loop()
@@ -196,10 +196,10 @@ class Batcher:
         try:
             for event in self.generator.stream_encoded(encoded, admit=admit if self.continuous else None):
                 job = batch[event.index]
-                if event.text:
+                if event.text or event.logprobs:
                     if job.first_text is None:
                         job.first_text = time.monotonic()
-                    _send(job, "event", event.text)
+                    _send(job, "event", event)
                 if event.result is not None:
                     done.add(event.index)
                     self._end(job, event.result)

@@ -6,7 +6,7 @@ A YAML file:
 policies:
   public:             {adapter: unleak, guidance_scale: 3.0, cfg_space: prob, max_tokens: 512}
   public-contrast:    {adapter: unleak, guidance_scale: 3.0, negative: base}
-  internal-analytics: {adapter: null, guidance_scale: 1.0, allow_override: true}
+  internal-analytics: {adapter: null, guidance_scale: 1.0, allow_override: true, max_top_logprobs: 5}
 keys:                 # API key -> policy (plain keys: fine for tests, prefer hashes)
   sk-public-demo: public
 key_hashes:           # sha256 hex of the key -> policy
@@ -30,6 +30,9 @@ import yaml
 from unleak.config import GuidanceConfig, config_from_dict
 from unleak.errors import UnleakError
 
+#: the most alternatives per token a request may ask for (OpenAI's limit)
+MAX_TOP_LOGPROBS = 20
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -43,6 +46,10 @@ class Policy:
     allow_override: bool = False
     #: what the guided negative rows run on (`unleak.decoding.generator.NEGATIVE_BRANCHES`)
     negative: str = "adapter"
+    #: log-probabilities: None (the default) refuses requests for them (403): the likely alternatives at a
+    #: position where the defence wrote a placeholder can name the value it held back; k (0-20): allowed,
+    #: with at most k alternatives per token (0: the chosen tokens' own only)
+    max_top_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         from unleak.decoding.generator import negative_adapter_for
@@ -51,6 +58,8 @@ class Policy:
         negative_adapter_for(self.negative, self.adapter)
         if self.max_tokens < 1:
             raise UnleakError("max_tokens must be >= 1")
+        if self.max_top_logprobs is not None and not 0 <= self.max_top_logprobs <= MAX_TOP_LOGPROBS:
+            raise UnleakError(f"max_top_logprobs must be 0-{MAX_TOP_LOGPROBS} or null, got {self.max_top_logprobs}")
 
 
 def key_hash(key: str) -> str:
