@@ -376,8 +376,33 @@ def test_long_prompt_is_truncated_from_the_left_keeping_the_system_message(tiny,
     assert enc.pos[len(system):] == full[-(80 - len(system)):]
 
 
+def test_raw_text_runs_behind_each_system_header_and_keeps_it_when_cut(tiny):
+    """`text`: each system prompt's chat header, then the text's own tokens (no template); a text too long for
+    the context loses its oldest tokens, never the header."""
+    from unleak.chat import system_header_ids
+
+    model, tokenizer = tiny
+    gen = CFGGenerator(model, tokenizer, context_length=96)
+    heads = [system_header_ids(tokenizer, p) for p in (PROMPTS.positive, PROMPTS.negative)]
+    short = gen.encode(GenerationRequest(text="the courier has my phone", guidance=GuidanceConfig(3.0, "prob"),
+                                         sampling=SamplingConfig(max_new_tokens=16)))
+    ids = tokenizer("the courier has my phone", add_special_tokens=False)["input_ids"]
+    assert short.pos == heads[0] + ids and short.neg == heads[1] + ids
+    long_text = "tell me " * 200 + "END"
+    cut = gen.encode(GenerationRequest(text=long_text, sampling=SamplingConfig(max_new_tokens=16)))
+    full = tokenizer(long_text, add_special_tokens=False)["input_ids"]
+    assert len(cut.pos) == len(cut.neg) == 80
+    for row, head in zip((cut.pos, cut.neg), heads):
+        assert row == head + full[-(80 - len(head)):]
+    plain = gen.encode(GenerationRequest(text="hello", guidance=GuidanceConfig(1.0, "prob"),
+                                         sampling=SamplingConfig(max_new_tokens=16)))
+    assert plain.neg is None  # unguided: no negative row
+
+
 @pytest.mark.parametrize("bad, match", [
     (GenerationRequest(prompt=""), "empty prompt"),
+    (GenerationRequest(text=""), "empty prompt"),
+    (GenerationRequest(text="x", prompt="y"), "exactly one"),
     (GenerationRequest(prompt="   "), "empty prompt"),
     (GenerationRequest(messages=[]), "non-empty list"),
     (GenerationRequest(messages=[{"role": "robot", "content": "x"}]), "role"),

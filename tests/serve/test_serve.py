@@ -176,7 +176,7 @@ def test_logprobs_only_where_the_policy_allows(server):
     policy's number of alternatives; `top_logprobs` alone is malformed; a plain request carries none."""
     with pytest.raises(openai.PermissionDeniedError, match="allows no log-probabilities"):
         client(server).chat.completions.create(model="tiny", messages=MSGS, logprobs=True)
-    with pytest.raises(openai.PermissionDeniedError, match="at most top_logprobs=3"):
+    with pytest.raises(openai.PermissionDeniedError, match="at most 3 alternatives per token"):
         client(server, "sk-scored").chat.completions.create(model="tiny", messages=MSGS, logprobs=True,
                                                               top_logprobs=5)
     with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
@@ -185,6 +185,55 @@ def test_logprobs_only_where_the_policy_allows(server):
     assert plain.choices[0].logprobs is None
     with pytest.raises(UnleakError, match="max_top_logprobs must be 0-20"):
         policies_from_dict({"policies": {"p": {"max_top_logprobs": 21}}, "keys": {"k": "p"}})
+
+
+RAW = "Please deliver the parcel to my flat; the courier has my phone"
+
+
+def test_text_completions_continue_raw_text_behind_the_system_prompts(server, generator):
+    """`/v1/completions` continues raw text as the extraction attack's served requests do (each system
+    prompt's chat header, then the text): the same tokens as such a request, under the policy."""
+    from unleak.chat import system_header_ids
+
+    resp = client(server).completions.create(model="tiny", prompt=RAW, max_tokens=8)
+    ids = generator.tokenizer(RAW, add_special_tokens=False)["input_ids"]
+    pos = system_header_ids(generator.tokenizer, generator.prompts.positive) + ids
+    neg = system_header_ids(generator.tokenizer, generator.prompts.negative) + ids
+    attack = GenerationRequest(input_ids=pos, negative_input_ids=neg, guidance=GuidanceConfig(3.0, "prob"),
+                               sampling=SamplingConfig(max_new_tokens=8), adapter="unleak")
+    assert resp.object == "text_completion" and resp.choices[0].text == generator.generate([attack])[0].text
+    assert resp.usage.prompt_tokens == len(pos) and resp.usage.completion_tokens == 8
+    assert resp.choices[0].finish_reason == "length" and resp.choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError, match="echo and suffix are not supported"):
+        client(server).completions.create(model="tiny", prompt=RAW, echo=True)
+    with pytest.raises(openai.PermissionDeniedError, match="allows no log-probabilities"):
+        client(server).completions.create(model="tiny", prompt=RAW, logprobs=1)
+
+
+def test_text_completions_of_several_prompts_with_n_and_logprobs(server, generator):
+    """Two prompts, n = 2, sampled with a seed: choice p * 2 + i is prompt p's under seed + i; the legacy
+    logprobs shape (tokens, token_logprobs, top_logprobs, text_offset) holds the generator's values; streamed,
+    each index's chunks add up to the same texts."""
+    prompts = [RAW, "My account number is"]
+    kw = dict(model="tiny", prompt=prompts, max_tokens=5, n=2, temperature=1.0, seed=3, logprobs=2)
+    resp = client(server, "sk-scored").completions.create(**kw)
+    assert [c.index for c in resp.choices] == [0, 1, 2, 3]
+    for c in resp.choices:
+        p, i = divmod(c.index, 2)
+        alone = generator.generate([GenerationRequest(
+            text=prompts[p], sampling=SamplingConfig(max_new_tokens=5, temperature=1.0, seed=3 + i),
+            adapter=False, top_logprobs=2)])[0]
+        assert c.text == alone.text
+        lp = c.logprobs
+        assert lp.token_logprobs == pytest.approx([e.logprob for e in alone.logprobs], abs=1e-5)
+        assert lp.tokens == [generator.tokenizer.decode([e.token_id]) for e in alone.logprobs]
+        assert all(len(top) <= 2 for top in lp.top_logprobs)
+        assert lp.text_offset == [sum(len(t) for t in lp.tokens[:k]) for k in range(len(lp.tokens))]
+    streamed = {k: "" for k in range(4)}
+    for chunk in client(server, "sk-scored").completions.create(**kw, stream=True):
+        for c in chunk.choices:
+            streamed[c.index] += c.text
+    assert [streamed[k] for k in range(4)] == [c.text for c in resp.choices]
 
 
 def test_extra_body_guidance_only_where_allowed(server, generator):

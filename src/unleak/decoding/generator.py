@@ -42,7 +42,8 @@ from typing import Any
 
 import torch
 
-from unleak.chat import Message, messages_from_prompt, render_prompt, validate_messages, with_system_prompt
+from unleak.chat import (Message, messages_from_prompt, render_prompt, system_header_ids, validate_messages,
+                         with_system_prompt)
 from unleak.config import GuidanceConfig, PromptConfig, SamplingConfig
 from unleak.decoding.cfg import cfg_scores
 from unleak.decoding.cpu_linear import skinny_cpu_linear
@@ -71,17 +72,22 @@ def negative_adapter_for(negative: str, adapter: Any, where: str = "negative") -
 
 @dataclass
 class GenerationRequest:
-    """One request. Give exactly one of `messages`, `prompt` or `input_ids`.
+    """One request. Give exactly one of `messages`, `prompt`, `text` or `input_ids`.
 
     - `messages`: a chat; the positive/negative system prompts replace any
       system message; a final assistant message is continued.
     - `prompt`: a plain user message or a full chat-formatted string.
+    - `text`: raw text continued as it is (no chat template), behind a chat
+      holding only the positive (negative) system prompt: what a served model
+      makes of the extraction attack's text; too long, it loses its oldest
+      tokens, never the system prompt.
     - `input_ids` (+ `negative_input_ids` when guided): raw token ids, no
       template applied (e.g. the extraction attack's plain-text prompts).
     """
 
     messages: list[Message] | None = None
     prompt: str | None = None
+    text: str | None = None
     input_ids: list[int] | None = None
     negative_input_ids: list[int] | None = None
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
@@ -211,9 +217,18 @@ class CFGGenerator:
     def encode(self, request: GenerationRequest) -> EncodedRequest:
         """Token ids of the positive and (if guided) negative prompt of a request."""
         guided = request.guidance.guidance_scale != 1.0
-        given = sum(x is not None for x in (request.messages, request.prompt, request.input_ids))
+        given = sum(x is not None for x in (request.messages, request.prompt, request.text, request.input_ids))
         if given != 1:
-            raise UnleakError("a request needs exactly one of messages, prompt or input_ids")
+            raise UnleakError("a request needs exactly one of messages, prompt, text or input_ids")
+        if request.text is not None:
+            if not request.text:
+                raise UnleakError("empty prompt")
+            ids = self.tokenizer(request.text, add_special_tokens=False)["input_ids"]
+            rows = []
+            for system in (self.prompts.positive, self.prompts.negative)[:1 + guided]:
+                head = system_header_ids(self.tokenizer, system)
+                rows.append(self._fit(head + ids, len(head), request))
+            return EncodedRequest(rows[0], rows[1] if guided else None, request)
         if request.input_ids is not None:
             if not request.input_ids:
                 raise UnleakError("empty prompt")

@@ -1,4 +1,8 @@
-"""The OpenAI-compatible HTTP app: `/v1/chat/completions` (plain and SSE streaming), `/v1/models`, `/health`.
+"""The OpenAI-compatible HTTP app: `/v1/chat/completions` and `/v1/completions` (plain and SSE streaming),
+`/v1/models`, `/health`, `/metrics`.
+
+`/v1/completions` continues raw text behind each system prompt's chat header,
+with no template: how a served model meets the extraction attack's text.
 
 `create_app(generator, policies, model_name)` builds a FastAPI app around a
 `Batcher`. The caller's API key (`Authorization: Bearer ...`) selects a
@@ -82,12 +86,11 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class _Call(BaseModel):
+    """What chat and text completions share."""
+
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int | None = None
@@ -95,10 +98,29 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=128)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     guidance_scale: float | None = Field(None, gt=0, le=50)
     cfg_space: Literal["log", "prob"] | None = None
+
+
+class CompletionRequest(_Call):
+    """`/v1/completions`: raw text continued behind each system prompt (no chat template), as the
+    extraction attack sends it to a served model."""
+
+    prompt: str | list[str] = Field(min_length=1)
+    max_tokens: int | None = Field(16, ge=1)
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: bool = False
+    suffix: str | None = None
+
+
+class ChatCompletionRequest(_Call):
+    """`/v1/chat/completions`."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
 def _error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
@@ -141,14 +163,22 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
         text = generator.tokenizer.decode([token_id])
         return text, None if "\ufffd" in text else list(text.encode())
 
-    def logprobs_json(entries: list[TokenLogprob]) -> dict[str, Any]:
-        """OpenAI's `logprobs` object of a choice (or a chunk's part of it)."""
+    def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
+        """A chat choice's `logprobs` object (or a chunk's part of it)."""
         def item(token_id: int, logprob: float) -> dict[str, Any]:
             text, raw = token_text(token_id)
             return {"token": text, "logprob": max(logprob, LOGPROB_FLOOR), "bytes": raw}
 
         return {"content": [{**item(e.token_id, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]}
                             for e in entries]}
+
+    def text_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
+        """A text completion's `logprobs` object (the legacy shape), offsets within the completion."""
+        tokens = [token_text(e.token_id)[0] for e in entries]
+        starts = [offset + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+        return {"tokens": tokens, "token_logprobs": [max(e.logprob, LOGPROB_FLOOR) for e in entries],
+                "top_logprobs": [{token_text(t)[0]: max(lp, LOGPROB_FLOOR) for t, lp in e.top} for e in entries],
+                "text_offset": starts}
 
     app.state.batcher = batcher
     app.state.metrics = metrics
@@ -181,45 +211,46 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
                                             "owned_by": "unleak"}]}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-        policy = policy_of(request)
-        if policy is None:
-            return _error(401, "invalid or missing API key", "invalid_request_error", "invalid_api_key")
+    def settings(policy: Policy, body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None,
+                 top_logprobs: int | None) -> tuple[GuidanceConfig, SamplingConfig] | JSONResponse:
+        """The call's guidance and sampling under its policy, or the error that refuses it."""
         if (body.guidance_scale is not None or body.cfg_space is not None) and not policy.allow_override:
             return _error(403, f"policy {policy.name!r} does not allow overriding guidance", "permission_error",
                           "override_not_allowed")
+        if top_logprobs is not None and (policy.max_top_logprobs is None or top_logprobs > policy.max_top_logprobs):
+            allowed = "no log-probabilities" if policy.max_top_logprobs is None else \
+                f"at most {policy.max_top_logprobs} alternatives per token"
+            return _error(403, f"policy {policy.name!r} allows {allowed}", "permission_error", "logprobs_not_allowed")
         try:
             guidance = GuidanceConfig(body.guidance_scale or policy.guidance_scale,
                                       body.cfg_space or policy.cfg_space)  # type: ignore[arg-type]
             stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-            wanted = body.max_completion_tokens or body.max_tokens or policy.max_tokens
-            sampling = SamplingConfig(max_new_tokens=min(wanted, policy.max_tokens), temperature=body.temperature,
-                                      top_p=body.top_p, seed=body.seed, stop=stop)
+            sampling = SamplingConfig(max_new_tokens=min(max_tokens or policy.max_tokens, policy.max_tokens),
+                                      temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stop)
         except UnleakError as exc:
             return _error(400, str(exc), "invalid_request_error")
-        top_logprobs = None
-        if body.logprobs:
-            top_logprobs = body.top_logprobs or 0
-            if policy.max_top_logprobs is None or top_logprobs > policy.max_top_logprobs:
-                allowed = "no log-probabilities" if policy.max_top_logprobs is None else \
-                    f"at most top_logprobs={policy.max_top_logprobs}"
-                return _error(403, f"policy {policy.name!r} allows {allowed}", "permission_error",
-                              "logprobs_not_allowed")
-        elif body.top_logprobs is not None:
-            return _error(400, "top_logprobs needs logprobs: true", "invalid_request_error", "invalid_logprobs")
-        if body.n > max_queue:
-            return _error(400, f"n={body.n} is more than this server queues at once ({max_queue})",
+        return guidance, sampling
+
+    async def answer(request: Request, policy: Policy, body: ChatCompletionRequest | CompletionRequest,
+                     inputs: list[dict[str, Any]], guidance: GuidanceConfig, sampling: SamplingConfig,
+                     top_logprobs: int | None, chat: bool) -> Any:
+        """Queue `n` choices of each of `inputs` (`GenerationRequest` fields: the prompt), all or none; answer
+        with them whole or streamed, as a chat completion or a text completion. Choice `p * n + i` is input
+        p's i-th, sampled with seed + i."""
+        n = body.n
+        if n * len(inputs) > max_queue:
+            return _error(400, f"{n * len(inputs)} choices are more than this server queues at once ({max_queue})",
                           "invalid_request_error", "n_too_large")
         cancel = threading.Event()  # one for the call: its client leaving ends every choice
         gen_requests = [
-            GenerationRequest(messages=[m.model_dump() for m in body.messages], guidance=guidance,
-                              sampling=replace(sampling, seed=None if body.seed is None else body.seed + i),
+            GenerationRequest(**given, guidance=guidance,
+                              sampling=replace(sampling, seed=None if sampling.seed is None else sampling.seed + i),
                               adapter=policy.adapter or False,
                               negative_adapter=negative_adapter_for(policy.negative, policy.adapter), cancel=cancel,
                               top_logprobs=top_logprobs)
-            for i in range(body.n)]
-        rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+            for given in inputs for i in range(n)]
+        count = len(gen_requests)
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         started = time.time()
         try:
             events = batcher.submit_all(gen_requests, label=policy.name)
@@ -232,39 +263,57 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
             metrics.rejected.labels(policy.name, "shutting_down").inc()
             return _error(503, "server shutting down", "server_error", "shutting_down")
         watcher = asyncio.create_task(cancel_when_disconnected(request, cancel, rid, policy.name))
-        name = body.model or model_name
+        obj = "chat.completion" if chat else "text_completion"
+        head = {"id": rid, "object": obj + (".chunk" if chat and body.stream else ""), "created": int(started),
+                "model": body.model or model_name}
         results: dict[int, GenerationResult] = {}
+        offsets = [0] * count  # text completions' logprobs: where each choice's next token starts
 
         def usage() -> dict[str, int]:
-            prompt = max(r.prompt_tokens for r in results.values())  # 0 for a choice cancelled unread
+            prompt = sum(max((r.prompt_tokens for k, r in results.items() if k // n == p), default=0)
+                         for p in range(len(inputs)))  # once per input (0 for a choice cancelled unread)
             completion = sum(r.completion_tokens for r in results.values())
             return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
         def finish_log() -> None:
             u = usage()
             log.info("request %s policy=%s n=%d prompt_tokens=%d completion_tokens=%d finish=%s latency_ms=%d",
-                     rid, policy.name, body.n, u["prompt_tokens"], u["completion_tokens"],
+                     rid, policy.name, count, u["prompt_tokens"], u["completion_tokens"],
                      ",".join(results[i].finish_reason for i in sorted(results)), 1000 * (time.time() - started))
+
+        def logprobs_of(index: int, entries: list[TokenLogprob] | None) -> dict[str, Any] | None:
+            if entries is None:
+                return None
+            if chat:
+                return chat_logprobs(entries)
+            out = text_logprobs(entries, offsets[index])
+            offsets[index] += sum(len(t) for t in out["tokens"])
+            return out
+
+        def choice(index: int, text: str | None, finish: str | None, entries: list[TokenLogprob] | None,
+                   role: bool = False) -> dict[str, Any]:
+            """One choice: of a whole answer (`text` all of it) or of a chunk (`text` its new part)."""
+            row: dict[str, Any] = {"index": index, "finish_reason": finish}
+            if chat and body.stream:
+                row["delta"] = {"role": "assistant", "content": ""} if role else \
+                    {} if text is None else {"content": text}
+            elif chat:
+                row["message"] = {"role": "assistant", "content": text}
+            else:
+                row["text"] = text or ""
+            if entries or not body.stream:
+                row["logprobs"] = logprobs_of(index, entries)
+            return row
 
         if body.stream:
             async def sse() -> Any:
-                def chunk(choices: list[dict], **extra: Any) -> str:
-                    return _sse({"id": rid, "object": "chat.completion.chunk", "created": int(started),
-                                 "model": name, "choices": choices, **extra})
-
-                def delta(index: int, content: dict, finish: str | None = None,
-                          logprobs: list[TokenLogprob] | None = None) -> str:
-                    choice = {"index": index, "delta": content, "finish_reason": finish}
-                    if logprobs:
-                        choice["logprobs"] = logprobs_json(logprobs)
-                    return chunk([choice])
-
-                for index in range(body.n):
-                    yield delta(index, {"role": "assistant", "content": ""})
-                while len(results) < body.n:
+                if chat:
+                    for index in range(count):
+                        yield _sse({**head, "choices": [choice(index, None, None, None, role=True)]})
+                while len(results) < count:
                     index, kind, payload = await events.get()
                     if kind == "event":
-                        yield delta(index, {"content": payload.text}, logprobs=payload.logprobs)
+                        yield _sse({**head, "choices": [choice(index, payload.text, None, payload.logprobs)]})
                     elif kind == "error":
                         cancel.set()  # the other choices stop too
                         watcher.cancel()
@@ -272,17 +321,17 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
                         break
                     else:
                         results[index] = payload
-                        yield delta(index, {}, payload.finish_reason)
-                        if len(results) == body.n:
+                        yield _sse({**head, "choices": [choice(index, None, payload.finish_reason, None)]})
+                        if len(results) == count:
                             watcher.cancel()
                             finish_log()
                             if body.stream_options and body.stream_options.include_usage:
-                                yield chunk([], usage=usage())  # as OpenAI: a last chunk without choices
+                                yield _sse({**head, "choices": [], "usage": usage()})  # as OpenAI: last, no choices
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(sse(), media_type="text/event-stream")
 
-        while len(results) < body.n:
+        while len(results) < count:
             index, kind, payload = await events.get()
             if kind == "error":
                 cancel.set()
@@ -292,12 +341,36 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
                 results[index] = payload
         watcher.cancel()
         finish_log()
-        return {"id": rid, "object": "chat.completion", "created": int(started), "model": name,
-                "choices": [{"index": i, "finish_reason": results[i].finish_reason,
-                             "message": {"role": "assistant", "content": results[i].text},
-                             "logprobs": None if results[i].logprobs is None else logprobs_json(results[i].logprobs)}
-                            for i in range(body.n)],
-                "usage": usage()}
+        return {**head, "choices": [choice(i, results[i].text, results[i].finish_reason, results[i].logprobs)
+                                    for i in range(count)], "usage": usage()}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        policy = policy_of(request)
+        if policy is None:
+            return _error(401, "invalid or missing API key", "invalid_request_error", "invalid_api_key")
+        if body.top_logprobs is not None and not body.logprobs:
+            return _error(400, "top_logprobs needs logprobs: true", "invalid_request_error", "invalid_logprobs")
+        top_logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        ready = settings(policy, body, body.max_completion_tokens or body.max_tokens, top_logprobs)
+        if isinstance(ready, JSONResponse):
+            return ready
+        return await answer(request, policy, body, [{"messages": [m.model_dump() for m in body.messages]}], *ready,
+                            top_logprobs, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        policy = policy_of(request)
+        if policy is None:
+            return _error(401, "invalid or missing API key", "invalid_request_error", "invalid_api_key")
+        if body.echo or body.suffix:
+            return _error(400, "echo and suffix are not supported", "invalid_request_error", "unsupported")
+        ready = settings(policy, body, body.max_tokens, body.logprobs)
+        if isinstance(ready, JSONResponse):
+            return ready
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        return await answer(request, policy, body, [{"text": p} for p in prompts], *ready, body.logprobs,
+                            chat=False)
 
     return app
 
