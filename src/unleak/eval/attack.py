@@ -23,10 +23,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from unleak.chat import system_header_ids
 from unleak.config import (ATTACK_TASK_MESSAGE_1 as TASK_MESSAGE_1, ATTACK_TASK_MESSAGE_2 as TASK_MESSAGE_2,
                            ATTACK_TYPE_DESCRIPTIONS as TYPE_DESCRIPTIONS, AttackConfig, GuidanceConfig,
-                           PromptConfig, SamplingConfig)
+                           SamplingConfig)
 from unleak.corpus.model import Conversation
 
 def task_message(variant: int, pii_type: str) -> str:
@@ -109,21 +108,20 @@ def run_attacks(generator: Any, prompt_sets: Mapping[str, Sequence[AttackPrompt]
     from unleak.decoding.generator import GenerationRequest
 
     tok = generator.tokenizer
-    prompts_cfg: PromptConfig = generator.prompts
-
-    pos_head = system_header_ids(tok, prompts_cfg.positive) if served else []
-    neg_head = system_header_ids(tok, prompts_cfg.negative) if served else []
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens)
     negatives = negative_adapters or [None] * len(guidances)
     longest = max((len(p) for p in prompt_sets.values()), default=0)
     order = [(name, i) for i in range(longest) for name, p in prompt_sets.items() if i < len(p)]
     groups = []
     for name, i in order:
-        ids = tok(prompt_sets[name][i].text, add_special_tokens=False)["input_ids"]
-        groups.append([GenerationRequest(
-            input_ids=pos_head + ids, negative_input_ids=(neg_head + ids) if g.guidance_scale != 1.0 else None,
-            guidance=g, sampling=sampling, adapter=adapter, negative_adapter=n)
-            for g, n in zip(guidances, negatives, strict=True)])
+        text = prompt_sets[name][i].text
+        if served:  # behind each system prompt's chat header, as `/v1/completions` serves raw text
+            given: dict[str, Any] = {"text": text}
+        else:
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            given = {"input_ids": ids, "negative_input_ids": ids}
+        groups.append([GenerationRequest(**given, guidance=g, sampling=sampling, adapter=adapter, negative_adapter=n)
+                       for g, n in zip(guidances, negatives, strict=True)])
     results = generator.generate_grouped(groups, on_batch)
     out = {name: [[""] * len(p) for _ in guidances] for name, p in prompt_sets.items()}
     for (name, i), group in zip(order, results, strict=True):

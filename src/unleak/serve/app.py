@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import logging
 import threading
@@ -175,7 +176,7 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
     def text_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
         """A text completion's `logprobs` object (the legacy shape), offsets within the completion."""
         tokens = [token_text(e.token_id)[0] for e in entries]
-        starts = [offset + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+        starts = list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=offset))[:len(tokens)]
         return {"tokens": tokens, "token_logprobs": [max(e.logprob, LOGPROB_FLOOR) for e in entries],
                 "top_logprobs": [{token_text(t)[0]: max(lp, LOGPROB_FLOOR) for t, lp in e.top} for e in entries],
                 "text_offset": starts}
