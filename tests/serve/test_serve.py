@@ -216,7 +216,11 @@ def test_text_completions_of_several_prompts_with_n_and_logprobs(server, generat
     each index's chunks add up to the same texts."""
     prompts = [RAW, "My account number is"]
     kw = dict(model="tiny", prompt=prompts, max_tokens=5, n=2, temperature=1.0, seed=3, logprobs=2)
+    prompt_metric = ("unleak_prompt_tokens_total", (("policy", "scored"),))
+    before = prometheus_samples(httpx.get(f"{server}/metrics").text).get(prompt_metric, 0.0)
     resp = client(server, "sk-scored").completions.create(**kw)
+    after = prometheus_samples(httpx.get(f"{server}/metrics").text)[prompt_metric]
+    assert after - before == resp.usage.prompt_tokens  # each prompt once, however many choices
     assert [c.index for c in resp.choices] == [0, 1, 2, 3]
     for c in resp.choices:
         p, i = divmod(c.index, 2)

@@ -254,7 +254,7 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         started = time.time()
         try:
-            events = batcher.submit_all(gen_requests, label=policy.name)
+            events = batcher.submit_all(gen_requests, label=policy.name, choices=n)
         except QueueFull:
             log.info("request %s policy=%s rejected: queue full", rid, policy.name)
             metrics.rejected.labels(policy.name, "queue_full").inc()

@@ -55,6 +55,8 @@ class _Job:
     #: the request's position in its `submit_all` call (the choice index of an API call with n > 1)
     index: int = 0
     label: str = ""
+    #: the first request of its prompt in that call (the others are more choices of the same prompt)
+    first_of_prompt: bool = True
     #: `time.monotonic()` when queued, when its decoding began, when its first text came
     submitted: float = 0.0
     started: float | None = None
@@ -65,9 +67,11 @@ class _Job:
 class Finished:
     """How one request ended (handed to `Batcher.on_finish`, from the worker thread)."""
 
-    #: the `label` it was submitted with (the server: its policy) and its index in that submission
+    #: the `label` it was submitted with (the server: its policy), its index in that submission, and whether
+    #: it is the first of its prompt there (a prompt asked for n choices counts its tokens once)
     label: str
     index: int
+    first_of_prompt: bool
     #: its finish reason ("stop", "length", "cancelled") or "error"
     finish: str
     prompt_tokens: int
@@ -120,12 +124,13 @@ class Batcher:
         """Queue a request; returns the asyncio queue its (0, "event"|"error"|"done", payload) items arrive on."""
         return self.submit_all([request])
 
-    def submit_all(self, requests: Sequence[GenerationRequest], label: str = "") -> asyncio.Queue:
+    def submit_all(self, requests: Sequence[GenerationRequest], label: str = "", choices: int = 1
+                   ) -> asyncio.Queue:
         """Queue `requests` together, all or none; returns one asyncio queue of (index, kind, payload) items,
         `index` the request's position in `requests` and `kind` "event" (a `StreamEvent`: new text, and the
         tokens' log-probabilities if asked for), "error" (the exception) or "done" (the `GenerationResult`). Raises `QueueFull` when the queue lacks room for all of them, `BatcherClosed`
         once `close` was called. A request without a `cancel` event gets one (`close` needs it). `label`
-        comes back in their `Finished` records."""
+        comes back in their `Finished` records; `choices`: each run of that many requests shares one prompt."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         now = time.monotonic()
@@ -137,7 +142,8 @@ class Batcher:
             for index, request in enumerate(requests):
                 if request.cancel is None:
                     request = replace(request, cancel=threading.Event())
-                self.jobs.put_nowait(_Job(request, loop, events, index, label, now))  # only the worker takes
+                self.jobs.put_nowait(_Job(request, loop, events, index, label, index % choices == 0,
+                                          now))  # only the worker takes: the room stays
         return events
 
     def close(self, timeout: float = 30.0) -> bool:
@@ -242,7 +248,7 @@ class Batcher:
             now = time.monotonic()
             try:
                 self.on_finish(Finished(
-                    job.label, job.index, finish, result.prompt_tokens if result else 0,
+                    job.label, job.index, job.first_of_prompt, finish, result.prompt_tokens if result else 0,
                     result.completion_tokens if result else 0, (job.started or now) - job.submitted,
                     None if job.first_text is None else job.first_text - job.submitted, now - job.submitted))
             except Exception:  # a failing observer must not take the worker down

@@ -31,7 +31,7 @@ class ServerMetrics:
                                 ["policy", "finish"], registry=reg)
         self.rejected = Counter("unleak_rejected_requests", "API calls refused before queueing",
                                 ["policy", "reason"], registry=reg)
-        self.prompt_tokens = Counter("unleak_prompt_tokens", "Prompt tokens (once per API call)", ["policy"],
+        self.prompt_tokens = Counter("unleak_prompt_tokens", "Prompt tokens (once per prompt of an API call)", ["policy"],
                                      registry=reg)
         self.completion_tokens = Counter("unleak_completion_tokens", "Completion tokens of every choice",
                                          ["policy"], registry=reg)
@@ -52,7 +52,7 @@ class ServerMetrics:
         """One request ended (the batcher's `on_finish`)."""
         policy = done.label
         self.requests.labels(policy, done.finish).inc()
-        if done.index == 0:
+        if done.first_of_prompt:
             self.prompt_tokens.labels(policy).inc(done.prompt_tokens)
         self.completion_tokens.labels(policy).inc(done.completion_tokens)
         self.latency.labels(policy).observe(done.latency_s)
