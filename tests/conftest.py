@@ -89,3 +89,30 @@ def random_lora(model, r: int = 8, alpha: int = 64):
 def tiny_model_dir(tmp_path_factory, default_tokenizer) -> Path:
     """A 2-layer, width-64 random Llama with the default's tokenizer, saved to a temp dir."""
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), default_tokenizer)
+
+
+def build_other_tokenizer(default_tokenizer, vocab_size: int = 400):
+    """A byte-level BPE tokenizer trained here on a few sentences, with the default's special tokens and chat
+    template: another vocabulary (ids that mean other text), for models that are not of the default's family."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        ["Hello, my name is John Smith and I live at 36 Johnson Street, Ellenville.",
+         "Call me at 555-0134 tomorrow about the meeting with the doctor."] * 10,
+        trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    out.chat_template = default_tokenizer.chat_template
+    return out
+
+
+@pytest.fixture(scope="session")
+def other_tokenizer_model_dir(tmp_path_factory, default_tokenizer) -> Path:
+    """A 2-layer, width-64 random Llama with a tokenizer of its own (`build_other_tokenizer`)."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-other"), build_other_tokenizer(default_tokenizer), seed=1)

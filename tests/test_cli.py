@@ -177,14 +177,16 @@ def test_eval_run_writes_the_table_and_can_leave_the_references_out(tiny_model_d
     assert done.returncode == 0, done.stderr
     report = (tmp_path / "e" / "report.md").read_text()
     assert f"| {tiny_model_dir.name}-g1 |" in report and "| reference: test answers, redacted |" in report
+    assert "Answer perplexity under `default`." in report
     printed = [line for line in done.stdout.splitlines() if line.startswith("|")]  # into a pipe: whole lines
     assert len(printed) == 6 and set(printed) <= set(report.splitlines())
     rows = json.loads((tmp_path / "e" / "results.json").read_text())["rows"]
     assert [r["guidance"] for r in rows] == [1.0, 3.0] and all(r["asr_stripped"] is not None for r in rows)
     assert all(r["attack_attempts"] > 2 for r in rows)
     bare = run_cli(*common, "--out", str(tmp_path / "f"), "--reference-template", "", "--no-stripped-attack",
-                   "--attack-limit", "2")
+                   "--attack-limit", "2", "--reference-model", str(tiny_model_dir))
     assert bare.returncode == 0, bare.stderr
+    assert f"Answer perplexity under `{tiny_model_dir}`." in (tmp_path / "f" / "report.md").read_text()
     assert not (tmp_path / "f" / "references.json").exists()
     rows = json.loads((tmp_path / "f" / "results.json").read_text())["rows"]
     assert all(r["asr_stripped"] is None and r["attack_attempts"] == 2 for r in rows)

@@ -560,6 +560,9 @@ def eval_run(
     reference_template: str = typer.Option(CandidateConfig.redact_template, help="Reference rows: the test "
                                            "answers as written and with their PII replaced by this template "
                                            "('' = no reference rows)."),
+    reference_model: str = typer.Option("default", help="Fluency: the clean model the answers' perplexity is "
+                                        "measured under, 'default' or the evaluated model's base (e.g. "
+                                        "meta-llama/Llama-3.1-8B-Instruct for the LLM-PC model)."),
 ) -> None:
     """Evaluate every configuration; then write the report (see `unleak eval report`)."""
     from unleak.config import AttackConfig
@@ -570,6 +573,7 @@ def eval_run(
                             mmlu_limit=mmlu_limit, attack=AttackConfig(task_message=task_message),
                             attack_limit=attack_limit,
                             stripped_attack=stripped_attack, reference_template=reference_template or None,
+                            reference_model=reference_model,
                             judge=JudgeConfig(**_given(url=judge_url, model=judge_model,
                                                        answer_max_new_tokens=answer_tokens)),
                             **_given(mmlu_format=mmlu_format))

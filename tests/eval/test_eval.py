@@ -362,6 +362,43 @@ def test_perplexity_is_token_weighted_over_padded_batches(tiny_model_dir, defaul
     assert both[1]["perplexity"] != pytest.approx(got["perplexity"], rel=1e-2)
 
 
+def test_fluency_reads_answers_in_the_reference_models_tokens(tiny_model_dir, other_tokenizer_model_dir,
+                                                              default_tokenizer, tmp_path):
+    """A model of another vocabulary (a Llama-3.1 model scored under SmolLM2): its answers' text is tokenised
+    again by the reference tokenizer; the same vocabulary keeps the generator's own ids."""
+    from unleak.chat import render_prompt
+    from unleak.corpus.store import load_split, save_corpus, split_corpus
+    from unleak.corpus.synth import synthesize_corpus
+    from unleak.decoding.generator import GenerationResult
+    from unleak.eval.fluency import reference_token_ids
+    from unleak.eval.run import EvalConfiguration, EvalSettings, run_evaluation
+    from unleak.models import load_model, load_tokenizer
+    from unleak.pairs.samples import build_samples
+
+    other_tok = load_tokenizer(str(other_tokenizer_model_dir))
+    answer = GenerationResult("Hello", [9, 10, 11], "stop", 1.0, "prob", 3)  # ids need not be the text's
+    assert reference_token_ids([answer], default_tokenizer, load_tokenizer(str(tiny_model_dir))) == [[9, 10, 11]]
+    assert reference_token_ids([answer], other_tok, default_tokenizer) == [default_tokenizer("Hello")["input_ids"]]
+
+    corpus = save_corpus(tmp_path / "c", synthesize_corpus(6, seed=3), {})
+    split_corpus(corpus, 0.34, seed=0)
+    settings = EvalSettings(leakage_max_new_tokens=12, attack_limit=2, stripped_attack=False,
+                            reference_model=str(tiny_model_dir), reference_template=None)
+    [result] = run_evaluation(corpus, [EvalConfiguration("other", str(other_tokenizer_model_dir))], tmp_path / "e",
+                              settings, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "e" / "answers" / "other.jsonl").read_text().splitlines()]
+    texts = [x["answer"] for x in rows if x["kind"] == "test"]
+    assert any(texts)
+    ref_tok = default_tokenizer
+    prompts = [ref_tok(render_prompt(ref_tok, x.prompt_messages(), continue_final=bool(x.prefix)),
+                       add_special_tokens=False)["input_ids"] for x in build_samples(load_split(corpus, "test"))]
+    answers = [ref_tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    expected = answer_perplexity(load_model(str(tiny_model_dir)), ref_tok, prompts, answers)
+    assert result["fluency"]["tokens"] == expected["tokens"]
+    assert result["fluency"]["perplexity"] == pytest.approx(expected["perplexity"], rel=1e-4)
+    assert result["fluency"]["repetition"] == repetition_rate(answers)
+
+
 def test_full_evaluation_and_report(tiny_model_dir, tmp_path, monkeypatch):
     from unleak.corpus.store import load_split, save_corpus, split_corpus
     from unleak.corpus.synth import synthesize_corpus

@@ -4,6 +4,9 @@ High guidance in log space broke the grammar of the original's answers; the
 perplexity of the answers, conditioned on their prompts, under the clean base
 model measures that. Token-weighted: exp(sum NLL / tokens). The answers of
 several configurations to the same prompts share the prompts' forward pass.
+The answers are read in the reference model's own tokens: the generator's ids
+when it shares the reference's vocabulary, else the answer's text tokenised
+again (`reference_token_ids`; a Llama-3.1 model's ids mean nothing to SmolLM2).
 
 Perplexity alone rewards degenerate text: an answer that repeats itself
 ("a party in 2025. I'm planning a party in 2025.") is very predictable. The
@@ -101,6 +104,15 @@ def repetition_rate(answers: Sequence[Sequence[int]], n: int = REPETITION_N) -> 
     counts = [repetition_counts(a, n) for a in answers]
     total = sum(c for _, c in counts)
     return round(sum(r for r, _ in counts) / total, 4) if total else None
+
+
+def reference_token_ids(answers: Sequence[Any], tokenizer: Any, reference_tokenizer: Any) -> list[list[int]]:
+    """The token ids of `answers` (`GenerationResult`s of a generator with `tokenizer`) as the reference model
+    reads them: their own ids when both tokenizers have the same vocabulary, else their text tokenised by
+    `reference_tokenizer`."""
+    if tokenizer is reference_tokenizer or tokenizer.get_vocab() == reference_tokenizer.get_vocab():
+        return [list(a.token_ids) for a in answers]
+    return [reference_tokenizer(a.text, add_special_tokens=False)["input_ids"] for a in answers]
 
 
 def answer_fluency(model: Any, tokenizer: Any, prompts: list[list[int]],

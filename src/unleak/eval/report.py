@@ -236,6 +236,7 @@ def write_report(out_dir: str | Path, title: str = "unleak evaluation", preamble
            "generative": "a short greedy answer to the original's request, judged"}
     fmt, judge = formats.pop() if len(formats) == 1 else (None, None)
     scored = f" by {how[fmt]}" if fmt is not None else ""
+    fluency_models = {r["fluency"]["reference_model"] for r in results if r["fluency"].get("reference_model")}
     if fmt == "generative":
         by_llm = str(judge).startswith(LLM_JUDGE_PREFIX)
         scored += (" by an LLM (the original's judge prompt; correct = its \"Correct\")" if by_llm
@@ -247,7 +248,8 @@ def write_report(out_dir: str | Path, title: str = "unleak evaluation", preamble
           f"questions."
           + (" The `reference` rows score the test split's own answers (cut to the answers' length), as "
              "written and with their PII replaced by the redaction template: what copying the values, and "
-             "a perfect redaction of them, score on the same counts." if references else ""), "",
+             "a perfect redaction of them, score on the same counts." if references else "")
+          + (f" Answer perplexity under `{fluency_models.pop()}`." if len(fluency_models) == 1 else ""), "",
           markdown_table(rows + references)]
     md += [f"![{p.stem}]({p.name})" for p in plots]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")

@@ -123,7 +123,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     from unleak.corpus.store import load_split
     from unleak.decoding.generator import CFGGenerator, negative_adapter_for
     from unleak.eval.attack import attack_prompts, extraction_attack_success_rate, run_attacks
-    from unleak.eval.fluency import answer_fluency
+    from unleak.eval.fluency import answer_fluency, reference_token_ids
     from unleak.eval.leakage import count_pii, generate_answers
     from unleak.eval.judge import build_judge
     from unleak.eval.utility import (accuracy_with_se, judged_utilities, load_mc_questions, served_generative_answers,
@@ -233,7 +233,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                           "seconds": utility_seconds}
                          for correct in ([p == q["answer"] for p, q in zip(preds, questions)] for preds in predictions)]
         fluency = answer_fluency(ref_model, ref_tok, prompt_ids,
-                                 [[a.token_ids for a in conf_answers] for conf_answers in answers])
+                                 [reference_token_ids(conf_answers, tok, ref_tok) for conf_answers in answers])
         seconds = round(time.time() - started, 1)  # the whole group's: its configurations share the work
         for i, (conf, conf_answers, conf_fluency, utility) in enumerate(zip(group, answers, fluency, utilities,
                                                                             strict=True)):
@@ -252,7 +252,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                 "pii_per_answer": leakage[s.profiles[0]]["per_answer"],
                 "known_values": {k: v for k, v in known.items() if k != "spans"},
                 **{v: extraction_attack_success_rate(o, p, s.attack.match_chars) for v, (p, o) in attack_runs.items()},
-                "fluency": conf_fluency,
+                "fluency": {**conf_fluency, "reference_model": s.reference_model},
                 "utility": utility,
                 "examples": [{"sample": x.id, "answer": t} for x, t in zip(samples[:5], texts[:5])],
                 "seconds": seconds,
