@@ -14,7 +14,7 @@ import sys
 import typer
 from rich.console import Console
 
-from unleak.config import CandidateConfig, GuidanceConfig, JudgeConfig
+from unleak.config import CandidateConfig, EndpointConfig, GuidanceConfig, JudgeConfig
 from unleak.errors import UnleakError
 
 console = Console(stderr=True, soft_wrap=True)
@@ -506,9 +506,11 @@ app.add_typer(eval_app, name="eval")
 
 
 def eval_configurations(model: str, adapter: str | None, guidance: str, cfg_space: str,
-                        baseline: str | None, negative: str = "adapter") -> list:
+                        baseline: str | None, negative: str = "adapter", endpoint: EndpointConfig | None = None,
+                        name: str | None = None) -> list:
     """The configurations of `unleak eval run`: an optional raw baseline, then model x guidance x space
-    (x negative branch: a guided row per `negative` value, `-vs-base` in the name of the `base` ones)."""
+    (x negative branch: a guided row per `negative` value, `-vs-base` in the name of the `base` ones), or
+    the one row of a deployed `endpoint` (`EndpointConfig`), named `name` (default "endpoint")."""
     from pathlib import Path
 
     from unleak.eval.run import EvalConfiguration, guided_name
@@ -516,6 +518,8 @@ def eval_configurations(model: str, adapter: str | None, guidance: str, cfg_spac
     confs = []
     if baseline:
         confs.append(EvalConfiguration(f"baseline-{Path(baseline).name}", baseline, served=False))
+    if endpoint is not None:
+        return confs + [EvalConfiguration(name or "endpoint", model, endpoint=endpoint)]
     label = Path(adapter).parent.name if adapter else Path(model).name
     for g in [float(x) for x in guidance.split(",")]:
         if g == 1:
@@ -529,13 +533,22 @@ def eval_configurations(model: str, adapter: str | None, guidance: str, cfg_spac
 
 @eval_app.command("run")
 def eval_run(
-    model: str = typer.Option(..., help="Model to evaluate: checkpoint directory, 'default' or hub id."),
+    model: str = typer.Option(..., help="Model to evaluate: checkpoint directory, 'default' or hub id; with "
+                              "--endpoint, the served model's tokenizer (the attack renders with its template)."),
     corpus: str = typer.Option(..., help="Split corpus directory (its test split is used)."),
     out: str = typer.Option(..., help="Output directory (resumable per configuration)."),
     adapter: str = typer.Option(None, help="PEFT adapter directory (the defence)."),
-    guidance: str = typer.Option("1,3", help="Comma-separated guidance scales."),
-    cfg_space: str = typer.Option("prob", help="Comma-separated CFG spaces for g != 1: prob, log."),
+    guidance: str = typer.Option(None, help="Comma-separated guidance scales (default 1,3)."),
+    cfg_space: str = typer.Option(None, help="Comma-separated CFG spaces for g != 1: prob, log (default prob)."),
     baseline: str = typer.Option(None, help="Also evaluate this model raw (e.g. the leaky model) as the first row."),
+    endpoint: str = typer.Option(None, help="Evaluate a deployment instead, as served: the base URL of its "
+                                 "OpenAI-compatible API (unleak serve: the key's policy sets guidance and "
+                                 "adapter; vLLM), e.g. http://127.0.0.1:8000/v1."),
+    endpoint_model: str = typer.Option(None, help="--endpoint: the model name requests carry (default: the "
+                                       "first the endpoint lists)."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="--endpoint: environment variable holding its API key."),
+    concurrency: int = typer.Option(8, help="--endpoint: requests in flight."),
+    name: str = typer.Option(None, help="--endpoint: the row's name (default: endpoint)."),
     mmlu: str = typer.Option(None, help="Multiple-choice questions: JSONL/CSV/parquet file, hub id, or 'default' "
                                         "(MMLU's test set, embedded)."),
     mmlu_limit: int = typer.Option(2000, help="Stratified, seeded subset size."),
@@ -554,9 +567,10 @@ def eval_run(
     task_message: int = typer.Option(2, help="Attack task message variant: 0, 1 or 2."),
     stripped_attack: bool = typer.Option(True, help="Also run the attack with the context's trailing space cut "
                                          "(a stronger variant of the challenge's)."),
-    negative: str = typer.Option("adapter", help="Comma-separated negative branches of the guided rows: adapter "
-                                 "(the method: the defended model under the negative prompt), base (the model "
-                                 "without the adapter under it: guidance away from the undefended model)."),
+    negative: str = typer.Option(None, help="Comma-separated negative branches of the guided rows: adapter "
+                                 "(the method, the default: the defended model under the negative prompt), base "
+                                 "(the model without the adapter under it: guidance away from the undefended "
+                                 "model)."),
     reference_template: str = typer.Option(CandidateConfig.redact_template, help="Reference rows: the test "
                                            "answers as written and with their PII replaced by this template "
                                            "('' = no reference rows)."),
@@ -577,8 +591,20 @@ def eval_run(
                             judge=JudgeConfig(**_given(url=judge_url, model=judge_model,
                                                        answer_max_new_tokens=answer_tokens)),
                             **_given(mmlu_format=mmlu_format))
-    run_evaluation(corpus, eval_configurations(model, adapter, guidance, cfg_space, baseline, negative), out,
-                   settings)
+    served = None
+    if endpoint:
+        given = [f"--{k.replace('_', '-')}" for k, v in (("adapter", adapter), ("guidance", guidance),
+                                                          ("cfg_space", cfg_space), ("negative", negative)) if v]
+        if given:
+            raise UnleakError(f"{', '.join(given)}: an endpoint is evaluated as served, with the adapter and "
+                              "guidance its server sets (with unleak serve, the API key's policy; evaluate each "
+                              "policy's key as its own row, --name)")
+        served = EndpointConfig(endpoint, endpoint_model, api_key_env, concurrency)
+    elif endpoint_model or name:
+        raise UnleakError("--endpoint-model and --name are options of --endpoint")
+    confs = eval_configurations(model, adapter, guidance or "1,3", cfg_space or "prob", baseline,
+                                negative or "adapter", served, name)
+    run_evaluation(corpus, confs, out, settings)
     report = write_report(out)
     from unleak.eval.report import print_table
 

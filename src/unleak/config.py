@@ -455,6 +455,29 @@ JUDGE_PROMPT = (
 
 
 @dataclass(frozen=True)
+class EndpointConfig:
+    """A deployed model evaluated through its OpenAI-compatible API (`unleak serve`, vLLM, ...), as served:
+    its server decides system prompt, guidance and adapter (an `unleak serve` policy, by the API key)."""
+
+    #: base URL, e.g. http://127.0.0.1:8000/v1
+    url: str
+    #: the model name requests carry (None: the first the endpoint lists at /v1/models)
+    model: str | None = None
+    #: environment variable that holds the API key (an `unleak serve` key picks its policy)
+    api_key_env: str = "OPENAI_API_KEY"
+    #: requests in flight at once
+    concurrency: int = 8
+    timeout_s: float = 300.0
+    max_retries: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise UnleakError(f"endpoint url must start with http:// or https://, got {self.url!r}")
+        if self.concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0:
+            raise UnleakError("endpoint concurrency must be >= 1, max_retries >= 0 and timeout_s > 0")
+
+
+@dataclass(frozen=True)
 class JudgeConfig:
     """Generative utility (`mmlu_format="generative"`): how answers are generated and who judges them.
 

@@ -366,14 +366,12 @@ def test_fluency_reads_answers_in_the_reference_models_tokens(tiny_model_dir, ot
                                                               default_tokenizer, tmp_path):
     """A model of another vocabulary (a Llama-3.1 model scored under SmolLM2): its answers' text is tokenised
     again by the reference tokenizer; the same vocabulary keeps the generator's own ids."""
-    from unleak.chat import render_prompt
-    from unleak.corpus.store import load_split, save_corpus, split_corpus
+    from unleak.corpus.store import save_corpus, split_corpus
     from unleak.corpus.synth import synthesize_corpus
     from unleak.decoding.generator import GenerationResult
     from unleak.eval.fluency import reference_token_ids
     from unleak.eval.run import EvalConfiguration, EvalSettings, run_evaluation
-    from unleak.models import load_model, load_tokenizer
-    from unleak.pairs.samples import build_samples
+    from unleak.models import load_tokenizer
 
     other_tok = load_tokenizer(str(other_tokenizer_model_dir))
     answer = GenerationResult("Hello", [9, 10, 11], "stop", 1.0, "prob", 3)  # ids need not be the text's
@@ -386,14 +384,25 @@ def test_fluency_reads_answers_in_the_reference_models_tokens(tiny_model_dir, ot
                             reference_model=str(tiny_model_dir), reference_template=None)
     [result] = run_evaluation(corpus, [EvalConfiguration("other", str(other_tokenizer_model_dir))], tmp_path / "e",
                               settings, progress=False)
-    rows = [json.loads(line) for line in (tmp_path / "e" / "answers" / "other.jsonl").read_text().splitlines()]
+    assert_fluency_of_the_answers_text(result, tmp_path / "e", corpus, tiny_model_dir)
+
+
+def assert_fluency_of_the_answers_text(result, out, corpus, reference_dir) -> None:
+    """`result`'s fluency is that of its saved test answers' text, tokenised by the reference model (no limit
+    on the test prompts)."""
+    from unleak.chat import render_prompt
+    from unleak.corpus.store import load_split
+    from unleak.models import load_model, load_tokenizer
+    from unleak.pairs.samples import build_samples
+
+    rows = [json.loads(line) for line in (out / "answers" / f"{result['name']}.jsonl").read_text().splitlines()]
     texts = [x["answer"] for x in rows if x["kind"] == "test"]
     assert any(texts)
-    ref_tok = default_tokenizer
+    ref_tok = load_tokenizer(str(reference_dir))
     prompts = [ref_tok(render_prompt(ref_tok, x.prompt_messages(), continue_final=bool(x.prefix)),
                        add_special_tokens=False)["input_ids"] for x in build_samples(load_split(corpus, "test"))]
     answers = [ref_tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-    expected = answer_perplexity(load_model(str(tiny_model_dir)), ref_tok, prompts, answers)
+    expected = answer_perplexity(load_model(str(reference_dir)), ref_tok, prompts, answers)
     assert result["fluency"]["tokens"] == expected["tokens"]
     assert result["fluency"]["perplexity"] == pytest.approx(expected["perplexity"], rel=1e-4)
     assert result["fluency"]["repetition"] == repetition_rate(answers)

@@ -38,7 +38,9 @@ def summary_rows(results: list[dict[str, Any]], reference: str | None = None) ->
     rows = []
     for r in results:
         c = r["configuration"]
-        row = {"configuration": r["name"], "model": c["model"], "adapter": c["adapter"],
+        # a deployment's row is its own model in the plots (the local `model` is only its tokenizer)
+        row = {"configuration": r["name"], "model": (c.get("endpoint") or {}).get("url") or c["model"],
+               "adapter": c["adapter"],
                "guidance": c["guidance_scale"], "space": c["cfg_space"], "negative": c.get("negative", "adapter"),
                "test_prompts": r["test_prompts"],
                "pii_original": r["pii"].get("original", {}).get("total"),

@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from unleak.config import (MC_FORMATS, AttackConfig, CandidateConfig, GuidanceConfig, JudgeConfig, PIIConfig,
-                           settings_hash)
+from unleak.config import (MC_FORMATS, AttackConfig, CandidateConfig, EndpointConfig, GuidanceConfig, JudgeConfig,
+                           PIIConfig, settings_hash)
 from unleak.errors import UnleakError
 from unleak.jsonl import atomic_write_jsonl, atomic_write_text
 from unleak.pairs.samples import SAMPLES_VERSION
@@ -58,11 +58,17 @@ class EvalConfiguration:
     served: bool = True
     #: what the guided negative rows run on (`unleak.decoding.generator.NEGATIVE_BRANCHES`)
     negative: str = "adapter"
+    #: a deployment evaluated through its OpenAI-compatible API, as served (`model`: its tokenizer, for the
+    #: attack's chat template); None: `model` (+ `adapter`) loaded here
+    endpoint: EndpointConfig | None = None
 
     def __post_init__(self) -> None:
         from unleak.decoding.generator import negative_adapter_for
 
         negative_adapter_for(self.negative, self.adapter, self.name)
+        if self.endpoint is not None and (self.adapter is not None or self.guidance_scale != 1 or not self.served):
+            raise UnleakError(f"{self.name}: an endpoint is evaluated as served, with the adapter and guidance "
+                              "its server sets (with unleak serve, the API key's policy): give neither")
 
 
 def guided_name(label: str, guidance_scale: float, cfg_space: str, negative: str = "adapter") -> str:
@@ -72,11 +78,19 @@ def guided_name(label: str, guidance_scale: float, cfg_space: str, negative: str
 
 
 def configuration_identity(conf: EvalConfiguration) -> dict[str, Any]:
-    """What a configuration's cached results are keyed by: the method's negative branch is left out, so
-    results from before the field existed stay valid."""
+    """What a configuration's cached results are keyed by: the method's negative branch and a missing
+    endpoint are left out, so results from before the fields existed stay valid. An endpoint counts by URL,
+    model and a digest of its API key (with unleak serve, the key picks the policy), not by how it is called."""
+    from unleak.decoding.endpoint import endpoint_key_id
+
     d = asdict(conf)
     if conf.negative == "adapter":
         d.pop("negative")
+    if conf.endpoint is None:
+        d.pop("endpoint")
+    else:
+        d["endpoint"] = {"url": conf.endpoint.url, "model": conf.endpoint.model,
+                         "key": endpoint_key_id(conf.endpoint)}
     return d
 
 
@@ -144,6 +158,10 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     if not samples:
         raise UnleakError(f"{corpus}: the test split has no PII inside an assistant turn")
     values = conversation_values(test)
+    if s.mmlu and s.mmlu_format != "generative" and any(c.endpoint for c in configurations):
+        raise UnleakError(f"an endpoint answers multiple-choice questions in the generative format only (the "
+                          f"{s.mmlu_format} format scores the choices' tokens inside the model): use "
+                          "mmlu_format 'generative' (--mmlu-format generative)")
     questions = load_mc_questions(s.mmlu, s.mmlu_limit, s.mmlu_seed) if s.mmlu else None
     detectors = {p: detector_for_profile(PIIConfig(profile=p)) for p in s.profiles}
     judge = None  # built when first needed
@@ -165,22 +183,26 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     conf_settings = {k: v for k, v in s.identity().items() if k != "reference_template"}
     keys = {conf.name: settings_hash(configuration_identity(conf), conf_settings, str(corpus), RESULTS_VERSION,
                                      SAMPLES_VERSION) for conf in configurations}
-    groups: dict[tuple[str, str | None, bool], list[EvalConfiguration]] = {}
+    groups: dict[tuple[str, str | None, bool, EndpointConfig | None], list[EvalConfiguration]] = {}
     for conf in configurations:
         path = out / "configs" / f"{conf.name}.json"
         cached = json.loads(path.read_text()) if path.is_file() else {}
         if cached.get("hash") == keys[conf.name] and (out / "answers" / f"{conf.name}.jsonl").is_file():
             done[conf.name] = cached
         else:
-            groups.setdefault((conf.model, conf.adapter, conf.served), []).append(conf)
-    for (model_path, adapter, served), group in groups.items():
+            groups.setdefault((conf.model, conf.adapter, conf.served, conf.endpoint), []).append(conf)
+    for (model_path, adapter, served, endpoint), group in groups.items():
         started = time.time()
         # every row uses the adapter, merged (a cheaper decode step) unless some negative rows run without it:
         # then it stays unmerged and PEFT switches it per row, so those settings still share each prompt's
         # prefill and the decode steps where they agree with the others
         merge = all(c.negative == "adapter" for c in group)
-        mkey = (model_path, adapter, merge)
-        if mkey not in loaded:
+        mkey = (model_path, adapter, merge, endpoint)
+        if endpoint is not None:
+            from unleak.decoding.endpoint import EndpointGenerator
+
+            loaded[mkey] = EndpointGenerator(endpoint, load_tokenizer(model_path))
+        elif mkey not in loaded:
             loaded.clear()
             tok = load_tokenizer(model_path)
             model = load_model(model_path, adapter=adapter, merge=merge)
@@ -257,6 +279,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                 "examples": [{"sample": x.id, "answer": t} for x, t in zip(samples[:5], texts[:5])],
                 "seconds": seconds,
                 "evaluated_with": [c.name for c in group],
+                **({"endpoint_model": gen.model_name} if endpoint is not None else {}),
             }
             atomic_write_text(out / "configs" / f"{conf.name}.json", json.dumps(result, indent=1) + "\n")
             done[conf.name] = result
