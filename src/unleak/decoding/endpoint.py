@@ -10,7 +10,8 @@ key's policy. A request is sent as its kind asks:
   (`unleak serve` continues it by itself);
 - `prompt`: the same, parsed into messages when it is a chat-formatted string;
 - `text`: `/v1/completions`, the raw text as the extraction attack sends it
-  (`unleak serve` continues it behind the policy's system prompt; vLLM as is).
+  (`unleak serve` continues it behind the policy's system prompt; vLLM as is,
+  asked not to put a BOS token in front: `add_special_tokens` false).
 
 Greedy requests go out with temperature 0. Results carry the text and its
 tokens under the local `tokenizer` (the served model's: the attack renders
@@ -137,7 +138,9 @@ class EndpointGenerator:
                 choice = resp.choices[0]
                 text = choice.message.content or ""
             else:
-                resp = await client.completions.create(prompt=request.text, extra_body=extra or None, **common)
+                # the attack's text as its tokens, no BOS added (vLLM's add_special_tokens; unleak serve adds none)
+                extra["add_special_tokens"] = False
+                resp = await client.completions.create(prompt=request.text, extra_body=extra, **common)
                 choice = resp.choices[0]
                 text = choice.text or ""
         except openai.APIError as exc:
