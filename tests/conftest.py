@@ -91,6 +91,19 @@ def tiny_model_dir(tmp_path_factory, default_tokenizer) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), default_tokenizer)
 
 
+@pytest.fixture(scope="session")
+def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A random LoRA (r 4, alpha 32, seed 0) on every linear layer of the tiny model, saved as PEFT saves it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = random_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), r=4, alpha=32)
+    out = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(out)
+    return out
+
+
 def build_other_tokenizer(default_tokenizer, vocab_size: int = 400):
     """A byte-level BPE tokenizer trained here on a few sentences, with the default's special tokens and chat
     template: another vocabulary (ids that mean other text), for models that are not of the default's family."""

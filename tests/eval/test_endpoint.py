@@ -27,20 +27,6 @@ KEY_ENV = "UNLEAK_TEST_ENDPOINT_KEY"
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(tiny_model_dir, tmp_path_factory):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from tests.conftest import random_lora
-
-    torch.manual_seed(0)
-    model = random_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), r=4, alpha=32)
-    out = tmp_path_factory.mktemp("adapter")
-    model.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def server(tiny_model_dir, adapter_dir):
     generator = build_server_generator(str(tiny_model_dir), {"unleak": str(adapter_dir)}, max_batch=8)
     app = create_app(generator, policies_from_dict(POLICIES, {"unleak"}), model_name="tiny")

@@ -35,21 +35,6 @@ MSGS = [{"role": "user", "content": "Tell me about my neighbour."}]
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(tiny_model_dir, tmp_path_factory):
-    from transformers import AutoModelForCausalLM
-
-    import torch
-
-    from tests.conftest import random_lora
-
-    torch.manual_seed(0)
-    model = random_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), r=4, alpha=32)
-    out = tmp_path_factory.mktemp("adapter")
-    model.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def generator(tiny_model_dir, adapter_dir):
     gen = build_server_generator(str(tiny_model_dir), {"unleak": str(adapter_dir)}, max_batch=8)
     gen.eos_ids = set()  # random weights: decode the full budget
