@@ -68,6 +68,23 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def read_journal(path: str | Path) -> list[dict[str, Any]]:
+    """The JSON-object rows of an append-only cache written by `append_jsonl` (none if it does not exist); a
+    torn line left by a killed writer is skipped."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    rows = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def append_jsonl(path: str | Path, rows: Iterable[Any]) -> None:
     """Append rows and flush them to disk (resumable caches).
 

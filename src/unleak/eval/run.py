@@ -6,7 +6,9 @@ with a hash of its settings and of `RESULTS_VERSION`, and every answer it gave
 `OUT/answers/NAME.jsonl` just before, so a row of the table can be checked
 answer by answer; a rerun skips
 configurations already done with the same settings (resumable) and recomputes
-those from before a metric was added. The configurations of one model
+those from before a metric was added; within a model's configurations, what
+was generated before an interruption is journaled (`eval.journal`) and not
+generated again. The configurations of one model
 (model, adapter, served) are evaluated together: the model is loaded once,
 every test and attack prompt is prefilled once for all their guidance
 settings (`CFGGenerator.generate_grouped`), the attack's two variants in one
@@ -139,6 +141,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     from unleak.eval.attack import attack_prompts, extraction_attack_success_rate, run_attacks
     from unleak.eval.fluency import answer_fluency, reference_token_ids
     from unleak.eval.leakage import count_pii, generate_answers
+    from unleak.eval.journal import JournaledGenerator
     from unleak.eval.judge import build_judge
     from unleak.eval.utility import (accuracy_with_se, judged_utilities, load_mc_questions, served_generative_answers,
                                      served_multiple_choice_predictions)
@@ -210,7 +213,9 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                 raise UnleakError(f"{model_path}: tokenizer has {len(tok)} tokens but the model's embedding only "
                                   f"{model.get_input_embeddings().num_embeddings}: model/tokenizer mismatch")
             loaded[mkey] = CFGGenerator(model, tok, max_batch_requests=s.batch_size)
-        gen = loaded[mkey]
+        # what this group generates is journaled until its configurations are saved: a rerun resumes it
+        journal = out / "journal" / f"{settings_hash(sorted(keys[c.name] for c in group))}.jsonl"
+        gen = JournaledGenerator(loaded[mkey], journal)
         tok = gen.tokenizer
         # all guidance settings of a model at once: each prompt is prefilled once for all of them
         guidances = [GuidanceConfig(c.guidance_scale, c.cfg_space) for c in group]
@@ -219,6 +224,8 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
             if (model_path, variant) not in attack_sets:
                 attack_sets[model_path, variant] = attack_prompts(test, tok, attack)[: s.attack_limit]
         label = group[0].name if len(group) == 1 else f"{group[0].name} (+{len(group) - 1})"
+        if gen.resumed:
+            label += f" (resumed: {gen.resumed} results journaled)"
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       disable=not progress) as bar:
             leak_task = bar.add_task(f"{label}: test prompts", total=len(samples))
@@ -283,6 +290,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
             }
             atomic_write_text(out / "configs" / f"{conf.name}.json", json.dumps(result, indent=1) + "\n")
             done[conf.name] = result
+        journal.unlink(missing_ok=True)
     if s.reference_template is not None:
         key = settings_hash({k: v for k, v in s.identity().items() if k != "judge"}, str(corpus), RESULTS_VERSION,
                             SAMPLES_VERSION)

@@ -61,7 +61,7 @@ from unleak.config import PairsConfig, PromptConfig, settings_hash
 from unleak.corpus.model import Conversation, fill_placeholder, placeholder_pattern
 from unleak.corpus.store import SPLIT, load_split
 from unleak.errors import UnleakError
-from unleak.jsonl import append_jsonl, atomic_write_jsonl, atomic_write_text
+from unleak.jsonl import append_jsonl, atomic_write_jsonl, atomic_write_text, read_journal
 from unleak.pairs.generators import CandidateGenerator, CandidateRequest
 from unleak.pairs.keep import (complete_sentences, invent_placeholders, keep_pair, keep_requests, noun_phrases,
                                open_with, placeholder_openers, request_key)
@@ -172,16 +172,8 @@ def _seed(base: int, key: str) -> int:
 
 def _read_cache(path: Path) -> dict[str, str]:
     """Generated texts by key; a torn last line (a killed writer) is ignored."""
-    cache: dict[str, str] = {}
-    if not path.is_file():
-        return cache
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-            cache[row["key"]] = row["text"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    return cache
+    return {row["key"]: row["text"] for row in read_journal(path)
+            if isinstance(row.get("key"), str) and isinstance(row.get("text"), str)}
 
 
 def _fingerprint(config: PairsConfig, generator: str, corpus_dir: Path, prompts: PromptConfig) -> str:

@@ -1,0 +1,115 @@
+"""An evaluation's generation, journaled: an interrupted run resumes without generating again what it had."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from unleak.config import GuidanceConfig, SamplingConfig
+from unleak.decoding.generator import GenerationRequest, GenerationResult
+from unleak.eval.journal import CHUNK_BATCHES, JournaledGenerator, request_key
+
+
+class Echo:
+    """A generator that answers each request with its prompt text reversed, and records what it was asked."""
+
+    max_batch_requests = 2
+    tokenizer = "tok"
+
+    def __init__(self, fail_on_call: int | None = None) -> None:
+        self.calls: list[int] = []
+        self.fail_on_call = fail_on_call
+
+    def generate_grouped(self, groups, on_batch=None):
+        self.calls.append(len(groups))
+        if len(self.calls) == self.fail_on_call:
+            raise KeyboardInterrupt
+        out = [[GenerationResult(r.text[::-1], [len(r.text)], "cancelled" if r.text == "x" else "stop",
+                                 r.guidance.guidance_scale, r.guidance.cfg_space, 1) for r in g] for g in groups]
+        if on_batch is not None:
+            on_batch(len(groups))
+        return out
+
+
+def groups_of(texts):
+    return [[GenerationRequest(text=t, guidance=GuidanceConfig(g, "prob"), sampling=SamplingConfig(max_new_tokens=4))
+             for g in (1.0, 3.0)] for t in texts]
+
+
+def test_a_journal_resumes_where_the_generator_stopped(tmp_path):
+    texts = [f"prompt {i}" for i in range(20)]
+    chunk = CHUNK_BATCHES * Echo.max_batch_requests  # 8 groups
+    path = tmp_path / "j.jsonl"
+    broken = JournaledGenerator(Echo(fail_on_call=2), path)
+    assert broken.tokenizer == "tok" and broken.chunk_groups == chunk  # the inner generator's attributes
+    with pytest.raises(KeyboardInterrupt):
+        broken.generate_grouped(groups_of(texts))
+    assert len(path.read_text().splitlines()) == 2 * chunk  # the first chunk, both settings of each prompt
+    with path.open("a") as fh:
+        fh.write('{"key": "torn')  # a writer killed mid-line
+    inner, progress = Echo(), []
+    resumed = JournaledGenerator(inner, path)
+    assert resumed.resumed == 2 * chunk
+    got = resumed.generate_grouped(groups_of(texts), on_batch=progress.append)
+    assert inner.calls == [chunk, len(texts) - 2 * chunk]  # only what the journal lacked, in chunks
+    assert sum(progress) == len(texts)
+    straight = Echo().generate_grouped(groups_of(texts))
+    assert [[(r.text, r.token_ids, r.guidance_scale) for r in g] for g in got] == \
+        [[(r.text, r.token_ids, r.guidance_scale) for r in g] for g in straight]
+    again = Echo()
+    JournaledGenerator(again, path).generate_grouped(groups_of(texts))
+    assert again.calls == []  # everything journaled, the torn line closed and skipped
+    cancelled = Echo()
+    JournaledGenerator(cancelled, path).generate_grouped(groups_of(["x"]))
+    JournaledGenerator(cancelled, path).generate_grouped(groups_of(["x"]))
+    assert cancelled.calls == [1, 1]  # a cancelled result is never journaled
+    a, b = groups_of(["same"])[0]
+    assert request_key(a) != request_key(b) and request_key(a) == request_key(groups_of(["same"])[0][0])
+
+
+def test_an_interrupted_evaluation_resumes_from_its_journal(tiny_model_dir, tmp_path, monkeypatch):
+    from unleak.corpus.store import save_corpus, split_corpus
+    from unleak.corpus.synth import synthesize_corpus
+    from unleak.decoding.generator import CFGGenerator
+    from unleak.eval.run import EvalConfiguration, EvalSettings, run_evaluation
+
+    corpus = save_corpus(tmp_path / "c", synthesize_corpus(10, seed=2), {})
+    split_corpus(corpus, 0.3, seed=0)
+    confs = [EvalConfiguration("g1", str(tiny_model_dir)),
+             EvalConfiguration("g3", str(tiny_model_dir), guidance_scale=3.0, cfg_space="log")]
+    settings = EvalSettings(leakage_max_new_tokens=6, attack_limit=20, batch_size=2,
+                            reference_model=str(tiny_model_dir), reference_template=None)
+    whole = run_evaluation(corpus, confs, tmp_path / "a", settings, progress=False)
+
+    asked: list[int] = []
+    fail_on = [3]
+    original = CFGGenerator.generate_grouped
+
+    def counting(self, groups, on_batch=None):
+        asked.append(len(groups))
+        if len(asked) == fail_on[0]:
+            raise KeyboardInterrupt  # killed in the middle of the attack prompts
+        return original(self, groups, on_batch)
+
+    monkeypatch.setattr(CFGGenerator, "generate_grouped", counting)
+    out = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation(corpus, confs, out, settings, progress=False)
+    [journal] = (out / "journal").glob("*.jsonl")
+    assert not list((out / "configs").glob("*.json")) and len(journal.read_text().splitlines()) > 0
+    before = sum(asked[:2])  # groups generated and journaled before the interruption
+    assert before > 0
+    asked.clear()
+    fail_on[0] = 0
+    resumed = run_evaluation(corpus, confs, out, settings, progress=False)
+    asked_again = sum(asked)
+    asked.clear()
+    run_evaluation(corpus, confs, tmp_path / "c2", settings, progress=False)  # uninterrupted, counted
+    assert asked_again == sum(asked) - before  # only what the interrupted run had not generated
+    assert not journal.exists()  # gone once the configurations are saved
+    for a, b in zip(whole, resumed, strict=True):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+        assert (tmp_path / "a" / "answers" / f"{a['name']}.jsonl").read_text() == \
+            (out / "answers" / f"{a['name']}.jsonl").read_text()
+    assert json.loads((out / "configs" / "g3.json").read_text())["attack"]["attempts"] == 20
