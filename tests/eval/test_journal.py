@@ -107,7 +107,7 @@ def test_an_interrupted_evaluation_resumes_from_its_journal(tiny_model_dir, tmp_
     asked.clear()
     run_evaluation(corpus, confs, tmp_path / "c2", settings, progress=False)  # uninterrupted, counted
     assert asked_again == sum(asked) - before  # only what the interrupted run had not generated
-    assert not journal.exists()  # gone once the configurations are saved
+    assert not journal.parent.exists()  # gone once the configurations are saved
     for a, b in zip(whole, resumed, strict=True):
         assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
         assert (tmp_path / "a" / "answers" / f"{a['name']}.jsonl").read_text() == \

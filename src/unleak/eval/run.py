@@ -291,6 +291,8 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
             atomic_write_text(out / "configs" / f"{conf.name}.json", json.dumps(result, indent=1) + "\n")
             done[conf.name] = result
         journal.unlink(missing_ok=True)
+        if not any(journal.parent.iterdir()):
+            journal.parent.rmdir()
     if s.reference_template is not None:
         key = settings_hash({k: v for k, v in s.identity().items() if k != "judge"}, str(corpus), RESULTS_VERSION,
                             SAMPLES_VERSION)
