@@ -55,6 +55,11 @@ class PromptConfig:
     nudge_prefix: str = NUDGE_PREFIX
 
 
+#: how PII is counted: the original's metric (spaCy NER minus its excluded labels) or stricter
+PIIProfile = Literal["original", "strict"]
+PII_PROFILES: tuple[str, ...] = get_args(PIIProfile)
+
+
 @dataclass(frozen=True)
 class PIIConfig:
     """How PII is counted.
@@ -63,7 +68,7 @@ class PIIConfig:
     `excluded_labels`); `strict` adds pattern recognizers and person-linked dates.
     """
 
-    profile: Literal["original", "strict"] = "original"
+    profile: PIIProfile = "original"
     excluded_labels: tuple[str, ...] = EXCLUDED_NER_LABELS
     #: labels the `strict` profile drops (DATE is kept there when person-linked)
     strict_excluded_labels: tuple[str, ...] = NON_PII_NER_LABELS
@@ -73,6 +78,10 @@ class PIIConfig:
     batch_size: int = 64
     #: processes for the `combined` detector on large batches (forked; 1 = in-process)
     workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.profile not in PII_PROFILES:
+            raise UnleakError(f"profile must be one of {', '.join(PII_PROFILES)}, got {self.profile!r}")
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -66,7 +67,9 @@ from unleak.decoding.generator import (CFGGenerator, GenerationRequest, Generati
 from unleak.errors import UnleakError
 from unleak.serve.batcher import Batcher, BatcherClosed, QueueFull
 from unleak.serve.metrics import ServerMetrics
+from unleak.pii.base import canonical_type
 from unleak.serve.policies import MAX_TOP_LOGPROBS, Policy, PolicySet
+from unleak.serve.redaction import OutputRedactor, StreamRedactor
 
 log = logging.getLogger("unleak.serve")
 
@@ -145,6 +148,7 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
     """The app around `generator`: `max_batch` requests decode at once, `max_queue` wait (then 429); with
     `continuous`, waiting requests join a running batch between decode steps (see `Batcher`)."""
     metrics = ServerMetrics()
+    redactors = output_redactors(policies)
     batcher = Batcher(generator, max_batch=max_batch, max_queue=max_queue, continuous=continuous,
                       on_finish=metrics.observe)
     metrics.watch(batcher)
@@ -252,6 +256,11 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
             for given in inputs for i in range(n)]
         count = len(gen_requests)
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        redactor = redactors.get(policy.redact_output)  # type: ignore[arg-type]
+
+        def count_redacted(labels: Counter) -> None:
+            for label, k in labels.items():
+                metrics.redacted.labels(policy.name, canonical_type(label)).inc(k)
         started = time.time()
         try:
             events = batcher.submit_all(gen_requests, label=policy.name, choices=n)
@@ -307,6 +316,8 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
             return row
 
         if body.stream:
+            filters = [StreamRedactor(redactor) for _ in range(count)] if redactor is not None else None
+
             async def sse() -> Any:
                 if chat:
                     for index in range(count):
@@ -314,7 +325,12 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
                 while len(results) < count:
                     index, kind, payload = await events.get()
                     if kind == "event":
-                        yield _sse({**head, "choices": [choice(index, payload.text, None, payload.logprobs)]})
+                        text = payload.text
+                        if filters is not None:  # whole sentences, filtered, as they complete
+                            text = await asyncio.to_thread(filters[index].feed, text)
+                            if not text:
+                                continue
+                        yield _sse({**head, "choices": [choice(index, text, None, payload.logprobs)]})
                     elif kind == "error":
                         cancel.set()  # the other choices stop too
                         watcher.cancel()
@@ -322,6 +338,11 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
                         break
                     else:
                         results[index] = payload
+                        if filters is not None:
+                            rest = await asyncio.to_thread(filters[index].close)
+                            count_redacted(filters[index].labels)
+                            if rest:
+                                yield _sse({**head, "choices": [choice(index, rest, None, None)]})
                         yield _sse({**head, "choices": [choice(index, None, payload.finish_reason, None)]})
                         if len(results) == count:
                             watcher.cancel()
@@ -342,7 +363,12 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
                 results[index] = payload
         watcher.cancel()
         finish_log()
-        return {**head, "choices": [choice(i, results[i].text, results[i].finish_reason, results[i].logprobs)
+        texts = [results[i].text for i in range(count)]
+        if redactor is not None:
+            for i in range(count):
+                texts[i], labels = await asyncio.to_thread(redactor.redact, texts[i])
+                count_redacted(labels)
+        return {**head, "choices": [choice(i, texts[i], results[i].finish_reason, results[i].logprobs)
                                     for i in range(count)], "usage": usage()}
 
     @app.post("/v1/chat/completions")
@@ -374,6 +400,17 @@ def create_app(generator: CFGGenerator, policies: PolicySet, model_name: str = "
                             chat=False)
 
     return app
+
+
+def output_redactors(policies: PolicySet) -> dict[str, OutputRedactor]:
+    """An output filter per PII profile that some policy's `redact_output` names (its detector loaded once)."""
+    from unleak.config import REDACT_TYPE_NAMES, CandidateConfig, PIIConfig
+    from unleak.pii.base import detector_for_profile
+
+    profiles = {p.redact_output for p in policies.policies.values() if p.redact_output is not None}
+    return {profile: OutputRedactor(detector_for_profile(PIIConfig(profile=profile)),  # type: ignore[arg-type]
+                                    CandidateConfig().redact_template, REDACT_TYPE_NAMES)
+            for profile in sorted(profiles)}
 
 
 def _sse(data: dict[str, Any]) -> str:

@@ -4,7 +4,8 @@ Per policy: requests by how they ended (`unleak_requests_total{policy,
 finish}`: one per choice; `finish` is stop, length, cancelled or error),
 calls refused before queueing (`unleak_rejected_requests_total{policy,
 reason}`: queue_full, shutting_down), prompt and completion tokens, and the
-latency, queueing time and time to first token as histograms. Gauges: requests
+latency, queueing time and time to first token as histograms, and the PII
+spans the output filter replaced (`unleak_redacted_spans_total{policy, type}`). Gauges: requests
 waiting and decoding now. Each app has a registry of its own (several apps
 in one process, as in the tests, do not collide). No prompt or completion
 text, and no API key, is ever a label.
@@ -41,6 +42,8 @@ class ServerMetrics:
                                 buckets=TIME_BUCKETS, registry=reg)
         self.first_token = Histogram("unleak_time_to_first_token_seconds", "From queueing to the first text",
                                      ["policy"], buckets=TIME_BUCKETS, registry=reg)
+        self.redacted = Counter("unleak_redacted_spans", "PII spans the output filter replaced (policies with "
+                                 "redact_output), by policy and PII type", ["policy", "type"], registry=reg)
 
     def watch(self, batcher: Batcher) -> None:
         Gauge("unleak_queued_requests", "Requests waiting to decode", registry=self.registry).set_function(

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from unleak.config import GuidanceConfig, config_from_dict
+from unleak.config import PII_PROFILES, GuidanceConfig, config_from_dict
 from unleak.errors import UnleakError
 
 #: the most alternatives per token a request may ask for (OpenAI's limit)
@@ -50,6 +50,10 @@ class Policy:
     #: position where the defence wrote a placeholder can name the value it held back; k (0-20): allowed,
     #: with at most k alternatives per token (0: the chosen tokens' own only)
     max_top_logprobs: int | None = None
+    #: an output filter behind the defence (not the method): the PII profile ("original", "strict") whose
+    #: detector runs on every answer, what it finds replaced by `[REDACTED TYPE]` (`unleak.serve.redaction`);
+    #: None: answers leave as the model wrote them
+    redact_output: str | None = None
 
     def __post_init__(self) -> None:
         from unleak.decoding.generator import negative_adapter_for
@@ -60,6 +64,13 @@ class Policy:
             raise UnleakError("max_tokens must be >= 1")
         if self.max_top_logprobs is not None and not 0 <= self.max_top_logprobs <= MAX_TOP_LOGPROBS:
             raise UnleakError(f"max_top_logprobs must be 0-{MAX_TOP_LOGPROBS} or null, got {self.max_top_logprobs}")
+        if self.redact_output is not None:
+            if self.redact_output not in PII_PROFILES:
+                raise UnleakError(f"redact_output must be one of {', '.join(PII_PROFILES)} or null, got "
+                                  f"{self.redact_output!r}")
+            if self.max_top_logprobs is not None:
+                raise UnleakError("redact_output and max_top_logprobs exclude each other: the tokens' "
+                                  "log-probabilities would show what the filter replaced")
 
 
 def key_hash(key: str) -> str:
