@@ -23,6 +23,10 @@ decode in the same batch; with a `seed`, choice i samples with seed + i, so a
 call is reproducible choice by choice. Usage counts the prompt once and the
 completion tokens of every choice (as OpenAI does).
 
+A policy may filter its answers (`redact_output`, `unleak.serve.redaction`):
+PII its profile's detector finds becomes `[REDACTED TYPE]`, whole answers and
+streams alike (a stream releases each sentence once it is complete).
+
 Privacy by default: prompts and completions are never logged; a log line
 carries request id, policy, token counts, finish reason and latency.
 

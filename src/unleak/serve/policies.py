@@ -6,6 +6,7 @@ A YAML file:
 policies:
   public:             {adapter: unleak, guidance_scale: 3.0, cfg_space: prob, max_tokens: 512}
   public-contrast:    {adapter: unleak, guidance_scale: 3.0, negative: base}
+  public-filtered:    {adapter: unleak, guidance_scale: 3.0, redact_output: strict}
   internal-analytics: {adapter: null, guidance_scale: 1.0, allow_override: true, max_top_logprobs: 5}
 keys:                 # API key -> policy (plain keys: fine for tests, prefer hashes)
   sk-public-demo: public
