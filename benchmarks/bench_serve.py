@@ -28,26 +28,35 @@ TOPICS = ["moving to a new city", "a job interview", "a healthy breakfast", "sav
           "a birthday party", "learning Spanish", "a road trip", "a noisy neighbour"]
 
 
-async def load(url: str, clients: int, max_tokens: int) -> dict:
-    c = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-bench", max_retries=0, timeout=3600)
+async def load(url: str, clients: int, max_tokens: int, key: str = "sk-bench") -> dict:
+    """`clients` streaming requests fired together: requests/s, latency p50/p95, the first text's p50."""
+    c = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=3600)
 
-    async def one(i: int) -> float:
+    async def one(i: int) -> tuple[float, float]:
         t = time.perf_counter()
+        first = None
         stream = await c.chat.completions.create(
             model="default", stream=True, max_tokens=max_tokens,
             messages=[{"role": "user", "content": f"Give me two tips about {TOPICS[i % len(TOPICS)]}."}])
-        async for _ in stream:
-            pass
-        return time.perf_counter() - t
+        async for chunk in stream:
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = time.perf_counter() - t
+        done = time.perf_counter() - t
+        return done, done if first is None else first
 
     start = time.perf_counter()
-    results = await asyncio.gather(*(one(i) for i in range(clients)), return_exceptions=True)
+    try:
+        results = await asyncio.gather(*(one(i) for i in range(clients)), return_exceptions=True)
+    finally:
+        await c.close()  # inside this event loop (asyncio.run closes it afterwards)
     wall = time.perf_counter() - start
-    lat = sorted(r for r in results if isinstance(r, float))
+    ok = [r for r in results if isinstance(r, tuple)]
+    lat = sorted(r[0] for r in ok)
     errors = sum(isinstance(r, Exception) for r in results)
     return {"wall_s": round(wall, 2), "requests_per_s": round(len(lat) / wall, 3),
             "p50_s": round(statistics.median(lat), 2) if lat else None,
-            "p95_s": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 2) if lat else None, "errors": errors}
+            "p95_s": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 2) if lat else None,
+            "first_text_p50_s": round(statistics.median(r[1] for r in ok), 2) if ok else None, "errors": errors}
 
 
 def main() -> None:
