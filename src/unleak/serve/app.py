@@ -69,9 +69,9 @@ from unleak.config import GuidanceConfig, SamplingConfig
 from unleak.decoding.generator import (CFGGenerator, GenerationRequest, GenerationResult, TokenLogprob,
                                        negative_adapter_for)
 from unleak.errors import UnleakError
+from unleak.pii.base import canonical_type
 from unleak.serve.batcher import Batcher, BatcherClosed, QueueFull
 from unleak.serve.metrics import ServerMetrics
-from unleak.pii.base import canonical_type
 from unleak.serve.policies import MAX_TOP_LOGPROBS, Policy, PolicySet
 from unleak.serve.redaction import OutputRedactor, StreamRedactor
 
