@@ -121,3 +121,19 @@ def test_eval_run_cli_refuses_settings_an_endpoint_owns(tmp_path):
     bad = run_cli(*common, "--name", "x")
     assert bad.returncode != 0 and "options of --endpoint" in bad.stderr
     assert not (tmp_path / "e").exists()
+
+
+def test_eval_run_cli_measures_a_deployment(server, corpus, tiny_model_dir, tmp_path):
+    import os
+
+    from tests.test_cli import run_cli
+
+    out = tmp_path / "e"
+    done = run_cli("eval", "run", "--endpoint", server, "--api-key-env", KEY_ENV, "--model", str(tiny_model_dir),
+                   "--corpus", str(corpus), "--name", "public", "--test-limit", "3", "--attack-limit", "2",
+                   "--max-new-tokens", "4", "--reference-model", str(tiny_model_dir), "--out", str(out),
+                   env={**os.environ, KEY_ENV: "sk-public"})
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "configs" / "public.json").read_text())
+    assert result["endpoint_model"] == "tiny" and result["attack"]["attempts"] == 2 and result["test_prompts"] == 3
+    assert "| public |" in (out / "report.md").read_text()
