@@ -35,6 +35,19 @@ from unleak.decoding.generator import GenerationRequest, GenerationResult
 from unleak.errors import UnleakError
 
 
+#: vLLM's chat extension that continues a final assistant message instead of opening a new one
+CONTINUE_FINAL_MESSAGE = {"continue_final_message": True, "add_generation_prompt": False}
+
+
+def async_client(base_url: str | None, api_key_env: str, timeout: float, max_retries: int) -> Any:
+    """An `openai.AsyncOpenAI` for an OpenAI-compatible endpoint, its key read from `$api_key_env` ("EMPTY"
+    without one: local servers take any); the key stays in the client, never printed or logged."""
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI(api_key=os.environ.get(api_key_env) or "EMPTY", base_url=base_url, timeout=timeout,
+                       max_retries=max_retries)
+
+
 def endpoint_key_id(config: EndpointConfig) -> str | None:
     """A short digest of the API key the endpoint is called with (None without one): with `unleak serve` the
     key picks the policy, so cached results are keyed by it; the key itself is never stored."""
@@ -59,10 +72,7 @@ class EndpointGenerator:
     def _client(self) -> Any:
         if self._client_factory is not None:
             return self._client_factory()
-        from openai import AsyncOpenAI
-
-        return AsyncOpenAI(api_key=os.environ.get(self.config.api_key_env) or "EMPTY", base_url=self.config.url,
-                           timeout=self.config.timeout_s, max_retries=self.config.max_retries)
+        return async_client(self.config.url, self.config.api_key_env, self.config.timeout_s, self.config.max_retries)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         return [group[0] for group in self.generate_grouped([[r] for r in requests])]
@@ -133,7 +143,7 @@ class EndpointGenerator:
         try:
             if messages is not None:
                 if messages[-1]["role"] == "assistant":  # a half-written answer, continued
-                    extra |= {"continue_final_message": True, "add_generation_prompt": False}
+                    extra |= CONTINUE_FINAL_MESSAGE
                 resp = await client.chat.completions.create(messages=messages, extra_body=extra or None, **common)
                 choice = resp.choices[0]
                 text = choice.message.content or ""

@@ -106,11 +106,9 @@ class OpenAICandidateGenerator:
                               "of a local server)")
 
     def _client(self) -> Any:
-        from openai import AsyncOpenAI
+        from unleak.decoding.endpoint import async_client
 
-        # The key stays in the client object; it is never printed or logged here.
-        return AsyncOpenAI(api_key=os.environ.get(self.api_key_env) or "EMPTY", base_url=self.base_url,
-                           timeout=self.timeout, max_retries=self.max_retries)
+        return async_client(self.base_url, self.api_key_env, self.timeout, self.max_retries)
 
     def generate(self, requests: Sequence[CandidateRequest]) -> list[str]:
         return asyncio.run(self._generate_all(list(requests)))
@@ -125,7 +123,9 @@ class OpenAICandidateGenerator:
         async def one(r: CandidateRequest) -> str:
             extra: dict[str, Any] = {}
             if r.continue_final:
-                extra = {"continue_final_message": True, "add_generation_prompt": False}
+                from unleak.decoding.endpoint import CONTINUE_FINAL_MESSAGE
+
+                extra = dict(CONTINUE_FINAL_MESSAGE)
             async with limit:
                 try:
                     resp = await client.chat.completions.create(
