@@ -58,20 +58,16 @@ def endpoint_key_id(config: EndpointConfig) -> str | None:
 class EndpointGenerator:
     """Decodes `GenerationRequest`s on an OpenAI-compatible endpoint (see the module docstring)."""
 
-    def __init__(self, config: EndpointConfig, tokenizer: Any, client_factory: Callable[[], Any] | None = None
-                 ) -> None:
+    def __init__(self, config: EndpointConfig, tokenizer: Any) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.model_name = config.model
-        self._client_factory = client_factory
 
     @property
     def name(self) -> str:
         return f"{self.model_name or '?'}@{self.config.url}"
 
     def _client(self) -> Any:
-        if self._client_factory is not None:
-            return self._client_factory()
         return async_client(self.config.url, self.config.api_key_env, self.config.timeout_s, self.config.max_retries)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
