@@ -24,6 +24,10 @@ def test_quick_demo_runs_caches_and_reruns_only_what_changed(tmp_path, default_m
     report = (out / "report.md").read_text()
     assert "| leaky |" in report and "Wall times" in report
     assert json.loads((out / "results.json").read_text())["rows"][1]["configuration"] == "leaky"
+    # the targets, checked on this run's rows (the method's: g = 3, probability space)
+    targets = json.loads((out / "results.json").read_text())["targets"]
+    assert targets == result["targets"] and len(targets) == 6 and "`orpo-plain-g3-prob`" in report
+    assert all(f"| {t['target']} | {t['value']} |" in report for t in targets)
     assert (out / "pairs" / "pairs_cfg.jsonl").read_text().strip()
     assert (out / "orpo" / "plain" / "adapter" / "adapter_config.json").is_file()
     pairs = [json.loads(x) for x in (out / "pairs" / "pairs.jsonl").read_text().splitlines()]

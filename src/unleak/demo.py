@@ -39,7 +39,7 @@ from typing import Any
 from rich.console import Console
 
 from unleak.config import (CFG_SPACES, CandidateConfig, JudgeConfig, KeepConfig, LoraSettings, OrpoSettings,
-                           PairsConfig, SftSettings, settings_hash)
+                           PairsConfig, SftSettings, TargetsConfig, settings_hash)
 from unleak.errors import UnleakError
 from unleak.eval.run import EvalConfiguration, EvalSettings, guided_name
 from unleak.jsonl import atomic_write_text
@@ -124,6 +124,8 @@ class DemoConfig:
     mmlu_format: str = EvalSettings.mmlu_format
     #: generative utility: answer length and judge (default: offline, by matching the choices)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    #: the targets the report checks the method's row against (its guidance scale and space among them)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
 
     def __post_init__(self) -> None:
         if self.corpus is not None and not Path(self.corpus).exists():
@@ -218,7 +220,8 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     from unleak.corpus.store import (copy_corpus, corpus_digest, corpus_stats, load_corpus, save_corpus,
                                      split_corpus)
     from unleak.corpus.synth import synthesize_corpus
-    from unleak.eval.report import print_table, write_report
+    from unleak.eval.report import load_results, print_table, summary_rows, write_report
+    from unleak.eval.targets import check_targets, targets_markdown
     from unleak.eval.run import RESULTS_VERSION, configuration_identity, run_evaluation
     from unleak.eval.utility import default_mmlu_file
     from unleak.models import resolve_model_path
@@ -310,10 +313,23 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
                 + f"; stages {times['stages']:.0f}, this run {times['this_run']:.0f}"
                 + (f" (cached: {', '.join(stages.cached)})" if stages.cached else "") + ".")
     console.rule("stage 6/6: report")
-    report = write_report(evaluation, title="unleak demo", preamble=preamble, reference="leaky")
+    method = guided_name(f"orpo-{c.variant}", c.targets.guidance_scale, c.targets.cfg_space)
+    checks = check_targets(summary_rows(load_results(evaluation), "leaky"), method, c.targets,
+                           minutes=times["stages"] / 60)
+    appendix = ("Targets (the method's row, `" + method + "`, against the leaky model; the run's time is its "
+                "stages' on this machine, cached ones' from when they ran):\n\n" + targets_markdown(checks)
+                if checks else "")
+    report = write_report(evaluation, title="unleak demo", preamble=preamble, reference="leaky", appendix=appendix,
+                          extra={"targets": checks})
     shutil.copy(evaluation / "report.md", out / "report.md")
     for p in report["plots"]:
         shutil.copy(p, out / Path(p).name)
     shutil.copy(evaluation / "results.json", out / "results.json")
     print_table(report["rows"] + report["reference_rows"])
-    return {"report": str(out / "report.md"), "rows": report["rows"], "times": times}
+    if checks:  # with the table, on stdout
+        results_console = Console(soft_wrap=True)
+        results_console.print(f"targets ({method}):", markup=False, highlight=False)
+        for check in checks:
+            state = {True: "met", False: "MISSED", None: "-"}[check["met"]]
+            results_console.print(f"  {state:6} {check['target']}: {check['value']}", markup=False, highlight=False)
+    return {"report": str(out / "report.md"), "rows": report["rows"], "times": times, "targets": checks}

@@ -224,7 +224,10 @@ def plot_tradeoff(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
 
 
 def write_report(out_dir: str | Path, title: str = "unleak evaluation", preamble: str = "",
-                 reference: str | None = None) -> dict[str, Any]:
+                 reference: str | None = None, appendix: str = "", extra: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    """`report.md` (title, preamble, the table, `appendix`, the plots), `results.json` (rows, results, reference
+    rows and `extra`) and the PNG plots of the evaluated configurations in `out_dir`."""
     out = Path(out_dir)
     results = load_results(out)
     rows = summary_rows(results, reference)
@@ -253,9 +256,12 @@ def write_report(out_dir: str | Path, title: str = "unleak evaluation", preamble
              "a perfect redaction of them, score on the same counts." if references else "")
           + (f" Answer perplexity under `{fluency_models.pop()}`." if len(fluency_models) == 1 else ""), "",
           markdown_table(rows + references)]
+    if appendix:
+        md += [appendix]
     md += [f"![{p.stem}]({p.name})" for p in plots]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
     atomic_write_text(out / "results.json", json.dumps({"rows": rows, "results": results,
-                                                         "reference_rows": references}, indent=1) + "\n")
+                                                         "reference_rows": references, **(extra or {})},
+                                                        indent=1) + "\n")
     return {"rows": rows, "reference_rows": references, "report": str(out / "report.md"),
             "plots": [str(p) for p in plots]}
