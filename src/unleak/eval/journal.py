@@ -36,8 +36,7 @@ def request_key(request: GenerationRequest) -> str:
 
 
 def _row(key: str, r: GenerationResult) -> dict[str, Any]:
-    return {"key": key, "text": r.text, "token_ids": r.token_ids, "finish_reason": r.finish_reason,
-            "guidance_scale": r.guidance_scale, "cfg_space": r.cfg_space, "prompt_tokens": r.prompt_tokens}
+    return {"key": key, **r.as_dict(), "prompt_tokens": r.prompt_tokens}
 
 
 def _result(row: dict[str, Any]) -> GenerationResult:
