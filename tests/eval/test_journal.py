@@ -113,3 +113,76 @@ def test_an_interrupted_evaluation_resumes_from_its_journal(tiny_model_dir, tmp_
         assert (tmp_path / "a" / "answers" / f"{a['name']}.jsonl").read_text() == \
             (out / "answers" / f"{a['name']}.jsonl").read_text()
     assert json.loads((out / "configs" / "g3.json").read_text())["attack"]["attempts"] == 20
+
+
+class Interrupting:
+    """A model that counts its forward calls and is killed at call `fail_at` (0: never)."""
+
+    def __init__(self, model, fail_at: int = 0) -> None:
+        self.model, self.fail_at, self.calls = model, fail_at, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise KeyboardInterrupt
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def test_multiple_choice_scoring_resumes_from_its_journal(tiny_model_dir, adapter_dir, tmp_path):
+    """Cloze and letters, killed mid-pass: the rerun scores only the batches the journal lacks and returns
+    exactly what an uninterrupted pass does; each negative branch (adapter on or off) keeps its own scores."""
+    from unleak.chat import system_header_ids
+    from unleak.config import PromptConfig
+    from unleak.eval.utility import (multiple_choice_cloze_scores, multiple_choice_letter_logprobs,
+                                     served_multiple_choice_predictions)
+    from unleak.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = load_model(str(tiny_model_dir), adapter=str(adapter_dir), merge=False)
+    qs = [{"subject": "s", "question": f"Which is {'x' * (i + 1)}?", "answer": i % 4,
+           "choices": ["one", "two words", "three more words", "four"][: 3 + i % 2]} for i in range(10)]
+    prompts = PromptConfig()
+    heads = [system_header_ids(tok, prompts.positive), system_header_ids(tok, prompts.negative)]
+    guidances = [GuidanceConfig(1.0), GuidanceConfig(3.0, "prob"), GuidanceConfig(3.0, "log")]
+
+    def cloze(m, journal=None):
+        return multiple_choice_cloze_scores(m, tok, qs, guidances, heads, batch_size=16, progress=False,
+                                            journal=journal)
+
+    def letters(m, journal=None):
+        return multiple_choice_letter_logprobs(m, tok, qs, batch_size=3, progress=False, head=heads[0],
+                                               journal=journal)
+
+    for score, calls_per_batch in ((cloze, 2), (letters, 1)):
+        straight = Interrupting(model)
+        whole = score(straight, tmp_path / f"{score.__name__}-whole.jsonl")
+        batches = len((tmp_path / f"{score.__name__}-whole.jsonl").read_text().splitlines())
+        prefix = straight.calls - calls_per_batch * batches  # letters: the shared prefix, once
+        assert batches >= 3 and prefix == (score is letters)
+        path = tmp_path / f"{score.__name__}.jsonl"
+        killed = Interrupting(model, fail_at=straight.calls - calls_per_batch + 1)  # in the last batch
+        with pytest.raises(KeyboardInterrupt):
+            score(killed, path)
+        assert len(path.read_text().splitlines()) == batches - 1
+        resumed = Interrupting(model)
+        assert score(resumed, path) == whole == score(model)  # the journal's floats are the pass's own
+        assert resumed.calls == prefix + calls_per_batch  # only the last batch
+        again = Interrupting(model)
+        assert score(again, path) == whole and again.calls == 0
+        other = Interrupting(model)
+        assert len(multiple_choice_cloze_scores(other, tok, qs[:4], guidances, heads, batch_size=8,
+                                                progress=False, journal=path)[0]) == 4
+        assert other.calls > 0  # another pass (other questions) does not take this one's scores
+
+    # the negative branch with and without the adapter, in one journal: each keeps its own scores
+    served = [GuidanceConfig(1.0), GuidanceConfig(5.0, "log"), GuidanceConfig(5.0, "log")]
+    for fmt in ("cloze", "letters"):
+        kwargs = {"batch_size": 8, "progress": False, "mc_format": fmt, "negative_adapter": [True, True, False]}
+        plain = served_multiple_choice_predictions(model, tok, qs, served, prompts, **kwargs)
+        assert plain[1] != plain[2]
+        path = tmp_path / f"served-{fmt}.jsonl"
+        assert served_multiple_choice_predictions(model, tok, qs, served, prompts, journal=path, **kwargs) == \
+            plain == served_multiple_choice_predictions(model, tok, qs, served, prompts, journal=path, **kwargs)

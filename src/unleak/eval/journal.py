@@ -1,4 +1,4 @@
-"""`JournaledGenerator`: an evaluation's generation made resumable.
+"""`JournaledGenerator` and `BatchJournal`: an evaluation's generation and scoring made resumable.
 
 A model's configurations are evaluated together and saved when all are done,
 which on the LLM-PC data is thousands of attack prompts per model. This wrapper
@@ -9,6 +9,13 @@ evaluation takes what the journal holds and decodes only the rest. Chunks are a
 whole number of the generator's batches, so an uninterrupted run decodes the
 same batches as without the journal. The evaluation deletes a journal once its
 configurations are saved.
+
+`BatchJournal` does the same for a batched scoring pass (multiple-choice
+questions, `eval.utility`): each finished batch's scores are appended under a
+hash of everything the pass depends on, and a rerun of the same pass skips the
+batches journaled. The batches are drawn before the journal is read, so a
+resumed pass scores the same batches, and gives the same numbers, as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -82,3 +89,24 @@ class JournaledGenerator:
                         rows.append(_row(key, result))
             append_jsonl(self.path, rows)
         return [[self.done[k] for k in ks] for ks in keys]
+
+
+class BatchJournal:
+    """The finished batches of one scoring pass, keyed by `key` (a hash of what the pass depends on: its model's
+    inputs, heads, guidance settings, batch size) in the journal at `path`; `path=None`: nothing journaled."""
+
+    def __init__(self, path: str | Path | None, *key_parts: Any) -> None:
+        self.path = Path(path) if path is not None else None
+        self.key = settings_hash(*key_parts)
+        self.done: dict[int, Any] = {}
+        if self.path is not None:
+            for row in read_journal(self.path):
+                if row.get("pass") == self.key and isinstance(row.get("batch"), int) and "scores" in row:
+                    self.done[row["batch"]] = row["scores"]
+
+    def put(self, batch: int, scores: Any) -> None:
+        """Record batch number `batch`'s `scores` (JSON-able)."""
+        self.done[batch] = scores
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            append_jsonl(self.path, [{"pass": self.key, "batch": batch, "scores": scores}])

@@ -7,8 +7,8 @@ with a hash of its settings and of `RESULTS_VERSION`, and every answer it gave
 answer by answer; a rerun skips
 configurations already done with the same settings (resumable) and recomputes
 those from before a metric was added; within a model's configurations, what
-was generated before an interruption is journaled (`eval.journal`) and not
-generated again. The configurations of one model
+was generated or scored (multiple choice) before an interruption is journaled
+(`eval.journal`) and not done again. The configurations of one model
 (model, adapter, served) are evaluated together: the model is loaded once,
 every test and attack prompt is prefilled once for all their guidance
 settings (`CFGGenerator.generate_grouped`), the attack's two variants in one
@@ -215,6 +215,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
             loaded[mkey] = CFGGenerator(model, tok, max_batch_requests=s.batch_size)
         # what this group generates is journaled until its configurations are saved: a rerun resumes it
         journal = out / "journal" / f"{settings_hash(sorted(keys[c.name] for c in group))}.jsonl"
+        scores_journal = journal.with_suffix(".scores.jsonl")  # the multiple-choice scoring's batches
         gen = JournaledGenerator(loaded[mkey], journal)
         tok = gen.tokenizer
         # all guidance settings of a model at once: each prompt is prefilled once for all of them
@@ -256,7 +257,8 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
             predictions = served_multiple_choice_predictions(gen.model, tok, questions, guidances,
                                                              gen.prompts if served else None, s.batch_size,
                                                              progress=progress, mc_format=s.mmlu_format,
-                                                             negative_adapter=[c.negative == "adapter" for c in group])
+                                                             negative_adapter=[c.negative == "adapter" for c in group],
+                                                             journal=scores_journal)
             utility_seconds = round(time.time() - t0, 1)  # the group's: its settings share the scoring
             utilities = [{**accuracy_with_se(correct), "format": s.mmlu_format, "correct": correct,
                           "seconds": utility_seconds}
@@ -291,7 +293,8 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
             atomic_write_text(out / "configs" / f"{conf.name}.json", json.dumps(result, indent=1) + "\n")
             done[conf.name] = result
         journal.unlink(missing_ok=True)
-        if not any(journal.parent.iterdir()):
+        scores_journal.unlink(missing_ok=True)
+        if journal.parent.is_dir() and not any(journal.parent.iterdir()):
             journal.parent.rmdir()
     if s.reference_template is not None:
         key = settings_hash({k: v for k, v in s.identity().items() if k != "judge"}, str(corpus), RESULTS_VERSION,

@@ -43,6 +43,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from unleak.chat import render_prompt, system_header_ids
 from unleak.config import MC_FORMATS, GuidanceConfig, JudgeConfig, PromptConfig, SamplingConfig
 from unleak.decoding.cfg import cfg_mix, cfg_scores
 from unleak.errors import UnleakError
+from unleak.eval.journal import BatchJournal
 from unleak.eval.judge import VERDICTS, Judge, JudgeItem, Verdict, answer_request
 from unleak.models import output_cache, package_data_file
 
@@ -165,7 +167,8 @@ def _common_prefix(seqs: list[list[int]]) -> int:
 def multiple_choice_letter_logprobs(model: Any, tokenizer: Any, questions: list[dict[str, Any]],
                                     batch_size: int = 16, max_length: int = 2048,
                                     progress: bool = True, share_prefix: bool = True,
-                                    head: Sequence[int] = ()) -> list[list[float]]:
+                                    head: Sequence[int] = (), journal: str | Path | None = None,
+                                    branch: str = "") -> list[list[float]]:
     """Log-probabilities of the choice letters at the answer position, per question.
 
     `head`: token ids put in front of every question (a served model's system
@@ -177,7 +180,9 @@ def multiple_choice_letter_logprobs(model: Any, tokenizer: Any, questions: list[
     header saved more tokens but cost more in smaller batches). The rest of
     each prompt is left-padded after the shared prefix; masking and position
     ids make the result equal to scoring each prompt alone.
-    `share_prefix=False` scores whole prompts (for comparison).
+    `share_prefix=False` scores whole prompts (for comparison). `journal`: as
+    `multiple_choice_cloze_scores`'; `branch` names what else the scores
+    depend on, for its key (e.g. a negative branch run without the adapter).
     """
     import copy
 
@@ -199,12 +204,18 @@ def multiple_choice_letter_logprobs(model: Any, tokenizer: Any, questions: list[
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         shared = _common_prefix(prompts) if share_prefix and len(prompts) > 1 else 0
+        done = BatchJournal(journal, "letters", branch, prompts, letters, batch_size, shared)
         prefix_cache = None
-        if shared:
+        if shared and len(done.done) < len(batches):
             head = torch.tensor([prompts[batches[0][0]][:shared]], device=device)
             first = model(input_ids=head, cache=DynamicCache(config=config), use_cache=True, logits_to_keep=1)
             prefix_cache = output_cache(first)
-        for idx in batches:
+        for b, idx in enumerate(batches):
+            if b in done.done:  # scored before an interruption
+                for j, scores in zip(idx, done.done[b], strict=True):
+                    out[j] = scores
+                bar.advance(task, len(idx))
+                continue
             rest = [prompts[j][shared:] for j in idx]
             width = max(len(r) for r in rest)
             ids = torch.tensor([[pad] * (width - len(r)) + r for r in rest], device=device)
@@ -220,6 +231,7 @@ def multiple_choice_letter_logprobs(model: Any, tokenizer: Any, questions: list[
             logp = torch.log_softmax(logits, dim=-1)
             for row, j in enumerate(idx):
                 out[j] = logp[row, letters[len(questions[j]["choices"])]].tolist()
+            done.put(b, [out[j] for j in idx])
             bar.advance(task, len(idx))
     return out
 
@@ -271,8 +283,8 @@ def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dic
                                  guidances: Sequence[GuidanceConfig], heads: Sequence[Sequence[int]] = ((),),
                                  batch_size: int = 16, max_length: int = 2048,
                                  progress: bool = True, head_adapters: Sequence[str] | None = None,
-                                 negative_heads: Sequence[int | None] | None = None
-                                 ) -> list[list[list[tuple[int, float]]]]:
+                                 negative_heads: Sequence[int | None] | None = None,
+                                 journal: str | Path | None = None) -> list[list[list[tuple[int, float]]]]:
     """Each choice's score as its text follows the cloze prompt, per guidance setting:
     ``scores[setting][question][choice] = (-tokens outside the support, log-likelihood per character)``,
     compared as tuples: the highest is the served model's choice.
@@ -299,6 +311,10 @@ def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dic
     `max_length` with their head and longest choice. `head_adapters`: on a
     `peft.PeftModel`, the adapter each branch's rows run with (`"__base__"`:
     none; PEFT's per-row `adapter_names`); None: the model as it is.
+    `journal`: a file each finished batch's scores are appended to
+    (`eval.journal.BatchJournal`), so the same pass on the same model, run
+    again after an interruption, scores only the batches it lacks (the
+    caller keys the file by model).
     """
     from rich.progress import Progress
     from transformers import DynamicCache
@@ -331,9 +347,17 @@ def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dic
             batches[-1].append(i)
         else:
             batches.append([i])
+    done = BatchJournal(journal, "cloze", contexts, choices, [list(h) for h in heads], head_adapters,
+                        [asdict(g) for g in guidances], list(negative_heads), batch_size, max_length)
     with Progress(disable=not progress) as bar:
         task = bar.add_task("multiple choice (cloze)", total=len(questions))
-        for idx in batches:
+        for b, idx in enumerate(batches):
+            if b in done.done:  # scored before an interruption
+                for s, per_setting in enumerate(done.done[b]):
+                    for j, question_scores in zip(idx, per_setting, strict=True):
+                        out[s][j] = [tuple(x) for x in question_scores]
+                bar.advance(task, len(idx))
+                continue
             n = len(choices[idx[0]])
             longest = max(len(c) for j in idx for c in choices[j])
             rows = []  # branch-major: all questions behind head 0, then behind head 1
@@ -375,6 +399,7 @@ def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dic
                 outside = (counted & ~inside).sum(-1)
                 for r, (total, missing) in enumerate(zip(totals.tolist(), outside.tolist())):
                     out[s][idx[r // n]].append((-int(missing), total / chars[r]))
+            done.put(b, [[out[s][j] for j in idx] for s in range(len(guidances))])
             bar.advance(task, len(idx))
     return out
 
@@ -383,7 +408,8 @@ def served_multiple_choice_predictions(model: Any, tokenizer: Any, questions: li
                                        guidances: Sequence[GuidanceConfig], prompts: PromptConfig | None,
                                        batch_size: int = 16, max_length: int = 2048,
                                        progress: bool = True, mc_format: str = "letters",
-                                       negative_adapter: bool | Sequence[bool] = True) -> list[list[int]]:
+                                       negative_adapter: bool | Sequence[bool] = True,
+                                       journal: str | Path | None = None) -> list[list[int]]:
     """The predicted choice per question under each of `guidances`, for a model as it is served.
 
     `prompts`: each question behind the positive system prompt's header (and,
@@ -397,6 +423,7 @@ def served_multiple_choice_predictions(model: Any, tokenizer: Any, questions: li
     (a `peft.PeftModel`): the negative branch runs without the adapter, as
     `CFGGenerator(negative_adapter=False)` decodes; one value per setting
     mixes both kinds of negative branch, the positive one scored once.
+    `journal`: a file the scoring resumes from (see `multiple_choice_cloze_scores`).
     """
     if mc_format not in MC_FORMATS:
         raise UnleakError(f"unknown multiple-choice format {mc_format!r} (use one of {', '.join(MC_FORMATS)})")
@@ -419,15 +446,17 @@ def served_multiple_choice_predictions(model: Any, tokenizer: Any, questions: li
         heads = [pos_head] + [neg_head] * len(kinds)
         scores = multiple_choice_cloze_scores(model, tokenizer, questions, guidances, heads, batch_size, max_length,
                                               progress, head_adapters=adapters,
-                                              negative_heads=[None if k is None else k + 1 for k in negative_of])
+                                              negative_heads=[None if k is None else k + 1 for k in negative_of],
+                                              journal=journal)
         return [[max(range(len(s)), key=s.__getitem__) for s in per_setting] for per_setting in scores]
     pos = multiple_choice_letter_logprobs(model, tokenizer, questions, batch_size, max_length, progress,
-                                          head=pos_head)
+                                          head=pos_head, journal=journal, branch="positive")
     negs = []
     for kind in kinds:
         with contextlib.nullcontext() if kind else model.disable_adapter():
             negs.append(multiple_choice_letter_logprobs(model, tokenizer, questions, batch_size, max_length,
-                                                        progress, head=neg_head))
+                                                        progress, head=neg_head, journal=journal,
+                                                        branch=f"negative, adapter {'on' if kind else 'off'}"))
     return [[guided_choice(pos[i], negs[k][i] if k is not None else None, g) for i in range(len(questions))]
             for g, k in zip(guidances, negative_of)]
 
