@@ -149,11 +149,11 @@ def test_multiple_choice_scoring_resumes_from_its_journal(tiny_model_dir, adapte
     guidances = [GuidanceConfig(1.0), GuidanceConfig(3.0, "prob"), GuidanceConfig(3.0, "log")]
 
     def cloze(m, journal=None):
-        return multiple_choice_cloze_scores(m, tok, qs, guidances, heads, batch_size=16, progress=False,
+        return multiple_choice_cloze_scores(m, tok, qs, guidances, heads, batch_size=8, progress=False,
                                             journal=journal)
 
     def letters(m, journal=None):
-        return multiple_choice_letter_logprobs(m, tok, qs, batch_size=3, progress=False, head=heads[0],
+        return multiple_choice_letter_logprobs(m, tok, qs, batch_size=2, progress=False, head=heads[0],
                                                journal=journal)
 
     for score, calls_per_batch in ((cloze, 2), (letters, 1)):
@@ -161,15 +161,16 @@ def test_multiple_choice_scoring_resumes_from_its_journal(tiny_model_dir, adapte
         whole = score(straight, tmp_path / f"{score.__name__}-whole.jsonl")
         batches = len((tmp_path / f"{score.__name__}-whole.jsonl").read_text().splitlines())
         prefix = straight.calls - calls_per_batch * batches  # letters: the shared prefix, once
-        assert batches >= 3 and prefix == (score is letters)
+        assert batches > CHUNK_BATCHES and prefix == (score is letters)
         path = tmp_path / f"{score.__name__}.jsonl"
         killed = Interrupting(model, fail_at=straight.calls - calls_per_batch + 1)  # in the last batch
         with pytest.raises(KeyboardInterrupt):
             score(killed, path)
-        assert len(path.read_text().splitlines()) == batches - 1
+        journaled = (batches - 1) // CHUNK_BATCHES * CHUNK_BATCHES  # appended a chunk of batches at a time
+        assert journaled > 0 and len(path.read_text().splitlines()) == journaled
         resumed = Interrupting(model)
         assert score(resumed, path) == whole == score(model)  # the journal's floats are the pass's own
-        assert resumed.calls == prefix + calls_per_batch  # only the last batch
+        assert resumed.calls == prefix + calls_per_batch * (batches - journaled)  # only what it lacked
         again = Interrupting(model)
         assert score(again, path) == whole and again.calls == 0
         other = Interrupting(model)
@@ -186,3 +187,49 @@ def test_multiple_choice_scoring_resumes_from_its_journal(tiny_model_dir, adapte
         path = tmp_path / f"served-{fmt}.jsonl"
         assert served_multiple_choice_predictions(model, tok, qs, served, prompts, journal=path, **kwargs) == \
             plain == served_multiple_choice_predictions(model, tok, qs, served, prompts, journal=path, **kwargs)
+
+
+def test_an_evaluation_interrupted_in_its_multiple_choice_scoring_resumes(tiny_model_dir, tmp_path, monkeypatch):
+    from unleak.corpus.store import save_corpus, split_corpus
+    from unleak.corpus.synth import synthesize_corpus
+    from unleak.eval.journal import BatchJournal
+    from unleak.eval.run import EvalConfiguration, EvalSettings, run_evaluation
+
+    corpus = save_corpus(tmp_path / "c", synthesize_corpus(6, seed=1), {})
+    split_corpus(corpus, 0.3, seed=0)
+    mmlu = tmp_path / "mc.jsonl"
+    mmlu.write_text("".join(json.dumps({"subject": "s", "question": f"Q{i}: {'why ' * i}?",
+                                        "choices": ["a", "bb", "c c", "d"], "answer": i % 4}) + "\n"
+                            for i in range(12)))
+    confs = [EvalConfiguration("g1", str(tiny_model_dir)),
+             EvalConfiguration("g3", str(tiny_model_dir), guidance_scale=3.0, cfg_space="prob")]
+    settings = EvalSettings(leakage_max_new_tokens=4, test_limit=2, attack_limit=2, batch_size=2, mmlu=str(mmlu),
+                            mmlu_limit=None, reference_model=str(tiny_model_dir), reference_template=None)
+    whole = run_evaluation(corpus, confs, tmp_path / "a", settings, progress=False)
+
+    puts, resumed_with = [], []
+    put, init = BatchJournal.put, BatchJournal.__init__
+
+    def killed_at_the_fifth(self, batch, scores):
+        puts.append(batch)
+        if len(puts) == 5:
+            raise KeyboardInterrupt
+        put(self, batch, scores)
+
+    def counting_init(self, *args):
+        init(self, *args)
+        resumed_with.append(len(self.done))
+
+    monkeypatch.setattr(BatchJournal, "put", killed_at_the_fifth)
+    out = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation(corpus, confs, out, settings, progress=False)
+    assert len(list((out / "journal").glob("*.scores.jsonl"))) == 1 and not list((out / "configs").glob("*"))
+    monkeypatch.setattr(BatchJournal, "put", put)
+    monkeypatch.setattr(BatchJournal, "__init__", counting_init)
+    resumed = run_evaluation(corpus, confs, out, settings, progress=False)
+    assert resumed_with == [CHUNK_BATCHES]  # the batches journaled before the interruption, not scored again
+    assert not (out / "journal").exists()
+    for a, b in zip(whole, resumed, strict=True):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+        assert a["utility"]["n"] == 12

@@ -11,8 +11,8 @@ same batches as without the journal. The evaluation deletes a journal once its
 configurations are saved.
 
 `BatchJournal` does the same for a batched scoring pass (multiple-choice
-questions, `eval.utility`): each finished batch's scores are appended under a
-hash of everything the pass depends on, and a rerun of the same pass skips the
+questions, `eval.utility`): the finished batches' scores are appended, four
+at a time, under a hash of everything the pass depends on, and a rerun of the same pass skips the
 batches journaled. The batches are drawn before the journal is read, so a
 resumed pass scores the same batches, and gives the same numbers, as an
 uninterrupted one.
@@ -93,12 +93,14 @@ class JournaledGenerator:
 
 class BatchJournal:
     """The finished batches of one scoring pass, keyed by `key` (a hash of what the pass depends on: its model's
-    inputs, heads, guidance settings, batch size) in the journal at `path`; `path=None`: nothing journaled."""
+    inputs, heads, guidance settings, batch size) in the journal at `path`; `path=None`: nothing journaled.
+    Batches are appended `CHUNK_BATCHES` at a time (one flush to disk each) and by `flush` at the pass's end."""
 
     def __init__(self, path: str | Path | None, *key_parts: Any) -> None:
         self.path = Path(path) if path is not None else None
         self.key = settings_hash(*key_parts)
         self.done: dict[int, Any] = {}
+        self.pending: list[dict[str, Any]] = []
         if self.path is not None:
             for row in read_journal(self.path):
                 if row.get("pass") == self.key and isinstance(row.get("batch"), int) and "scores" in row:
@@ -107,6 +109,12 @@ class BatchJournal:
     def put(self, batch: int, scores: Any) -> None:
         """Record batch number `batch`'s `scores` (JSON-able)."""
         self.done[batch] = scores
-        if self.path is not None:
+        self.pending.append({"pass": self.key, "batch": batch, "scores": scores})
+        if len(self.pending) >= CHUNK_BATCHES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.path is not None and self.pending:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            append_jsonl(self.path, [{"pass": self.key, "batch": batch, "scores": scores}])
+            append_jsonl(self.path, self.pending)
+        self.pending = []

@@ -233,6 +233,7 @@ def multiple_choice_letter_logprobs(model: Any, tokenizer: Any, questions: list[
                 out[j] = logp[row, letters[len(questions[j]["choices"])]].tolist()
             done.put(b, [out[j] for j in idx])
             bar.advance(task, len(idx))
+        done.flush()
     return out
 
 
@@ -401,6 +402,7 @@ def multiple_choice_cloze_scores(model: Any, tokenizer: Any, questions: list[dic
                     out[s][idx[r // n]].append((-int(missing), total / chars[r]))
             done.put(b, [[out[s][j] for j in idx] for s in range(len(guidances))])
             bar.advance(task, len(idx))
+        done.flush()
     return out
 
 
