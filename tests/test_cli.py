@@ -175,6 +175,7 @@ def test_eval_run_writes_the_table_and_can_leave_the_references_out(tiny_model_d
               "--test-limit", "2", "--max-new-tokens", "4")
     done = run_cli(*common, "--out", str(tmp_path / "e"))
     assert done.returncode == 0, done.stderr
+    assert "utility is not measured without --mmlu ('--mmlu default'" in done.stderr
     report = (tmp_path / "e" / "report.md").read_text()
     assert f"| {tiny_model_dir.name}-g1 |" in report and "| reference: test answers, redacted |" in report
     assert "Answer perplexity under `default`." in report

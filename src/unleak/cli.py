@@ -604,6 +604,9 @@ def eval_run(
         raise UnleakError("--endpoint-model and --name are options of --endpoint")
     confs = eval_configurations(model, adapter, guidance or "1,3", cfg_space or "prob", baseline,
                                 negative or "adapter", served, name)
+    if mmlu is None:
+        typer.echo("note: utility is not measured without --mmlu ('--mmlu default': the embedded MMLU test set)",
+                   err=True)
     run_evaluation(corpus, confs, out, settings)
     report = write_report(out)
     from unleak.eval.report import print_table
