@@ -46,6 +46,23 @@ def test_default_dtype_follows_the_hardware_unless_overridden(monkeypatch):
         models.default_dtype("cpu")
 
 
+def test_runtime_environment_names_the_device_the_dtype_and_the_libraries(monkeypatch):
+    import transformers
+
+    monkeypatch.setenv("UNLEAK_DTYPE", "bf16")
+    env = models.runtime_environment()
+    assert env["dtype"] == "bfloat16" and env["torch"] == torch.__version__
+    assert env["transformers"] == transformers.__version__ and env["threads"] == torch.get_num_threads()
+    assert env["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    cpu = {"device": "cpu", "device_name": "x86_64", "dtype": "float32", "threads": 2, "torch": "2.13.0",
+           "transformers": "5.24.0", "trl": "1.16.0", "peft": None}
+    assert models.environment_line(cpu) == ("cpu (x86_64, 2 threads), float32; torch 2.13.0, transformers 5.24.0, "
+                                            "TRL 1.16.0")  # a library not installed is left out
+    gpu = {**cpu, "device": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "dtype": "bfloat16", "peft": "0.21.0"}
+    assert models.environment_line(gpu) == ("cuda (NVIDIA H100 80GB HBM3), bfloat16; torch 2.13.0, "
+                                            "transformers 5.24.0, TRL 1.16.0, PEFT 0.21.0")
+
+
 def test_dtype_override(tiny_model_dir):
     assert load_model(str(tiny_model_dir), device="cpu", dtype="bf16").dtype == torch.bfloat16
     with pytest.raises(UnleakError, match="unknown dtype"):

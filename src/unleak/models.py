@@ -174,6 +174,41 @@ def default_dtype(device: str) -> Any:
     return torch.float32
 
 
+def runtime_environment() -> dict[str, Any]:
+    """Where this process runs, for a report: the default device and its name, the dtype models load in there,
+    the CPU threads, and the versions of torch, transformers, TRL and PEFT (a run's numbers depend on them: a
+    bf16 GPU run and an fp32 CPU run of the same settings train different adapters)."""
+    import importlib.metadata
+    import platform
+
+    import torch
+
+    device = default_device()
+    env: dict[str, Any] = {
+        "device": device,
+        "device_name": torch.cuda.get_device_name(0) if device == "cuda" else (platform.processor() or
+                                                                               platform.machine()),
+        "dtype": str(default_dtype(device)).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    for package in ("transformers", "trl", "peft"):
+        try:
+            env[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            env[package] = None
+    return env
+
+
+def environment_line(env: dict[str, Any]) -> str:
+    """`runtime_environment()` in one line: `cuda (NVIDIA H100 80GB HBM3), bfloat16; torch 2.11.0, ...`."""
+    where = f"{env['device']} ({env['device_name']}" + (f", {env['threads']} threads" if env["device"] == "cpu"
+                                                         else "") + ")"
+    versions = ", ".join(f"{name} {env[key]}" for key, name in (("torch", "torch"), ("transformers", "transformers"),
+                                                                ("trl", "TRL"), ("peft", "PEFT")) if env.get(key))
+    return f"{where}, {env['dtype']}; {versions}"
+
+
 def parse_dtype(dtype: Any) -> Any:
     """Accept a torch dtype or one of 'fp32', 'bf16', 'fp16', 'float32', ...; None stays None."""
     import torch
