@@ -12,10 +12,10 @@ configurations are saved.
 
 `BatchJournal` does the same for a batched scoring pass (multiple-choice
 questions, `eval.utility`): the finished batches' scores are appended, four
-at a time, under a hash of everything the pass depends on, and a rerun of the same pass skips the
-batches journaled. The batches are drawn before the journal is read, so a
-resumed pass scores the same batches, and gives the same numbers, as an
-uninterrupted one.
+at a time, under a hash of everything the pass depends on, and a rerun of
+the same pass skips the batches journaled. The batches are drawn before the
+journal is read, so a resumed pass scores the same batches, and gives the
+same numbers, as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -92,9 +92,10 @@ class JournaledGenerator:
 
 
 class BatchJournal:
-    """The finished batches of one scoring pass, keyed by `key` (a hash of what the pass depends on: its model's
-    inputs, heads, guidance settings, batch size) in the journal at `path`; `path=None`: nothing journaled.
-    Batches are appended `CHUNK_BATCHES` at a time (one flush to disk each) and by `flush` at the pass's end."""
+    """The finished batches of one scoring pass in the journal at `path` (`None`: nothing journaled), under
+    `key`, a hash of `key_parts`: what the pass depends on (its model's inputs, heads, guidance settings,
+    batch size; the caller keys the file by model). Batches are appended `CHUNK_BATCHES` at a time (one flush
+    to disk each), and by `flush` at the pass's end."""
 
     def __init__(self, path: str | Path | None, *key_parts: Any) -> None:
         self.path = Path(path) if path is not None else None
