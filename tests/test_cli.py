@@ -179,6 +179,9 @@ def test_eval_run_writes_the_table_and_can_leave_the_references_out(tiny_model_d
     report = (tmp_path / "e" / "report.md").read_text()
     assert f"| {tiny_model_dir.name}-g1 |" in report and "| reference: test answers, redacted |" in report
     assert "Answer perplexity under `default`." in report
+    from unleak.models import environment_line, runtime_environment
+
+    assert f"Evaluated on {environment_line(runtime_environment())}." in report  # where: device, dtype, versions
     printed = [line for line in done.stdout.splitlines() if line.startswith("|")]  # into a pipe: whole lines
     assert len(printed) == 6 and set(printed) <= set(report.splitlines())
     rows = json.loads((tmp_path / "e" / "results.json").read_text())["rows"]

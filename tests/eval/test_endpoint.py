@@ -66,6 +66,7 @@ def test_a_served_defence_scores_as_the_same_configuration_in_process(server, co
     out = tmp_path / "e"
     local, served = run_evaluation(corpus, confs, out, settings, progress=False)
     assert served["endpoint_model"] == "tiny" and served["configuration"]["endpoint"]["url"] == server
+    assert "environment" not in served and local["environment"]["device"] in ("cpu", "cuda")  # the server's is not ours
     local_rows, served_rows = answers_of(out, "local"), answers_of(out, "served")
     assert len(served_rows) == len(local_rows) and any(r["kind"] == "attack" for r in served_rows)
     for a, b in zip(local_rows, served_rows, strict=True):  # every answer, attack output and verdict
@@ -136,4 +137,5 @@ def test_eval_run_cli_measures_a_deployment(server, corpus, tiny_model_dir, tmp_
     assert done.returncode == 0, done.stderr
     result = json.loads((out / "configs" / "public.json").read_text())
     assert result["endpoint_model"] == "tiny" and result["attack"]["attempts"] == 2 and result["test_prompts"] == 3
-    assert "| public |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| public |" in report and "Evaluated on" not in report

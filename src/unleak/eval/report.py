@@ -23,6 +23,7 @@ from unleak.errors import UnleakError
 from unleak.eval.judge import LLM_JUDGE_PREFIX
 from unleak.eval.utility import paired_difference
 from unleak.jsonl import atomic_write_text
+from unleak.models import environment_line
 
 
 def load_results(out_dir: str | Path) -> list[dict[str, Any]]:
@@ -242,6 +243,7 @@ def write_report(out_dir: str | Path, title: str = "unleak evaluation", preamble
     fmt, judge = formats.pop() if len(formats) == 1 else (None, None)
     scored = f" by {how[fmt]}" if fmt is not None else ""
     fluency_models = {r["fluency"]["reference_model"] for r in results if r["fluency"].get("reference_model")}
+    machines = {environment_line(r["environment"]) for r in results if r.get("environment")}
     if fmt == "generative":
         by_llm = str(judge).startswith(LLM_JUDGE_PREFIX)
         scored += (" by an LLM (the original's judge prompt; correct = its \"Correct\")" if by_llm
@@ -254,7 +256,10 @@ def write_report(out_dir: str | Path, title: str = "unleak evaluation", preamble
           + (" The `reference` rows score the test split's own answers (cut to the answers' length), as "
              "written and with their PII replaced by the redaction template: what copying the values, and "
              "a perfect redaction of them, score on the same counts." if references else "")
-          + (f" Answer perplexity under `{fluency_models.pop()}`." if len(fluency_models) == 1 else ""), "",
+          + (f" Answer perplexity under `{fluency_models.pop()}`." if len(fluency_models) == 1 else "")
+          + (f" Evaluated on {machines.pop()}." if len(machines) == 1 else
+             " Evaluated on several machines (`environment` of each result in results.json)." if machines
+             else ""), "",
           markdown_table(rows + references)]
     if appendix:
         md += [appendix]

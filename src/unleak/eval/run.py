@@ -145,7 +145,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     from unleak.eval.judge import build_judge
     from unleak.eval.utility import (accuracy_with_se, judged_utilities, load_mc_questions, served_generative_answers,
                                      served_multiple_choice_predictions)
-    from unleak.models import load_model, load_tokenizer
+    from unleak.models import load_model, load_tokenizer, runtime_environment
     from unleak.pairs.samples import build_samples, limit_samples
     from unleak.pii.base import detector_for_profile
     from unleak.pii.known import conversation_values, count_known_values
@@ -153,6 +153,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     s = settings or EvalSettings()
+    environment = runtime_environment()  # recorded with each row evaluated here
     out = Path(out_dir)
     (out / "configs").mkdir(parents=True, exist_ok=True)
     (out / "answers").mkdir(exist_ok=True)
@@ -288,7 +289,9 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                 "examples": [{"sample": x.id, "answer": t} for x, t in zip(samples[:5], texts[:5])],
                 "seconds": seconds,
                 "evaluated_with": [c.name for c in group],
-                **({"endpoint_model": gen.model_name} if endpoint is not None else {}),
+                # where it was evaluated (the answers depend on the device's dtype); a served row's is the server's
+                **({"endpoint_model": gen.model_name} if endpoint is not None
+                   else {"environment": environment}),
             }
             atomic_write_text(out / "configs" / f"{conf.name}.json", json.dumps(result, indent=1) + "\n")
             done[conf.name] = result
