@@ -19,9 +19,10 @@ def row(name, pii, hits, attempts, cut_hits=None, strict=None, known=None):
             "utility_n": 4}
 
 
-def run_dir(path, rows, corrects):
+def run_dir(path, rows, corrects, environment=None):
     path.mkdir(parents=True)
-    results = [{"name": r["configuration"], "utility": {"correct": corrects[r["configuration"]]}} for r in rows]
+    results = [{"name": r["configuration"], "utility": {"correct": corrects[r["configuration"]]},
+                **({"environment": environment} if environment else {})} for r in rows]
     (path / "results.json").write_text(json.dumps({"rows": rows, "results": results, "reference_rows": []}))
     return path
 
@@ -51,7 +52,8 @@ def test_compare_runs_writes_the_table_json_and_plot(tmp_path):
     a = run_dir(tmp_path / "s0", [row("leaky", 35, 7, 73, 17), row("g3", 1, 1, 73, 0), row("only-s0", 0, 0, 73, 0)],
                 {"leaky": [True, False, True, False], "g3": [True, True, True, False], "only-s0": [True] * 4})
     b = run_dir(tmp_path / "s1", [row("leaky", 25, 7, 102, 22), row("g3", 0, 0, 102, 0)],
-                {"leaky": [False, False, True, True], "g3": [False, False, True, True]})
+                {"leaky": [False, False, True, True], "g3": [False, False, True, True]},
+                {"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "dtype": "bfloat16"})
     got = compare_runs([a, b], tmp_path / "cmp", labels=["seed 0", "seed 1"])
     assert got["left_out"] == ["only-s0"] and [e["configuration"] for e in got["configurations"]] == ["leaky", "g3"]
     g3 = got["configurations"][1]
@@ -62,7 +64,8 @@ def test_compare_runs_writes_the_table_json_and_plot(tmp_path):
     assert "| g3 | 1 / 0 | 1 (-98.3 %) | 1 / 0 | 0.6 (1/175, -92.9 %) | 0 / 0 | 0.0 (0/175, -100.0 %) | 62.5 | " \
            "+12.5 ± 12.5 (8) |" in md
     assert "| leaky | 35 / 25 | 60 (+0.0 %) | 7 / 7 | 8.0 (14/175, +0.0 %) |" in md and "left out: only-s0" in md
-    assert "seed 0 (4 test prompts, 73 attack prompts, 4 questions)" in md
+    assert "seed 0 (4 test prompts, 73 attack prompts, 4 questions)" in md  # no environment recorded
+    assert "seed 1 (4 test prompts, 102 attack prompts, 4 questions, on cuda (NVIDIA H100 80GB HBM3), bfloat16)" in md
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["runs"][1] == {"label": "seed 1",
                                                                                      "path": str(b)}
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 10_000

@@ -128,9 +128,16 @@ def compare_runs(paths: list[str | Path], out_dir: str | Path, labels: list[str]
 
 
 def _sizes(run: dict[str, Any]) -> str:
+    """A run's sizes, and where it was evaluated when its results say so (one device and dtype)."""
     r = run["rows"][0]
     text = f"{r.get('test_prompts', '?')} test prompts, {r['attack_attempts']} attack prompts"
-    return text + (f", {r['utility_n']} questions" if r.get("utility_n") else "")
+    machines = {(e.get("device"), e.get("device_name"), e.get("dtype"))
+                for x in run["results"] if isinstance(e := x.get("environment"), dict)}
+    where = ""
+    if len(machines) == 1:
+        device, name, dtype = machines.pop()
+        where = f", on {device} ({name}), {dtype}"
+    return text + (f", {r['utility_n']} questions" if r.get("utility_n") else "") + where
 
 
 def _pct(x: float | None) -> str:
