@@ -27,7 +27,7 @@ def test_quick_demo_runs_caches_and_reruns_only_what_changed(tmp_path, default_m
     # where it ran: the device, the dtype, the libraries (a bf16 GPU run trains another adapter than fp32 on CPU)
     env = json.loads((out / "results.json").read_text())["environment"]
     assert env == result["environment"] == runtime_environment()
-    assert f"This run on {environment_line(env)}." in report
+    assert f"Evaluated on {environment_line(env)}." in report
     assert json.loads((out / "results.json").read_text())["rows"][1]["configuration"] == "leaky"
     # the targets, checked on this run's rows (the method's: g = 3, probability space)
     targets = json.loads((out / "results.json").read_text())["targets"]

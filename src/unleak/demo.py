@@ -224,7 +224,7 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     from unleak.eval.targets import check_targets, targets_markdown
     from unleak.eval.run import RESULTS_VERSION, configuration_identity, run_evaluation
     from unleak.eval.utility import default_mmlu_file
-    from unleak.models import environment_line, resolve_model_path, runtime_environment
+    from unleak.models import resolve_model_path, runtime_environment
     from unleak.pairs.build import build_preference_pairs
     from unleak.pairs.generators import build_generator
     from unleak.pairs.samples import SAMPLES_VERSION
@@ -233,7 +233,7 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     from unleak.train.sft import train_sft
 
     c = config or DemoConfig()
-    environment = runtime_environment()
+    environment = runtime_environment()  # this invocation's (the report says where the rows were evaluated)
     base = resolve_model_path(c.model)
     given_leaky = resolve_model_path(c.leaky) if c.leaky is not None else None  # bad names fail before any stage
     out = Path(out_dir)
@@ -312,8 +312,7 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
                 f"{f'{c.mmlu_limit} ({c.mmlu_format})' if mmlu else 'not run (no file)'}. Wall times (s): "
                 + ", ".join(f"{k} {v:.0f}" for k, v in stages.times.items())
                 + f"; stages {times['stages']:.0f}, this run {times['this_run']:.0f}"
-                + (f" (cached: {', '.join(stages.cached)})" if stages.cached else "")
-                + f". This run on {environment_line(environment)}.")
+                + (f" (cached: {', '.join(stages.cached)})" if stages.cached else "") + ".")
     console.rule("stage 6/6: report")
     method = guided_name(f"orpo-{c.variant}", c.targets.guidance_scale, c.targets.cfg_space)
     checks = check_targets(summary_rows(load_results(evaluation), "leaky"), method, c.targets,
