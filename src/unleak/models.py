@@ -200,13 +200,16 @@ def runtime_environment() -> dict[str, Any]:
     return env
 
 
-def environment_line(env: dict[str, Any]) -> str:
-    """`runtime_environment()` in one line: `cuda (NVIDIA H100 80GB HBM3), bfloat16; torch 2.11.0, ...`."""
+def environment_line(env: dict[str, Any], versions: bool = True) -> str:
+    """`runtime_environment()` in one line: `cuda (NVIDIA H100 80GB HBM3), bfloat16; torch 2.11.0, ...`
+    (`versions=False`: without the libraries)."""
     where = f"{env['device']} ({env['device_name']}" + (f", {env['threads']} threads" if env["device"] == "cpu"
-                                                         else "") + ")"
-    versions = ", ".join(f"{name} {env[key]}" for key, name in (("torch", "torch"), ("transformers", "transformers"),
-                                                                ("trl", "TRL"), ("peft", "PEFT")) if env.get(key))
-    return f"{where}, {env['dtype']}; {versions}"
+                                                         else "") + f"), {env['dtype']}"
+    if not versions:
+        return where
+    libraries = ", ".join(f"{name} {env[key]}" for key, name in (("torch", "torch"), ("transformers", "transformers"),
+                                                                 ("trl", "TRL"), ("peft", "PEFT")) if env.get(key))
+    return f"{where}; {libraries}"
 
 
 def parse_dtype(dtype: Any) -> Any:

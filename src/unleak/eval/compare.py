@@ -17,6 +17,7 @@ from typing import Any
 from unleak.errors import UnleakError
 from unleak.eval.utility import paired_difference
 from unleak.jsonl import atomic_write_text
+from unleak.models import environment_line
 
 
 def load_run(path: str | Path) -> dict[str, Any]:
@@ -131,12 +132,9 @@ def _sizes(run: dict[str, Any]) -> str:
     """A run's sizes, and where it was evaluated when its results say so (one device and dtype)."""
     r = run["rows"][0]
     text = f"{r.get('test_prompts', '?')} test prompts, {r['attack_attempts']} attack prompts"
-    machines = {(e.get("device"), e.get("device_name"), e.get("dtype"))
-                for x in run["results"] if isinstance(e := x.get("environment"), dict)}
-    where = ""
-    if len(machines) == 1:
-        device, name, dtype = machines.pop()
-        where = f", on {device} ({name}), {dtype}"
+    machines = {environment_line(e, versions=False) for x in run["results"] if isinstance(e := x.get("environment"),
+                                                                                           dict)}
+    where = f", on {machines.pop()}" if len(machines) == 1 else ""
     return text + (f", {r['utility_n']} questions" if r.get("utility_n") else "") + where
 
 
