@@ -378,6 +378,9 @@ def train_orpo_cmd(
     twin_batches: bool = typer.Option(None, "--twin-batches/--no-twin-batches",
                                       help="Batch each CFG pair with its twin under the other system prompt "
                                            "(even --batch-size)."),
+    space_pairs: bool = typer.Option(None, "--space-pairs/--no-space-pairs",
+                                     help="Also train the pairs whose value follows a lone space token (digits) "
+                                          "with the prompt ending in that space, as the challenge's attack cuts."),
     resume: bool = typer.Option(False, help="Continue from the last epoch checkpoint in --out."),
     tensorboard: bool = typer.Option(False, help="Also log to TensorBoard (out/runs)."),
     deepspeed: str = typer.Option(None, help="DeepSpeed JSON config (under `accelerate launch`)."),
@@ -391,7 +394,8 @@ def train_orpo_cmd(
     settings = load_config(OrpoSettings, None, base=dataclasses.replace(base, lora=lora),
                            **_given(epochs=epochs, batch_size=batch_size, beta=beta, learning_rate=learning_rate,
                                     max_length=max_length, max_prompt_length=max_prompt_length,
-                                    group_by_length=group_by_length, twin_batches=twin_batches))
+                                    group_by_length=group_by_length, twin_batches=twin_batches,
+                                    space_pairs=space_pairs))
     print(train_orpo(model, pairs, out, settings, resume=resume, tensorboard=tensorboard, deepspeed=deepspeed))
 
 
@@ -718,6 +722,9 @@ def demo(
     orpo_beta: float = typer.Option(None, help="ORPO beta, the odds-ratio term's weight (the original: 0.1)."),
     orpo_twin_batches: bool = typer.Option(None, "--orpo-twin-batches/--orpo-random-order",
                                            help="Batch each CFG pair with its twin under the other system prompt."),
+    orpo_space_pairs: bool = typer.Option(None, "--orpo-space-pairs/--orpo-no-space-pairs",
+                                          help="Also train the pairs whose value follows a lone space token "
+                                               "(digits) cut after that space, as the challenge's attack cuts."),
     guidance: str = typer.Option(None, help="Comma-separated guidance scales besides 1 (default 2,3,5)."),
     negative: str = typer.Option(None, help="Comma-separated negative branches of the guided rows: adapter (the "
                                  "method), base (the leaky model without the adapter; probability space only). "
@@ -744,7 +751,8 @@ def demo(
     if sft_epochs is not None:
         changes["sft"] = dataclasses.replace(cfg.sft, epochs=sft_epochs)
     changes["orpo"] = dataclasses.replace(cfg.orpo, **_given(epochs=orpo_epochs, learning_rate=orpo_lr,
-                                                               beta=orpo_beta, twin_batches=orpo_twin_batches))
+                                                               beta=orpo_beta, twin_batches=orpo_twin_batches,
+                                                               space_pairs=orpo_space_pairs))
     candidate = dataclasses.replace(cfg.pairs.candidate, **_given(
         modes=tuple(pairs_modes.split(",")) if pairs_modes else None))
     changes["pairs"] = dataclasses.replace(cfg.pairs, candidate=candidate,

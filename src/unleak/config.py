@@ -370,6 +370,10 @@ class OrpoSettings:
     #: swapped; `unleak.train.twins`), so that each step learns the prompts' difference; off: the
     #: original's random order. Needs an even batch size; no effect on plain pairs
     twin_batches: bool = False
+    #: also train each pair whose answers part at a space the tokenizer writes as a lone token before the
+    #: value (before digits, for SmolLM2 / Llama 3) with the prompt ending in that space, the state the
+    #: challenge's attack leaves the model in (`unleak.train.data.tokenize_space_pair`; not in the original)
+    space_pairs: bool = False
 
     def __post_init__(self) -> None:
         if self.beta < 0:

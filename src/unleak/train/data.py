@@ -44,14 +44,13 @@ def _answer_ids(tokenizer: Any, text: str) -> list[int]:
     return ids + [eos]
 
 
-def tokenize_pair(example: dict[str, Any], tokenizer: Any, max_length: int, max_prompt_length: int
-                  ) -> dict[str, list[int]]:
+def _pair_texts(example: dict[str, Any], tokenizer: Any) -> tuple[str, dict[str, str]]:
+    """The rendered prompt (what both sides' renderings share of it) and each side's full rendering."""
     prompt = example["prompt"]
     # a final assistant message is half-written and its answer continues it; an answer in the user's
     # role (a pair for PII in a user turn) is the user's next message, rendered as its own turn
     cont = prompt[-1]["role"] == "assistant" == example["chosen"][0]["role"]
     prompt_text = _render(tokenizer, prompt, add_generation_prompt=not cont, continue_final_message=cont)
-    out: dict[str, list[int]] = {}
     texts = {}
     for side in ("chosen", "rejected"):
         if cont:  # the answer continues the half-written final message
@@ -61,9 +60,11 @@ def tokenize_pair(example: dict[str, Any], tokenizer: Any, max_length: int, max_
             full = _render(tokenizer, prompt + example[side])
         prompt_text = "".join(a for a, _ in takewhile(lambda ab: ab[0] == ab[1], zip(prompt_text, full)))
         texts[side] = full
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    chosen = _answer_ids(tokenizer, texts["chosen"][len(prompt_text):])
-    rejected = _answer_ids(tokenizer, texts["rejected"][len(prompt_text):])
+    return prompt_text, texts
+
+
+def _finish(prompt_ids: list[int], chosen: list[int], rejected: list[int], max_length: int,
+            max_prompt_length: int) -> dict[str, list[int]]:
     # The leading tokens both answers share carry no preference: they join the prompt, so the
     # loss starts where the answers part (a half-written answer's continuation, as in the original).
     shared = 0
@@ -71,10 +72,60 @@ def tokenize_pair(example: dict[str, Any], tokenizer: Any, max_length: int, max_
         shared += 1
     prompt_ids = (prompt_ids + chosen[:shared])[-max_prompt_length:]
     budget = max_length - len(prompt_ids)
-    out["prompt_ids"] = prompt_ids
-    out["chosen_ids"] = chosen[shared:][:budget]
-    out["rejected_ids"] = rejected[shared:][:budget]
-    return out
+    return {"prompt_ids": prompt_ids, "chosen_ids": chosen[shared:][:budget], "rejected_ids": rejected[shared:][:budget]}
+
+
+def tokenize_pair(example: dict[str, Any], tokenizer: Any, max_length: int, max_prompt_length: int
+                  ) -> dict[str, list[int]]:
+    prompt_text, texts = _pair_texts(example, tokenizer)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    chosen = _answer_ids(tokenizer, texts["chosen"][len(prompt_text):])
+    rejected = _answer_ids(tokenizer, texts["rejected"][len(prompt_text):])
+    return _finish(prompt_ids, chosen, rejected, max_length, max_prompt_length)
+
+
+def tokenize_space_pair(example: dict[str, Any], tokenizer: Any, max_length: int, max_prompt_length: int
+                        ) -> dict[str, list[int]] | None:
+    """The pair cut after the whitespace its answers share, where one answer's tokenisation has that
+    whitespace as a token of its own; None where neither has (or the answers share no trailing space).
+
+    `tokenize_pair` cuts where the answers' tokens part: `Call` + ` [REDACTED PHONE]` against `Call` +
+    ` ` `5` `5` `5` ... The challenge's attack cuts the text before the value, so its context ends in the
+    space (`Call `), and where the tokenizer writes that space as a lone token before the value (before
+    digits: SmolLM2, Llama 3, Qwen) this is the state the memorised value naturally follows, the one a
+    fine-tuned model leaks from most readily and the one `tokenize_pair` never trains: this pair's
+    prompt ends in that space token, and its answers are `[REDACTED PHONE]...` against `555...`.
+    Where the space is part of the value's first token (` Reed`) a prompt ending in it is a state no
+    text has, and no pair is made.
+    """
+    prompt_text, texts = _pair_texts(example, tokenizer)
+    chosen_text, rejected_text = (texts[side][len(prompt_text):] for side in ("chosen", "rejected"))
+    common = "".join(a for a, _ in takewhile(lambda ab: ab[0] == ab[1], zip(chosen_text, rejected_text)))
+    if not common.strip() or common.rstrip() == common:
+        return None
+    ws_ids = tokenizer(common, add_special_tokens=False)["input_ids"]
+    natural = False
+    for text in (chosen_text, rejected_text):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        natural = natural or ids[: len(ws_ids)] == ws_ids
+    if not natural:
+        return None
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"] + ws_ids
+    return _finish(prompt_ids, _answer_ids(tokenizer, chosen_text[len(common):]),
+                   _answer_ids(tokenizer, rejected_text[len(common):]), max_length, max_prompt_length)
+
+
+def space_pairs(rows: list[dict[str, Any]], tokenizer: Any, max_length: int, max_prompt_length: int
+                ) -> tuple[list[dict[str, Any]], list[dict[str, list[int]]]]:
+    """`tokenize_space_pair` of each row where it gives one: the rows (marked `split: "space"`) and the
+    tokenised pairs, in `rows`' order."""
+    marked, tokenised = [], []
+    for row in rows:
+        pair = tokenize_space_pair(row, tokenizer, max_length, max_prompt_length)
+        if pair is not None:
+            marked.append({**row, "split": "space"})
+            tokenised.append(pair)
+    return marked, tokenised
 
 
 def read_pair_rows(path: str | Path) -> list[dict[str, Any]]:

@@ -142,7 +142,7 @@ def train_orpo(model: str, pairs_file: str | Path, out_dir: str | Path, settings
     """ORPO + LoRA on `pairs_file`; returns the adapter directory (`out_dir/adapter`)."""
     from unleak.models import load_model, load_tokenizer
     from unleak.train.arguments import training_arguments, training_device
-    from unleak.train.data import PreferenceCollator, pair_tokens, read_pair_rows, tokenize_pairs
+    from unleak.train.data import PreferenceCollator, pair_tokens, read_pair_rows, space_pairs, tokenize_pairs
     from unleak.train.logging_utils import JsonlLogCallback, plot_loss_curve
 
     s = settings or OrpoSettings()
@@ -150,6 +150,11 @@ def train_orpo(model: str, pairs_file: str | Path, out_dir: str | Path, settings
     tokenizer = load_tokenizer(model)
     rows = read_pair_rows(pairs_file)
     data = tokenize_pairs(rows, tokenizer, s.max_length, s.max_prompt_length)
+    if s.space_pairs:
+        marked, extra = space_pairs(rows, tokenizer, s.max_length, s.max_prompt_length)
+        log.info("%s: %d of %d pairs also trained cut after the lone space before their value",
+                 pairs_file, len(extra), len(rows))
+        rows, data = rows + marked, data + extra
     sampler = None
     if s.twin_batches:
         from unleak.train.twins import TwinBatchSampler, twin_units
@@ -166,7 +171,8 @@ def train_orpo(model: str, pairs_file: str | Path, out_dir: str | Path, settings
     if not resume:
         (out / "train_log.jsonl").unlink(missing_ok=True)
     (out / "settings.json").write_text(json.dumps(
-        {**dataclasses.asdict(s), "model": str(model), "pairs": str(pairs_file)}, indent=2, default=str))
+        {**dataclasses.asdict(s), "model": str(model), "pairs": str(pairs_file), "rows": len(data)}, indent=2,
+        default=str))
     # the frozen base in the hardware's dtype (bf16 on capable GPUs, as the original); PEFT keeps LoRA in fp32.
     # The LoRA weights are drawn from the settings' seed: the Trainer seeds only after the model exists, and
     # the process's random state before depends on what ran in it (the demo's earlier stages, or none)

@@ -34,10 +34,11 @@ TWIN_OF = {"positive": "negative", "negative": "positive"}
 
 
 def _twin_key(row: dict[str, Any]) -> str:
-    """What a row and its twin share: the dialog without the system message, and the two answers as a set."""
+    """What a row and its twin share: the dialog without the system message, the two answers as a set, and
+    where the pair is cut (`split`: a `space_pairs` row twins only with another)."""
     dialog = [m for m in row["prompt"] if m.get("role") != "system"]
     answers = sorted(json.dumps(row[side], sort_keys=True) for side in ("chosen", "rejected"))
-    return json.dumps([dialog, answers], sort_keys=True)
+    return json.dumps([dialog, answers, row.get("split")], sort_keys=True)
 
 
 def twin_units(rows: Sequence[dict[str, Any]]) -> list[list[int]]:
