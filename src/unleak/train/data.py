@@ -10,7 +10,10 @@ Tokens that chosen and rejected share at their start move into the prompt: a
 pair `prefix + clean continuation` vs `prefix + PII` is then trained exactly as
 the original's "half-written answer" samples (prompt = dialog + prefix).
 The prompt is cut from the left to `max_prompt_length`, the answers to
-`max_length - prompt`.
+`max_length - prompt`. `tokenize_space_pair` cuts a pair a second way, after
+the space its answers share where one side writes it as a token of its own
+(before digits), the state the extraction attack leaves a model in
+(`OrpoSettings.space_pairs`).
 
 `PreferenceCollator` pads a batch into rows `[chosen..., rejected...]` for a
 single forward pass; labels are -100 on the prompt and padding. With
@@ -104,11 +107,9 @@ def tokenize_space_pair(example: dict[str, Any], tokenizer: Any, max_length: int
     if not common.strip() or common.rstrip() == common:
         return None
     ws_ids = tokenizer(common, add_special_tokens=False)["input_ids"]
-    natural = False
-    for text in (chosen_text, rejected_text):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        natural = natural or ids[: len(ws_ids)] == ws_ids
-    if not natural:
+    # one side's own tokens must pass through the cut: its text tokenised alone starts with these ids
+    if not any(tokenizer(text, add_special_tokens=False)["input_ids"][: len(ws_ids)] == ws_ids
+               for text in (chosen_text, rejected_text)):
         return None
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"] + ws_ids
     return _finish(prompt_ids, _answer_ids(tokenizer, chosen_text[len(common):]),
