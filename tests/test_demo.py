@@ -95,6 +95,17 @@ def test_demo_on_ones_own_corpus_and_leaky_model(tmp_path, tiny_model_dir):
     assert "leaky" not in given["times"] and f"leaky model given: {out / 'leaky'}" in (out / "report.md").read_text()
     leaky_conf = json.loads((out / "eval" / "configs" / "leaky.json").read_text())["configuration"]
     assert leaky_conf["model"] == str(out / "leaky")
+    assert ", space pairs" not in (out / "report.md").read_text()
+
+    # ORPO also on the pairs cut after the lone space before a digit value (`--orpo-space-pairs`): only the
+    # defence reruns, and it trains more rows than the pairs file holds
+    spaced = dataclasses.replace(cfg, leaky=str(out / "leaky"), orpo=dataclasses.replace(cfg.orpo, space_pairs=True))
+    run_demo(spaced, out)
+    settings = json.loads((out / "orpo" / "plain" / "settings.json").read_text())
+    pairs = (out / "pairs" / "pairs.jsonl").read_text().splitlines()
+    assert settings["space_pairs"] is True and settings["rows"] > len(pairs)
+    assert ", space pairs; MMLU subset" in (out / "report.md").read_text()
+    assert (out / "pairs" / "stage.json").stat().st_mtime_ns == stamps["pairs"]
 
 
 def test_demo_rows_guided_away_from_the_leaky_model_in_probability_space_only(tmp_path):

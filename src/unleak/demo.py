@@ -308,7 +308,9 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
                 + (f", keep pairs from {c.pairs.keep.requests} general requests" if c.pairs.keep.requests else "")
                 + "; ORPO "
                 f"({c.variant} pairs) {c.orpo.epochs:g} epoch(s), lr {c.orpo.learning_rate:g}, beta "
-                f"{c.orpo.beta}, LoRA r{c.orpo.lora.r}; MMLU subset "
+                f"{c.orpo.beta}, LoRA r{c.orpo.lora.r}"
+                + (", twin batches" if c.orpo.twin_batches else "")
+                + (", space pairs" if c.orpo.space_pairs else "") + "; MMLU subset "
                 f"{f'{c.mmlu_limit} ({c.mmlu_format})' if mmlu else 'not run (no file)'}. Wall times (s): "
                 + ", ".join(f"{k} {v:.0f}" for k, v in stages.times.items())
                 + f"; stages {times['stages']:.0f}, this run {times['this_run']:.0f}"
