@@ -24,7 +24,10 @@ step runs on ~40 % fewer tokens for the demo's pairs (prompts ~4x the answers).
 length-grouped sampler), which cuts the padded tokens of the demo's batches
 of 2 from ~95k to ~81k per epoch. `OrpoSettings.twin_batches` puts each CFG
 pair in one batch with its twin under the other system prompt
-(`unleak.train.twins`).
+(`unleak.train.twins`). `OrpoSettings.space_pairs` also trains each pair
+whose value follows a lone space token cut after that space, the extraction
+attack's state (`unleak.train.data.tokenize_space_pair`); `settings.json`
+records the rows trained.
 """
 
 from __future__ import annotations
