@@ -132,8 +132,8 @@ def _sizes(run: dict[str, Any]) -> str:
     """A run's sizes, and where it was evaluated when its results say so (one device and dtype)."""
     r = run["rows"][0]
     text = f"{r.get('test_prompts', '?')} test prompts, {r['attack_attempts']} attack prompts"
-    machines = {environment_line(e, versions=False) for x in run["results"] if isinstance(e := x.get("environment"),
-                                                                                           dict)}
+    machines = {environment_line(x["environment"], versions=False) for x in run["results"]
+                if isinstance(x.get("environment"), dict)}
     where = f", on {machines.pop()}" if len(machines) == 1 else ""
     return text + (f", {r['utility_n']} questions" if r.get("utility_n") else "") + where
 
