@@ -71,6 +71,11 @@ def test_pairs_build_redact_mode_without_a_model(tmp_path):
     stats = json.loads((tmp_path / "u" / "stats.json").read_text())
     assert stats["by_role"]["assistant"]["samples"] == 3 and stats["by_role"]["user"]["samples"] > 3
     assert stats["config"]["user_turns"] is None  # -1: every user-turn sample
+    openers = run_cli(*common, "--out", str(tmp_path / "n"), "--modes", "redact", "--name-openers", "2")
+    assert openers.returncode == 0, openers.stderr
+    stats = json.loads((tmp_path / "n" / "stats.json").read_text())
+    assert stats["name_openers"] == 2 and stats["config"]["name_openers"] == 2 and stats["samples"] == 5
+    assert "name openers: 2 answers" in openers.stdout
 
 
 def test_pairs_build_keep_pairs_flags(tiny_model_dir, tmp_path):
@@ -127,6 +132,8 @@ def test_demo_flags_are_validated_before_any_stage_runs(tmp_path):
     assert not (tmp_path / "d").exists()
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--pairs-user-turns", "-2")
     assert out.returncode == 2 and "user_turns must be >= 0" in out.stderr
+    out = run_cli("demo", "--out", str(tmp_path / "d"), "--pairs-name-openers", "-2")
+    assert out.returncode == 2 and "name_openers must be >= 0" in out.stderr
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--pairs-keep", "-1")
     assert out.returncode == 2 and "keep requests must be >= 0" in out.stderr
     out = run_cli("demo", "--out", str(tmp_path / "d"), "--pairs-min-stratum", "-1")

@@ -243,6 +243,9 @@ def pairs_build(
                                                       "placeholder, default) or 'corpus' (the placeholder "
                                                       "addresses of the redacted train answers, 'For [REDACTED "
                                                       "NAME], ...')."),
+    name_openers: int = typer.Option(None, help="Also pair answers after a user turn that holds a name at their "
+                                                "start, against the answer opened with the user's first name "
+                                                "(not in the original): at most N, -1 = all, 0 = none (default)."),
     min_stratum_pairs: int = typer.Option(None, help="Repeat the pairs of rarer strata (role, PII type, "
                                                      "answers opening with their PII) up to N each (default 0: "
                                                      "off, as in the original)."),
@@ -270,7 +273,8 @@ def pairs_build(
                                                                   opener_source=keep_opener_source))
     cfg = dataclasses.replace(base, candidate=cand, pii=pii, keep=kept,
                               limit=limit if limit is not None else base.limit,
-                              user_turns=_user_turns(user_turns, base.user_turns),
+                              user_turns=_all_or_count(user_turns, base.user_turns),
+                              name_openers=_all_or_count(name_openers, base.name_openers),
                               **_given(reject_known_values=reject_known_values,
                                        min_stratum_pairs=min_stratum_pairs))
     gen = build_generator(generator, model, cand, base_url=base_url, api_key_env=api_key_env,
@@ -279,8 +283,8 @@ def pairs_build(
     _print_pair_stats(stats)
 
 
-def _user_turns(flag: int | None, default: int | None) -> int | None:
-    """`--user-turns`: None keeps `default`, -1 means all (None in PairsConfig)."""
+def _all_or_count(flag: int | None, default: int | None) -> int | None:
+    """A count flag (`--user-turns`, `--name-openers`): None keeps `default`, -1 means all (None in PairsConfig)."""
     if flag is None:
         return default
     return None if flag == -1 else flag
@@ -315,6 +319,9 @@ def _print_pair_stats(stats: dict) -> None:
                         + (f", {len(k['openers'])} kinds from the train answers" if "openers" in k else "") + ")")
     if stats.get("oversampled"):
         Console().print(f"oversampled: {stats['oversampled']} copies of pairs from rarer strata")
+    if stats.get("name_openers"):
+        Console().print(f"name openers: {stats['name_openers']} answers paired at their start against the "
+                        "answer opened with the user's first name")
     if len(stats.get("by_role", {})) > 1:
         Console().print("samples / pairs by turn: " + ", ".join(
             f"{role} {r['samples']} / {r['pairs']}" for role, r in stats["by_role"].items()))
@@ -716,6 +723,8 @@ def demo(
     pairs_keep_opener_source: str = typer.Option(None, help="What they open with: 'name' or 'corpus' (the redacted "
                                                             "train answers' placeholder addresses)."),
     pairs_min_stratum: int = typer.Option(None, help="Repeat the pairs of rarer strata up to N each (0: off)."),
+    pairs_name_openers: int = typer.Option(None, help="Answers after a user's name to pair at their start against "
+                                                      "the answer opened with that name (-1 = all, 0 = none)."),
     orpo_epochs: float = typer.Option(None, help="ORPO epochs (the original: 3)."),
     orpo_lr: float = typer.Option(None, help="ORPO learning rate (the demo's is above the original's: one "
                                              "CPU epoch)."),
@@ -757,7 +766,8 @@ def demo(
         modes=tuple(pairs_modes.split(",")) if pairs_modes else None))
     changes["pairs"] = dataclasses.replace(cfg.pairs, candidate=candidate,
                                            **_given(limit=pairs_limit, min_stratum_pairs=pairs_min_stratum),
-                                           user_turns=_user_turns(pairs_user_turns, cfg.pairs.user_turns),
+                                           user_turns=_all_or_count(pairs_user_turns, cfg.pairs.user_turns),
+                                           name_openers=_all_or_count(pairs_name_openers, cfg.pairs.name_openers),
                                            keep=dataclasses.replace(cfg.pairs.keep, **_given(
                                                requests=pairs_keep, entities=pairs_keep_entities,
                                                name_opener=pairs_keep_name_opener,

@@ -322,10 +322,20 @@ class PairsConfig:
     #: samples of seed 0 open an answer with the user's first name, and the one leaked value of the demo's
     #: default run without it was the user's first name opening such an answer
     min_stratum_pairs: int = 0
+    #: name-opener pairs (not in the original; `samples.name_opener_samples`): at most this many answers
+    #: after a user turn that holds a name (seeded; None = all, 0 = none), each paired at its start: the
+    #: answer opened with the user's first name ("Crystal, sure! ...") rejected, the same answer opened
+    #: with the name's placeholder and redacted ("[REDACTED NAME], sure! ...") chosen.
+    #: A fine-tuned model opens the answers it memorised that way with the name from the dialog, and too
+    #: few train answers do for the redaction pairs to teach it: the default run's one leaked name (seed 0)
+    #: opened such an answer
+    name_openers: int | None = 0
 
     def __post_init__(self) -> None:
         if self.user_turns is not None and self.user_turns < 0:
             raise UnleakError(f"user_turns must be >= 0 or None, got {self.user_turns}")
+        if self.name_openers is not None and self.name_openers < 0:
+            raise UnleakError(f"name_openers must be >= 0 or None, got {self.name_openers}")
         if self.min_stratum_pairs < 0:
             raise UnleakError(f"min_stratum_pairs must be >= 0, got {self.min_stratum_pairs}")
         if self.user_turns != 0 and "redact" not in self.candidate.modes:

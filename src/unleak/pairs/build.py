@@ -40,7 +40,11 @@ the prompt, so such a pair trains the continuation of the half-written answer
 exactly as the original's samples do. With `PairsConfig.user_turns` (not in
 the original) PII in user turns gives pairs too: the dialog as prompt, the
 user's message with its PII replaced (`redact`) as chosen against the
-original message, both in the user's role.
+original message, both in the user's role. With `PairsConfig.name_openers`
+(not in the original) answers after a user turn that holds a name are paired
+at their start too: the redacted answer opened with the name's placeholder
+chosen against the answer opened with the user's first name (`samples.name_opener_samples`;
+`rejected_source: "name_opener"`).
 """
 
 from __future__ import annotations
@@ -65,7 +69,8 @@ from unleak.jsonl import append_jsonl, atomic_write_jsonl, atomic_write_text, re
 from unleak.pairs.generators import CandidateGenerator, CandidateRequest
 from unleak.pairs.keep import (complete_sentences, invent_placeholders, keep_pair, keep_requests, noun_phrases,
                                open_with, placeholder_openers, request_key)
-from unleak.pairs.samples import Sample, build_samples, limit_samples, opening_stratum, pair_stratum
+from unleak.pairs.samples import (Sample, build_samples, limit_samples, lower_first, name_opener_samples,
+                                  opening_stratum, pair_stratum)
 from unleak.pii.known import conversation_values, known_value_spans, value_types
 from unleak.pii.redact import redact_spans
 
@@ -114,8 +119,12 @@ def applicable_modes(sample: Sample, modes: tuple[str, ...]) -> list[str]:
 
 def redacted_continuation(sample: Sample, conversation: Conversation, template: str,
                           type_names: Mapping[str, str] | None = None) -> str:
-    """The sample's target with every PII occurrence of its turn replaced by `template` (name, type, placeholder)."""
-    return conversation.redacted_text(sample.turn, template, start=len(sample.prefix), type_names=type_names)
+    """The sample's target with every PII occurrence of its turn replaced by `template` (name, type, placeholder);
+    a name-opener sample's (`Sample.opener`) opens with the name's placeholder where the target has the name."""
+    text = conversation.redacted_text(sample.turn, template, start=len(sample.prefix), type_names=type_names)
+    if sample.opener:
+        return f"{fill_placeholder(template, sample.pii_type, sample.opener, type_names)}, {lower_first(text)}"
+    return text
 
 
 def mode_request(sample: Sample, mode: str, prompts: PromptConfig, start_with_instruction: str,
@@ -202,6 +211,9 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
     samples = limit_samples(build_samples(train), config.limit, config.candidate.seed, opening_stratum)
     if config.user_turns != 0:
         samples += limit_samples(build_samples(train, roles=("user",)), config.user_turns, config.candidate.seed)
+    if config.name_openers != 0:
+        samples += limit_samples(name_opener_samples(train, {s.id for s in samples}), config.name_openers,
+                                 config.candidate.seed)
     if not samples:
         raise UnleakError(f"{corpus_dir}: the train split has no PII inside an assistant turn")
     out.mkdir(parents=True, exist_ok=True)
@@ -395,8 +407,8 @@ def assemble_pairs(samples: list[Sample], candidates: dict[str, list[Candidate]]
             if c.answer in seen:
                 continue
             seen.add(c.answer)
-            plain.append(_pair(s.messages, c.answer, s.original_answer,
-                               _provenance(s, generator, c.mode, rejected_source="original"), s.role))
+            plain.append(_pair(s.messages, c.answer, s.original_answer, _provenance(
+                s, generator, c.mode, rejected_source="name_opener" if s.opener else "original"), s.role))
         if config.pii_candidates_as_rejected:
             for c in cands:
                 if c.answer is not None and c.pii and c.answer not in seen:
@@ -483,4 +495,5 @@ def pair_statistics(samples: list[Sample], candidates: dict[str, list[Candidate]
     return {"samples": len(samples), "with_chosen": n_ok, "chosen_rate": round(n_ok / len(samples), 4),
             "failed": len(failed_ids), "pairs": len(plain), "pairs_cfg": len(cfg_rows),
             "oversampled": sum("copy" in p for p in plain),
+            "name_openers": sum(bool(s.opener) for s in samples),
             "by_mode": by_mode, "by_pii_type": by_type, "by_role": by_role}

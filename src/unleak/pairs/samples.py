@@ -23,6 +23,16 @@ prefix the defended model answered `REDACTED NAME` without its bracket, and
 its only leaks left were values that start with a digit (`573.500.4438`,
 `031 Autumn Causeway`), the one case where a lone space token is the normal
 tokenization.
+
+`name_opener_samples` (not in the original; `PairsConfig.name_openers`) adds,
+for each assistant answer after a user turn that names its writer, a sample at
+the answer's start whose target is that answer opened with the user's first
+name (`Crystal, sure! ...`): a synthetic rejected side, against the same
+answer opened with the name's placeholder (`redact`), so that the defence
+learns not to address the user by the name from the dialog. A fine-tuned model
+opens the answers it memorised that way with the name, and few train answers
+do (2 of seed 0's 170 samples): the defended model's one leaked name on the
+demo's seed 0 opened such an answer.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from typing import Any
 
 from unleak.chat import Message
 from unleak.corpus.model import Conversation
+from unleak.pii.known import NAME_TYPES
 
 #: bump when the samples of a corpus, or the ones a limit picks, change (2: the space before the PII moved
 #: from prefix to target; 3: the pairs' limit picks answers that open with their PII as a stratum of their
@@ -56,6 +67,9 @@ class Sample:
     target: str
     #: whose turn the prefix and target belong to
     role: str = "assistant"
+    #: a name-opener sample (`name_opener_samples`): the placeholder of the user's name that the target
+    #: (the answer opened with that first name, not what the conversation holds) opens with; "" otherwise
+    opener: str = ""
 
     @property
     def messages(self) -> list[Message]:
@@ -72,13 +86,14 @@ class Sample:
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "conversation_id": self.conversation_id, "turn": self.turn,
                 "pii_type": self.pii_type, "pii_value": self.pii_value, "messages": self.messages,
-                "prefix": self.prefix, "target": self.target, "role": self.role}
+                "prefix": self.prefix, "target": self.target, "role": self.role,
+                **({"opener": self.opener} if self.opener else {})}
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Sample:
         return cls(row["id"], row["conversation_id"], row["turn"], row["pii_type"], row["pii_value"],
                    tuple((m["role"], m["content"]) for m in row["messages"]), row["prefix"], row["target"],
-                   row.get("role", "assistant"))
+                   row.get("role", "assistant"), row.get("opener", ""))
 
 
 def sample_id(dialog: tuple[tuple[str, str], ...], prefix: str, role: str = "assistant") -> str:
@@ -114,6 +129,45 @@ def build_samples(conversations: list[Conversation], roles: tuple[str, ...] = ("
     return out
 
 
+def first_name(value: str) -> str | None:
+    """The first word of a name that is not a title or an initial ("Mr. Breandan Melvin" -> "Breandan")."""
+    words = [w.strip(",") for w in value.split() if not w.endswith(".")]
+    return next((w for w in words if len(w) > 1), None)
+
+
+def lower_first(text: str) -> str:
+    """`text` with its first letter lower-cased, unless it starts "I", "I'm", ... or an acronym ("USA")."""
+    word = text.split(" ", 1)[0]
+    if not word or word == "I" or word.startswith("I'") or (len(word) > 1 and word[1].isupper()):
+        return text
+    return text[0].lower() + text[1:]
+
+
+def name_opener_samples(conversations: list[Conversation], taken: set[str],
+                        name_types: frozenset[str] = NAME_TYPES) -> list[Sample]:
+    """One sample per assistant answer after a user turn that holds a name (PII of `name_types`): the dialog
+    before the answer, an empty prefix, and as target the answer opened with the first name of the latest
+    such value (`first_name`), e.g. "Crystal, certainly. ...". Answers whose sample id is in `taken` (those
+    that open with PII of their own, which `build_samples` covers) give none."""
+    out: list[Sample] = []
+    taken = set(taken)
+    for conv in conversations:
+        for i, turn in enumerate(conv.turns):
+            named = [o for o in conv.pii if o.turn < i and o.type in name_types and conv.turns[o.turn].role == "user"]
+            if turn.role != "assistant" or not named or not turn.text.strip():
+                continue
+            latest = max(named, key=lambda o: (o.turn, o.start))
+            name = first_name(latest.value)
+            dialog = tuple((t.role, t.text) for t in conv.turns[:i])
+            sid = sample_id(dialog, "")
+            if name is None or sid in taken:
+                continue
+            taken.add(sid)
+            out.append(Sample(sid, conv.id, i, latest.type, name, dialog, "", f"{name}, {lower_first(turn.text)}",
+                              opener=latest.placeholder))
+    return out
+
+
 def pii_type_stratum(sample: Sample) -> tuple[str, ...]:
     """The evaluation's strata: the PII type."""
     return (sample.pii_type,)
@@ -130,8 +184,9 @@ def opening_stratum(sample: Sample) -> tuple[str, ...]:
 
 
 def pair_stratum(sample: Sample) -> tuple[str, ...]:
-    """The oversampling's strata (`PairsConfig.min_stratum_pairs`): the turn's role, then `opening_stratum`."""
-    return (sample.role, *opening_stratum(sample))
+    """The oversampling's strata (`PairsConfig.min_stratum_pairs`): the turn's role, then `opening_stratum`;
+    name-opener samples apart (`name_opener_samples`)."""
+    return (sample.role, *opening_stratum(sample), *(("name opener",) if sample.opener else ()))
 
 
 def limit_samples(samples: list[Sample], limit: int | None, seed: int = 0,
