@@ -328,7 +328,8 @@ class PairsConfig:
     #: with the name's placeholder and redacted ("[REDACTED NAME], sure! ...") chosen.
     #: A fine-tuned model opens the answers it memorised that way with the name from the dialog, and too
     #: few train answers do for the redaction pairs to teach it: the default run's one leaked name (seed 0)
-    #: opened such an answer
+    #: opened such an answer. Measured (demo, seeds 0-2): PII and attack hits 0 on every seed, but 89 of 100
+    #: generated general answers then open with the name placeholder (32 without), so the demo leaves it off
     name_openers: int | None = 0
 
     def __post_init__(self) -> None:
