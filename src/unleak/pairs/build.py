@@ -69,7 +69,7 @@ from unleak.jsonl import append_jsonl, atomic_write_jsonl, atomic_write_text, re
 from unleak.pairs.generators import CandidateGenerator, CandidateRequest
 from unleak.pairs.keep import (complete_sentences, invent_placeholders, keep_pair, keep_requests, noun_phrases,
                                open_with, placeholder_openers, request_key)
-from unleak.pairs.samples import (Sample, build_samples, limit_samples, lower_first, name_opener_samples,
+from unleak.pairs.samples import (Sample, build_samples, limit_samples, name_opener_samples, opened_by,
                                   opening_stratum, pair_stratum)
 from unleak.pii.known import conversation_values, known_value_spans, value_types
 from unleak.pii.redact import redact_spans
@@ -123,7 +123,7 @@ def redacted_continuation(sample: Sample, conversation: Conversation, template: 
     a name-opener sample's (`Sample.opener`) opens with the name's placeholder where the target has the name."""
     text = conversation.redacted_text(sample.turn, template, start=len(sample.prefix), type_names=type_names)
     if sample.opener:
-        return f"{fill_placeholder(template, sample.pii_type, sample.opener, type_names)}, {lower_first(text)}"
+        return opened_by(fill_placeholder(template, sample.pii_type, sample.opener, type_names), text)
     return text
 
 

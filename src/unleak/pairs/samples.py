@@ -143,6 +143,13 @@ def lower_first(text: str) -> str:
     return text[0].lower() + text[1:]
 
 
+def opened_by(opener: str, text: str) -> str:
+    """`text` addressed to `opener` first, as a name-opener sample's sides are ("Dalton" or "[REDACTED NAME]"
+    + "Sure! ..." -> "Dalton, sure! ..."). Unlike the keep pairs' `keep.open_with`, a first word with
+    punctuation attached is lower-cased too: these openers stand in front of the corpus's own answers."""
+    return f"{opener}, {lower_first(text)}"
+
+
 def name_opener_samples(conversations: list[Conversation], taken: set[str],
                         name_types: frozenset[str] = NAME_TYPES) -> list[Sample]:
     """One sample per assistant answer after a user turn that holds a name (PII of `name_types`): the dialog
@@ -163,7 +170,7 @@ def name_opener_samples(conversations: list[Conversation], taken: set[str],
             if name is None or sid in taken:
                 continue
             taken.add(sid)
-            out.append(Sample(sid, conv.id, i, latest.type, name, dialog, "", f"{name}, {lower_first(turn.text)}",
+            out.append(Sample(sid, conv.id, i, latest.type, name, dialog, "", opened_by(name, turn.text),
                               opener=latest.placeholder))
     return out
 
