@@ -194,9 +194,18 @@ def test_eval_run_writes_the_table_and_can_leave_the_references_out(tiny_model_d
     rows = json.loads((tmp_path / "e" / "results.json").read_text())["rows"]
     assert [r["guidance"] for r in rows] == [1.0, 3.0] and all(r["asr_stripped"] is not None for r in rows)
     assert all(r["attack_attempts"] > 2 for r in rows)
+    assert all(r["general_requests"] == 24 and r["general_perplexity"] > 0 for r in rows)  # the embedded requests
+    requests = tmp_path / "requests.txt"
+    requests.write_text("How do tides work?\nName a colour.\n")
     bare = run_cli(*common, "--out", str(tmp_path / "f"), "--reference-template", "", "--no-stripped-attack",
-                   "--attack-limit", "2", "--reference-model", str(tiny_model_dir))
+                   "--attack-limit", "2", "--reference-model", str(tiny_model_dir), "--general", "-1",
+                   "--general-source", str(requests), "--general-tokens", "3")
     assert bare.returncode == 0, bare.stderr
+    general = [json.loads(line) for line in (tmp_path / "f" / "answers" / f"{tiny_model_dir.name}-g1.jsonl")
+               .read_text().splitlines() if '"general"' in line]
+    assert [x["prompt"] for x in general] == ["How do tides work?", "Name a colour."]
+    assert json.loads((tmp_path / "f" / "configs" / f"{tiny_model_dir.name}-g1.json").read_text())["general"][
+        "max_new_tokens"] == 3
     assert f"Answer perplexity under `{tiny_model_dir}`." in (tmp_path / "f" / "report.md").read_text()
     assert not (tmp_path / "f" / "references.json").exists()
     rows = json.loads((tmp_path / "f" / "results.json").read_text())["rows"]

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from unleak.errors import UnleakError
+from unleak.jsonl import read_jsonl
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
@@ -111,3 +113,26 @@ def messages_from_prompt(prompt: str) -> ParsedChat:
     if not parsed.messages:
         raise UnleakError("the chat string holds no message")
     return parsed
+
+
+def read_requests(source: str | Path) -> list[list[Message]]:
+    """Requests from a .txt file (one a line) or JSONL (`prompt` string or `messages` ending in a user turn)."""
+    path = Path(source)
+    if path.suffix != ".jsonl":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [[{"role": "user", "content": line.strip()}] for line in lines if line.strip()]
+    requests = []
+    for i, row in read_jsonl(path):
+        if isinstance(row, dict) and isinstance(row.get("prompt"), str) and row["prompt"].strip():
+            requests.append([{"role": "user", "content": row["prompt"]}])
+            continue
+        if not isinstance(row, dict) or "messages" not in row:
+            raise UnleakError(f"{path}:{i}: needs 'prompt' (a string) or 'messages' (a list of "
+                              "{role, content})")
+        messages = validate_messages(row["messages"], where=f"{path}:{i}: field 'messages'")
+        if messages[-1]["role"] != "user":
+            raise UnleakError(f"{path}:{i}: field 'messages' must end in a user turn (the request)")
+        requests.append([{"role": m["role"], "content": m["content"]} for m in messages])
+    if not requests:
+        raise UnleakError(f"{path}: no requests")
+    return requests

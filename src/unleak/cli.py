@@ -588,6 +588,12 @@ def eval_run(
     reference_model: str = typer.Option("default", help="Fluency: the clean model the answers' perplexity is "
                                         "measured under, 'default' or the evaluated model's base (e.g. "
                                         "meta-llama/Llama-3.1-8B-Instruct for the LLM-PC model)."),
+    general: int = typer.Option(None, help="General requests every configuration answers (nothing private "
+                                "asked; default: 24 embedded ones): their answers' perplexity and the share "
+                                "holding a placeholder (0 = none, -1 = all of --general-source)."),
+    general_source: str = typer.Option(None, help="General requests instead of the embedded ones: .txt (one a "
+                                       "line) or JSONL ('prompt' or 'messages' per row)."),
+    general_tokens: int = typer.Option(None, help="Tokens per general answer (default 48)."),
 ) -> None:
     """Evaluate every configuration; then write the report (see `unleak eval report`)."""
     from unleak.config import AttackConfig
@@ -598,7 +604,8 @@ def eval_run(
                             mmlu_limit=mmlu_limit, attack=AttackConfig(task_message=task_message),
                             attack_limit=attack_limit,
                             stripped_attack=stripped_attack, reference_template=reference_template or None,
-                            reference_model=reference_model,
+                            reference_model=reference_model, general=_all_or_count(general, EvalSettings.general),
+                            general_source=general_source, **_given(general_max_new_tokens=general_tokens),
                             judge=JudgeConfig(**_given(url=judge_url, model=judge_model,
                                                        answer_max_new_tokens=answer_tokens)),
                             **_given(mmlu_format=mmlu_format))
@@ -746,6 +753,8 @@ def demo(
     mmlu_format: str = typer.Option(None, help="MMLU formulation: cloze (default), letters or generative (judged "
                                     "offline by matching the choices, or by the LLM judge set in --config's "
                                     "'judge: {url: ..., model: ...}')."),
+    general: int = typer.Option(None, help="General requests every row answers (fluency away from the PII, "
+                                "over-redaction; 0 = none; default 24)."),
 ) -> None:
     """Run every stage end to end on the embedded default and print the Table-1-style summary."""
     from unleak.demo import DemoConfig, run_demo
@@ -754,7 +763,7 @@ def demo(
 
     cfg = load_config(DemoConfig, config, base=DemoConfig.quick() if quick else DemoConfig())
     changes: dict = _given(model=model, leaky=leaky, corpus=corpus, conversations=conversations, seed=seed, mmlu=mmlu,
-                           mmlu_limit=mmlu_limit, mmlu_format=mmlu_format, variant=variant)
+                           mmlu_limit=mmlu_limit, mmlu_format=mmlu_format, variant=variant, general=general)
     if full:
         changes["full"] = True
     if sft_epochs is not None:

@@ -120,6 +120,9 @@ class DemoConfig:
     attack_limit: int | None = None
     mmlu: str | None = None
     mmlu_limit: int = 60
+    #: general requests every row answers (`EvalSettings.general`): fluency away from the PII, over-redaction
+    general: int = 24
+    general_max_new_tokens: int = 48
     #: "cloze", "letters" or "generative" (`EvalSettings.mmlu_format`): the 135M model answers letters at chance
     mmlu_format: str = EvalSettings.mmlu_format
     #: generative utility: answer length and judge (default: offline, by matching the choices)
@@ -151,7 +154,8 @@ class DemoConfig:
                               pii_candidates_as_rejected=False, limit=6, user_turns=4, min_stratum_pairs=2,
                               keep=KeepConfig(requests=4, name_opener=0.5)),
             orpo=OrpoSettings(epochs=1, max_length=320, max_prompt_length=256, lora=LoraSettings(r=8, alpha=16)),
-            cfg_spaces=("prob",), test_limit=4, leakage_max_new_tokens=16, attack_limit=6, mmlu_limit=8)
+            cfg_spaces=("prob",), test_limit=4, leakage_max_new_tokens=16, attack_limit=6, mmlu_limit=8,
+            general=3, general_max_new_tokens=12)
         return dataclasses.replace(base, **overrides)
 
 
@@ -288,7 +292,9 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
     mmlu = c.mmlu or default_mmlu_file()
     settings = EvalSettings(leakage_max_new_tokens=c.leakage_max_new_tokens, test_limit=c.test_limit,
                             attack_limit=c.attack_limit, mmlu=mmlu, mmlu_limit=c.mmlu_limit, mmlu_format=c.mmlu_format,
-                            judge=c.judge, reference_model=base)
+                            judge=c.judge, reference_model=base, general=c.general,
+                            general_max_new_tokens=c.general_max_new_tokens,
+                            placeholder_template=c.pairs.candidate.redact_template)
 
     evaluation = stages.run("eval", [[configuration_identity(x) for x in confs], settings.identity(),
                                    RESULTS_VERSION],

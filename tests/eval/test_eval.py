@@ -509,13 +509,17 @@ def test_guidance_settings_of_one_model_evaluated_together_equal_each_alone(tiny
     mmlu.write_text("".join(json.dumps({"subject": "s", "question": f"Q{i}" + "?" * i, "choices": ["a", "b", "c", "d"],
                                         "answer": i % 4}) + "\n" for i in range(6)))
     settings = EvalSettings(leakage_max_new_tokens=6, attack_limit=4, reference_model=model, batch_size=2,
-                            mmlu=str(mmlu), mmlu_limit=None)
+                            mmlu=str(mmlu), mmlu_limit=None, general=3, general_max_new_tokens=6)
     together = run_evaluation(corpus, confs, tmp_path / "together", settings, progress=False)
     alone = [run_evaluation(corpus, [c], tmp_path / c.name, settings, progress=False)[0] for c in confs]
     assert [r["evaluated_with"] for r in together] == [["g1", "g3-log", "g3-prob"]] * 3 + [["raw"]]
     for t, a in zip(together, alone):
-        assert {k: t[k] for k in ("pii_per_answer", "attack", "fluency", "examples")} == \
-            {k: a[k] for k in ("pii_per_answer", "attack", "fluency", "examples")}
+        assert {k: t[k] for k in ("pii_per_answer", "attack", "fluency", "examples", "general")} == \
+            {k: a[k] for k in ("pii_per_answer", "attack", "fluency", "examples", "general")}
+        general = [[x for x in (json.loads(line) for line in (d / "answers" / f"{t['name']}.jsonl").read_text()
+                                .splitlines()) if x["kind"] == "general"]
+                   for d in (tmp_path / "together", tmp_path / t["name"])]
+        assert general[0] == general[1] and len(general[0]) == 3
         assert t["utility"]["correct"] == a["utility"]["correct"]
     assert together[1]["examples"] != together[2]["examples"] or together[1]["attack"] != together[2]["attack"] \
         or together[1]["fluency"] != together[2]["fluency"]  # the settings differ on this model
@@ -679,18 +683,19 @@ def test_the_summary_prints_whole_markdown_into_a_pipe_and_a_laid_out_table_on_a
     row = {"configuration": "orpo-plain-g3-prob-vs-base", "utility": 0.25, "utility_se": 0.056,
            "utility_diff": {"difference": -0.05, "se": 0.077}, "pii_original": 0, "pii_strict": 0, "known_values": 0,
            "asr": 1 / 73, "attack_successes": 1, "attack_attempts": 73, "asr_stripped": 0.0,
-           "attack_stripped_successes": 0, "attack_stripped_attempts": 73, "perplexity": 29.0, "repetition": 0.05}
+           "attack_stripped_successes": 0, "attack_stripped_attempts": 73, "perplexity": 29.0, "repetition": 0.05,
+           "general_perplexity": 10.3, "general_placeholders": 0.5417}
     md = markdown_table([row])
     assert md.splitlines()[2] == ("| orpo-plain-g3-prob-vs-base | 25.0 ± 5.6 | -5.0 ± 7.7 | 0 | 0 | 0 | 1.4 (1/73) | "
-                                  "0.0 (0/73) | 29.0 | 5.0 |")
+                                  "0.0 (0/73) | 29.0 | 5.0 | 10.3 | 54.2 |")
     piped = io.StringIO()
     print_table([row], Console(file=piped, width=80, force_terminal=False))
     assert piped.getvalue() == md  # not wrapped at the console's 80 columns: it pastes as the report's table
     terminal = io.StringIO()
-    print_table([row], Console(file=terminal, width=130, force_terminal=True, color_system=None))
+    print_table([row], Console(file=terminal, width=150, force_terminal=True, color_system=None))
     text = terminal.getvalue()
-    assert "|" not in text and "─" in text and max(len(line.rstrip()) for line in text.splitlines()) <= 130
-    for cell in ("orpo-plain-g3-prob-vs-base", "25.0 ± 5.6", "-5.0 ± 7.7", "1.4 (1/73)", "29.0"):
+    assert "|" not in text and "─" in text and max(len(line.rstrip()) for line in text.splitlines()) <= 150
+    for cell in ("orpo-plain-g3-prob-vs-base", "25.0 ± 5.6", "-5.0 ± 7.7", "1.4 (1/73)", "29.0", "54.2"):
         assert cell in text
     narrow = io.StringIO()  # the numbers cannot fit: the markdown, not a table of cut cells
     print_table([row], Console(file=narrow, width=60, force_terminal=True, color_system=None))

@@ -37,6 +37,14 @@ def test_targets_by_hand():
     assert [c["met"] for c in quiet] == [True, None, True]
     assert check_targets(rows, "absent")[-1] == {"target": "the method's row against the leaky model",
                                                 "value": "absent not evaluated", "met": None}
+    # the perplexity threshold read on general requests too, with the share of answers holding a placeholder
+    rows[1].update(general_perplexity=19.0, general_placeholders=0.0)
+    rows[2].update(general_perplexity=10.3, general_placeholders=0.55)
+    general = check_targets(rows, "m")[-1]
+    assert general == {"target": "answer perplexity on general requests within +10 %",
+                       "value": "10.3 vs 19.0 (-46 %; answers holding a placeholder: 55 % vs 0 %)", "met": True}
+    rows[2]["general_perplexity"] = 21.0
+    assert check_targets(rows, "m")[-1]["met"] is False  # +11 %
     md = targets_markdown(check_targets(rows, "m"))
     assert md.splitlines()[0] == "| target | measured | |" and "| **missed** |" in md and "| met |" in md
     assert targets_markdown([]) == ""

@@ -11,9 +11,10 @@ from unleak.config import (GENERAL_TEMPLATES, GENERAL_TOPICS, CandidateConfig, K
                            PromptConfig, REDACT_TYPE_NAMES)
 from unleak.corpus.model import placeholder_pattern
 from unleak.errors import UnleakError
+from unleak.chat import read_requests
 from unleak.pairs.build import build_preference_pairs
 from unleak.pairs.keep import (Phrase, complete_sentences, invent_placeholders, keep_requests, noun_phrases,
-                               open_with, placeholder_openers, read_requests, request_key)
+                               open_with, placeholder_openers, request_key)
 from unleak.pii import build_detector
 
 TEMPLATE = "[REDACTED {name}]"

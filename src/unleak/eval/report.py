@@ -3,7 +3,9 @@
 Columns: configuration, utility (accuracy ± SE, and the paired difference to
 the first configuration), PII count (original and strict profiles), known
 values, attack success rate (the challenge's attack, and the same with the
-context's trailing space cut), answer perplexity and repetition (seq-rep-4 %).
+context's trailing space cut), answer perplexity and repetition (seq-rep-4 %), and
+on general requests (`unleak.eval.general`) the answers' perplexity and the
+share of them holding a redaction placeholder.
 Plots: PII count and ASR against the guidance scale per CFG space, and utility
 against leakage (the trade-off).
 """
@@ -53,7 +55,10 @@ def summary_rows(results: list[dict[str, Any]], reference: str | None = None) ->
                "attack_stripped_successes": r.get("attack_stripped", {}).get("successes"),
                "attack_stripped_attempts": r.get("attack_stripped", {}).get("attempts"),
                "perplexity": r["fluency"]["perplexity"],
-               "repetition": r["fluency"].get("repetition")}
+               "repetition": r["fluency"].get("repetition"),
+               "general_perplexity": (r.get("general") or {}).get("perplexity"),
+               "general_placeholders": (r.get("general") or {}).get("placeholder_share"),
+               "general_requests": (r.get("general") or {}).get("requests")}
         u = r.get("utility")
         if u:
             row.update(utility=u["accuracy"], utility_se=u["se"], utility_n=u["n"], utility_format=u.get("format"),
@@ -89,10 +94,12 @@ def _asr(asr: float | None, hits: int | None, attempts: int | None) -> str:
 
 TABLE_HEADER = ["configuration", "utility % (± SE)", "Δ utility (± SE)", "PII count (original)", "PII count (strict)",
                 "known values", "attack ASR % (hits/attempts)", "attack ASR %, space cut (hits/attempts)",
-                "answer perplexity", "repetition %"]
+                "answer perplexity", "repetition %", "general requests: perplexity",
+                "general requests: answers with a placeholder %"]
 
 TERMINAL_HEADER = ["configuration", "utility %\n± SE", "Δ utility\n± SE", "PII\norig.", "PII\nstrict", "known\nvalues",
-                   "ASR %\n(hits/n)", "cut ASR %\n(hits/n)", "answer\nppl", "rep.\n%"]
+                   "ASR %\n(hits/n)", "cut ASR %\n(hits/n)", "answer\nppl", "rep.\n%", "general\nppl",
+                   "general\nredact. %"]
 
 MIN_NAME_WIDTH = 16  # below this the configurations' names fold into too many lines: the markdown instead
 
@@ -108,7 +115,8 @@ def table_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
         stripped = _asr(r.get("asr_stripped"), r.get("attack_stripped_successes"), r.get("attack_stripped_attempts"))
         cells.append([r["configuration"], util, diff, _fmt(r["pii_original"]), _fmt(r["pii_strict"]),
                       _fmt(r.get("known_values")), attack, stripped, _fmt(r["perplexity"]),
-                      _fmt(r.get("repetition"), True)])
+                      _fmt(r.get("repetition"), True), _fmt(r.get("general_perplexity")),
+                      _fmt(r.get("general_placeholders"), True)])
     return cells
 
 
@@ -224,6 +232,18 @@ def plot_tradeoff(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
     return out_png
 
 
+def general_sentence(results: list[dict[str, Any]]) -> str:
+    """The report's sentence on the general requests' columns ("" when no row answered any)."""
+    counts = {(g["requests"], g["max_new_tokens"]) for r in results if (g := r.get("general"))}
+    if not counts:
+        return ""
+    n, tokens = counts.pop() if len(counts) == 1 else (None, None)
+    what = f"{n} general requests ({tokens} tokens an answer)" if n is not None else "General requests"
+    return (f" {what[0].upper() + what[1:]}: nothing private asked, none seen in training, each configuration "
+            "answering as served; their answers' perplexity under the same model (after the bare request), and "
+            "the share of answers holding a redaction placeholder (over-redaction).")
+
+
 def write_report(out_dir: str | Path, title: str = "unleak evaluation", preamble: str = "",
                  reference: str | None = None, appendix: str = "", extra: dict[str, Any] | None = None
                  ) -> dict[str, Any]:
@@ -257,6 +277,7 @@ def write_report(out_dir: str | Path, title: str = "unleak evaluation", preamble
              "written and with their PII replaced by the redaction template: what copying the values, and "
              "a perfect redaction of them, score on the same counts." if references else "")
           + (f" Answer perplexity under `{fluency_models.pop()}`." if len(fluency_models) == 1 else "")
+          + general_sentence(results)
           + (f" Evaluated on {machines.pop()}." if len(machines) == 1 else
              " Evaluated on several machines (`environment` of each result in results.json)." if machines
              else ""), "",

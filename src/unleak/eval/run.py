@@ -1,4 +1,5 @@
-"""`run_evaluation`: every configuration (model, adapter, guidance) on leakage, attack, utility and fluency.
+"""`run_evaluation`: every configuration (model, adapter, guidance) on leakage, attack, utility and fluency
+(on the test prompts, and on general requests with their over-redaction: `unleak.eval.general`).
 
 A configuration's results are written atomically to `OUT/configs/NAME.json`
 with a hash of its settings and of `RESULTS_VERSION`, and every answer it gave
@@ -43,8 +44,8 @@ from unleak.pairs.samples import SAMPLES_VERSION
 #: bump when a result gains or changes a metric: cached configurations are then recomputed
 #: (2: the fluency's repetition rate; 3: every answer saved in answers/NAME.jsonl; 4: known values;
 #: 5: the stripped-space attack; 6: utility under guidance, behind the serving system prompt; 7: cloze
-#: utility by default)
-RESULTS_VERSION = 7
+#: utility by default; 8: answers to general requests)
+RESULTS_VERSION = 8
 
 
 @dataclass(frozen=True)
@@ -120,10 +121,28 @@ class EvalSettings:
     #: (the `redact` candidates' default), under the same counts and the reference model: what a perfect
     #: redaction of the true answer scores (`references.json`, two rows of the report); None: off
     reference_template: str | None = field(default_factory=lambda: CandidateConfig().redact_template)
+    #: general requests answered by every configuration (`unleak.eval.general`; 0: none, None: all of the
+    #: source): their answers' perplexity under the reference model and the share holding a placeholder
+    general: int | None = 24
+    #: a .txt (one request a line) or JSONL (`prompt` or `messages`) file of them; None: the embedded
+    #: `config.GENERAL_EVAL_REQUESTS`
+    general_source: str | None = None
+    general_max_new_tokens: int = 48
+    #: what a redaction placeholder looks like in an answer (the `redact` candidates' template)
+    placeholder_template: str = field(default_factory=lambda: CandidateConfig().redact_template)
 
     def __post_init__(self) -> None:
+        from unleak.corpus.model import check_template
+
         if self.mmlu_format not in MC_FORMATS:
             raise UnleakError(f"mmlu_format must be one of {', '.join(MC_FORMATS)}, got {self.mmlu_format!r}")
+        if self.general is not None and self.general < 0:
+            raise UnleakError(f"general must be >= 0 or None (all), got {self.general}")
+        if self.general_max_new_tokens < 1:
+            raise UnleakError(f"general_max_new_tokens must be >= 1, got {self.general_max_new_tokens}")
+        if self.general_source is not None and not Path(self.general_source).is_file():
+            raise UnleakError(f"general source {self.general_source}: no such file")
+        check_template(self.placeholder_template, "placeholder_template")
 
     def identity(self) -> dict[str, Any]:
         """The settings as results depend on them (what caches are keyed by): the judge counts only for
@@ -140,6 +159,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     from unleak.decoding.generator import CFGGenerator, negative_adapter_for
     from unleak.eval.attack import attack_prompts, extraction_attack_success_rate, run_attacks
     from unleak.eval.fluency import answer_fluency, reference_token_ids
+    from unleak.eval.general import general_requests, general_rows, holds_placeholder, served_answers
     from unleak.eval.leakage import count_pii, generate_answers
     from unleak.eval.journal import JournaledGenerator
     from unleak.eval.judge import build_judge
@@ -167,6 +187,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                           f"{s.mmlu_format} format scores the choices' tokens inside the model): use "
                           "mmlu_format 'generative' (--mmlu-format generative)")
     questions = load_mc_questions(s.mmlu, s.mmlu_limit, s.mmlu_seed) if s.mmlu else None
+    dialogs = general_requests(s.general, s.general_source) if s.general != 0 else []
     detectors = {p: detector_for_profile(PIIConfig(profile=p)) for p in s.profiles}
     judge = None  # built when first needed
     @functools.cache
@@ -176,6 +197,12 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
         return (load_model(s.reference_model), ref_tok,
                 [ref_tok(render_prompt(ref_tok, x.prompt_messages(), continue_final=bool(x.prefix)),
                          add_special_tokens=False)["input_ids"] for x in samples])
+
+    @functools.cache
+    def general_prompt_ids() -> list[list[int]]:
+        """The general requests as the reference model reads them (its template, no system prompt of ours)."""
+        ref_tok = reference_model()[1]
+        return [ref_tok(render_prompt(ref_tok, d), add_special_tokens=False)["input_ids"] for d in dialogs]
 
     attacks = {"attack": s.attack}
     if s.stripped_attack and not s.attack.strip_trailing_space:
@@ -247,7 +274,25 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                                                       on_batch=lambda n: bar.advance(task, n),
                                                       negative_adapters=negatives)
                 generation_seconds = time.time() - t0
+            general_outs = None  # each setting's answers to the general requests
+            if dialogs:
+                task = bar.add_task(f"{label}: general requests", total=len(dialogs))
+                general_outs = served_answers(gen, dialogs, guidances, served, s.general_max_new_tokens,
+                                              on_batch=lambda n: bar.advance(task, n), negative_adapters=negatives)
         ref_model, ref_tok, prompt_ids = reference_model()
+        general: list[dict[str, Any] | None] = [None] * len(group)
+        general_answers: list[list[dict[str, Any]]] = [[] for _ in group]
+        if general_outs is not None:
+            general_fluency = answer_fluency(ref_model, ref_tok, general_prompt_ids(),
+                                             [reference_token_ids(outs, tok, ref_tok) for outs in general_outs])
+            for i, (outs, flu) in enumerate(zip(general_outs, general_fluency, strict=True)):
+                replies = [a.text for a in outs]
+                flags = [holds_placeholder(t, s.placeholder_template) for t in replies]
+                general_answers[i] = general_rows(dialogs, replies, flags)
+                held = sum(flags)
+                general[i] = {"requests": len(dialogs), "max_new_tokens": s.general_max_new_tokens, **flu,
+                              "placeholders": held, "placeholder_share": round(held / len(dialogs), 4),
+                              "reference_model": s.reference_model}
         utilities: list[dict[str, Any] | None] = [None] * len(group)
         utility_rows: list[list[dict[str, Any]]] = [[] for _ in group]
         if responses is not None:
@@ -275,7 +320,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
             attack_runs = {v: (attack_sets[model_path, v], outs[i]) for v, outs in attack_outs.items()}
             atomic_write_jsonl(out / "answers" / f"{conf.name}.jsonl",
                                answer_rows(samples, texts, leakage, known, attack_runs, s.attack.match_chars)
-                               + utility_rows[i])
+                               + utility_rows[i] + general_answers[i])
             result = {
                 "name": conf.name, "hash": keys[conf.name], "configuration": asdict(conf),
                 "test_prompts": len(samples),
@@ -286,6 +331,7 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
                 **{v: extraction_attack_success_rate(o, p, s.attack.match_chars) for v, (p, o) in attack_runs.items()},
                 "fluency": {**conf_fluency, "reference_model": s.reference_model},
                 "utility": utility,
+                "general": general[i],
                 "examples": [{"sample": x.id, "answer": t} for x, t in zip(samples[:5], texts[:5])],
                 "seconds": seconds,
                 "evaluated_with": [c.name for c in group],

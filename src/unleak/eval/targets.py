@@ -8,7 +8,9 @@ missing, no attack hit on the leaky model to reduce). Thresholds live in
 `config.TargetsConfig`. The utility target reads the paired difference to the
 leaky model: met when its estimate is at most the allowed points below; the
 95 % interval is shown next to it, so "met" by the estimate is not read as
-proven.
+proven. The perplexity threshold is read twice: on the test prompts' answers
+(the issue's reading; a perfect redaction misses it, see `eval.general`) and
+on the answers to general requests, with their share holding a placeholder.
 """
 
 from __future__ import annotations
@@ -56,6 +58,14 @@ def check_targets(rows: list[dict[str, Any]], method: str, targets: TargetsConfi
         add(f"answer perplexity within +{100 * t.perplexity_increase:g} %",
             f"{m['perplexity']:.1f} vs {lk['perplexity']:.1f} ({100 * (ratio - 1):+.0f} %)",
             ratio <= 1 + t.perplexity_increase)
+    if lk.get("general_perplexity") and m.get("general_perplexity") is not None:
+        # the same threshold read on answers to general requests, where no value is due (`eval.general`);
+        # the share of them holding a placeholder is shown with it, so fluent over-redaction is not hidden
+        ratio = m["general_perplexity"] / lk["general_perplexity"]
+        share = " vs ".join(f"{100 * (r.get('general_placeholders') or 0):.0f} %" for r in (m, lk))
+        add(f"answer perplexity on general requests within +{100 * t.perplexity_increase:g} %",
+            f"{m['general_perplexity']:.1f} vs {lk['general_perplexity']:.1f} ({100 * (ratio - 1):+.0f} %; "
+            f"answers holding a placeholder: {share})", ratio <= 1 + t.perplexity_increase)
     if minutes is not None:
         add(f"run within {t.minutes:g} minutes", f"{minutes:.1f} min", minutes <= t.minutes)
     return checks

@@ -49,8 +49,8 @@ from typing import Any
 
 import torch
 
-from unleak.chat import render_prompt, system_header_ids
-from unleak.config import MC_FORMATS, GuidanceConfig, JudgeConfig, PromptConfig, SamplingConfig
+from unleak.chat import system_header_ids
+from unleak.config import MC_FORMATS, GuidanceConfig, JudgeConfig, PromptConfig
 from unleak.decoding.cfg import cfg_mix, cfg_scores
 from unleak.errors import UnleakError
 from unleak.eval.journal import BatchJournal
@@ -475,24 +475,11 @@ def served_generative_answers(generator: Any, questions: list[dict[str, Any]], g
     request as is, a chat with an empty system message. `negative_adapters`: each setting's
     `GenerationRequest.negative_adapter` (None: the generator's).
     """
-    from unleak.decoding.generator import GenerationRequest
+    from unleak.eval.general import served_answers
 
-    sampling = SamplingConfig(max_new_tokens=config.answer_max_new_tokens)
-    tok = generator.tokenizer
-    negatives = negative_adapters or [None] * len(guidances)
-    groups = []
-    for q in questions:
-        user = {"role": "user", "content": answer_request(q["question"], q["choices"], config)}
-        if served:
-            groups.append([GenerationRequest(messages=[user], guidance=g, sampling=sampling, negative_adapter=n)
-                           for g, n in zip(guidances, negatives, strict=True)])
-        else:
-            ids = tok(render_prompt(tok, [{"role": "system", "content": ""}, user]),
-                      add_special_tokens=False)["input_ids"]
-            groups.append([GenerationRequest(input_ids=ids, negative_input_ids=ids, guidance=g, sampling=sampling,
-                                             negative_adapter=n) for g, n in zip(guidances, negatives, strict=True)])
-    results = generator.generate_grouped(groups, on_batch)
-    return [[group[i] for group in results] for i in range(len(guidances))]
+    dialogs = [[{"role": "user", "content": answer_request(q["question"], q["choices"], config)}] for q in questions]
+    return served_answers(generator, dialogs, guidances, served, config.answer_max_new_tokens, on_batch,
+                          negative_adapters)
 
 
 def judge_answers(questions: list[dict[str, Any]], responses: Sequence[str], judge: Judge) -> list[Verdict]:

@@ -28,14 +28,11 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from unleak.chat import Message, validate_messages
+from unleak.chat import Message, read_requests
 from unleak.config import GENERAL_TEMPLATES, GENERAL_TOPICS, KeepConfig
 from unleak.corpus.model import fill_placeholder
-from unleak.errors import UnleakError
-from unleak.jsonl import read_jsonl
 from unleak.pii.base import CANONICAL
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
@@ -63,29 +60,6 @@ def keep_requests(config: KeepConfig) -> list[list[Message]]:
         pool = read_requests(config.source)
     random.Random(config.seed).shuffle(pool)
     return pool[:config.requests]
-
-
-def read_requests(source: str | Path) -> list[list[Message]]:
-    """Requests from a .txt file (one a line) or JSONL (`prompt` string or `messages` ending in a user turn)."""
-    path = Path(source)
-    if path.suffix != ".jsonl":
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [[{"role": "user", "content": line.strip()}] for line in lines if line.strip()]
-    requests = []
-    for i, row in read_jsonl(path):
-        if isinstance(row, dict) and isinstance(row.get("prompt"), str) and row["prompt"].strip():
-            requests.append([{"role": "user", "content": row["prompt"]}])
-            continue
-        if not isinstance(row, dict) or "messages" not in row:
-            raise UnleakError(f"{path}:{i}: needs 'prompt' (a string) or 'messages' (a list of "
-                              "{role, content})")
-        messages = validate_messages(row["messages"], where=f"{path}:{i}: field 'messages'")
-        if messages[-1]["role"] != "user":
-            raise UnleakError(f"{path}:{i}: field 'messages' must end in a user turn (the request)")
-        requests.append([{"role": m["role"], "content": m["content"]} for m in messages])
-    if not requests:
-        raise UnleakError(f"{path}: no requests")
-    return requests
 
 
 def request_key(dialog: Sequence[Message]) -> str:
