@@ -684,17 +684,17 @@ def test_the_summary_prints_whole_markdown_into_a_pipe_and_a_laid_out_table_on_a
            "utility_diff": {"difference": -0.05, "se": 0.077}, "pii_original": 0, "pii_strict": 0, "known_values": 0,
            "asr": 1 / 73, "attack_successes": 1, "attack_attempts": 73, "asr_stripped": 0.0,
            "attack_stripped_successes": 0, "attack_stripped_attempts": 73, "perplexity": 29.0, "repetition": 0.05,
-           "general_perplexity": 10.3, "general_placeholders": 0.5417}
+           "general_perplexity": 10.3, "general_placeholders": 0.5417, "general_known_values": 2}
     md = markdown_table([row])
     assert md.splitlines()[2] == ("| orpo-plain-g3-prob-vs-base | 25.0 ± 5.6 | -5.0 ± 7.7 | 0 | 0 | 0 | 1.4 (1/73) | "
-                                  "0.0 (0/73) | 29.0 | 5.0 | 10.3 | 54.2 |")
+                                  "0.0 (0/73) | 29.0 | 5.0 | 10.3 | 54.2 | 2 |")
     piped = io.StringIO()
     print_table([row], Console(file=piped, width=80, force_terminal=False))
     assert piped.getvalue() == md  # not wrapped at the console's 80 columns: it pastes as the report's table
     terminal = io.StringIO()
-    print_table([row], Console(file=terminal, width=150, force_terminal=True, color_system=None))
+    print_table([row], Console(file=terminal, width=160, force_terminal=True, color_system=None))
     text = terminal.getvalue()
-    assert "|" not in text and "─" in text and max(len(line.rstrip()) for line in text.splitlines()) <= 150
+    assert "|" not in text and "─" in text and max(len(line.rstrip()) for line in text.splitlines()) <= 160
     for cell in ("orpo-plain-g3-prob-vs-base", "25.0 ± 5.6", "-5.0 ± 7.7", "1.4 (1/73)", "29.0", "54.2"):
         assert cell in text
     narrow = io.StringIO()  # the numbers cannot fit: the markdown, not a table of cut cells

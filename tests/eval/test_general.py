@@ -103,6 +103,8 @@ def test_general_answers_in_the_evaluation_and_report(tiny_model_dir, tmp_path):
         assert g["placeholders"] == sum(x["placeholder"] for x in general) > 0
         assert g["placeholder_share"] == pytest.approx(g["placeholders"] / 3, abs=1e-4)
         assert all(x["placeholder"] == holds_placeholder(x["response"], "{type}") for x in general)
+        assert g["known_values"] == sum(len(x["known_values"]) for x in general)
+        assert g["answers_with_known"] == sum(1 for x in general if x["known_values"])
         # each answer as its row is served (the defence behind its system prompts and under its guidance, the
         # raw model on the bare request), and the perplexity is of those answers after the bare request
         conf = next(c for c in confs if c.name == r["name"])

@@ -10,7 +10,9 @@ behind its system prompt and under its guidance, a baseline on the bare
 request, as the generative utility asks), and the evaluation reports their
 perplexity under the reference model (conditioned on the bare request) and
 the share of answers holding a redaction placeholder, which nothing in such a
-request calls for.
+request calls for, and the values of the test conversations the answers repeat
+(known values, `unleak.pii.known`): a model that memorised its data spills it
+into unrelated answers too.
 
 The requests are `config.GENERAL_EVAL_REQUESTS` (none of the keep pairs'
 topics, none from MMLU) or a user's file (`chat.read_requests`).
@@ -90,8 +92,10 @@ def served_answers(generator: Any, dialogs: Sequence[list[Message]], guidances: 
     return [[group[i] for group in results] for i in range(len(guidances))]
 
 
-def general_rows(dialogs: Sequence[list[Message]], texts: Sequence[str], placeholders: Sequence[bool]
-                 ) -> list[dict[str, Any]]:
-    """One `answers/NAME.jsonl` row per general request: the request, the answer, whether it holds a placeholder."""
-    return [{"kind": "general", "request": i, "prompt": d[-1]["content"], "response": t, "placeholder": p}
-            for i, (d, t, p) in enumerate(zip(dialogs, texts, placeholders, strict=True))]
+def general_rows(dialogs: Sequence[list[Message]], texts: Sequence[str], placeholders: Sequence[bool],
+                 known: Sequence[list[str]]) -> list[dict[str, Any]]:
+    """One `answers/NAME.jsonl` row per general request: the request, the answer, whether it holds a placeholder,
+    and the test conversations' values it repeats (`known`: nothing asked for them, so a spill of memory)."""
+    return [{"kind": "general", "request": i, "prompt": d[-1]["content"], "response": t, "placeholder": p,
+             "known_values": k}
+            for i, (d, t, p, k) in enumerate(zip(dialogs, texts, placeholders, known, strict=True))]

@@ -4,8 +4,8 @@ Columns: configuration, utility (accuracy ± SE, and the paired difference to
 the first configuration), PII count (original and strict profiles), known
 values, attack success rate (the challenge's attack, and the same with the
 context's trailing space cut), answer perplexity and repetition (seq-rep-4 %), and
-on general requests (`unleak.eval.general`) the answers' perplexity and the
-share of them holding a redaction placeholder.
+on general requests (`unleak.eval.general`) the answers' perplexity, the
+share of them holding a redaction placeholder and the known values they repeat.
 Plots: PII count and ASR against the guidance scale per CFG space, and utility
 against leakage (the trade-off).
 """
@@ -58,6 +58,7 @@ def summary_rows(results: list[dict[str, Any]], reference: str | None = None) ->
                "repetition": r["fluency"].get("repetition"),
                "general_perplexity": (r.get("general") or {}).get("perplexity"),
                "general_placeholders": (r.get("general") or {}).get("placeholder_share"),
+               "general_known_values": (r.get("general") or {}).get("known_values"),
                "general_requests": (r.get("general") or {}).get("requests")}
         u = r.get("utility")
         if u:
@@ -95,11 +96,11 @@ def _asr(asr: float | None, hits: int | None, attempts: int | None) -> str:
 TABLE_HEADER = ["configuration", "utility % (± SE)", "Δ utility (± SE)", "PII count (original)", "PII count (strict)",
                 "known values", "attack ASR % (hits/attempts)", "attack ASR %, space cut (hits/attempts)",
                 "answer perplexity", "repetition %", "general requests: perplexity",
-                "general requests: answers with a placeholder %"]
+                "general requests: answers with a placeholder %", "general requests: known values"]
 
 TERMINAL_HEADER = ["configuration", "utility %\n± SE", "Δ utility\n± SE", "PII\norig.", "PII\nstrict", "known\nvalues",
                    "ASR %\n(hits/n)", "cut ASR %\n(hits/n)", "answer\nppl", "rep.\n%", "general\nppl",
-                   "general\nredact. %"]
+                   "general\nredact. %", "general\nknown"]
 
 MIN_NAME_WIDTH = 16  # below this the configurations' names fold into too many lines: the markdown instead
 
@@ -116,7 +117,7 @@ def table_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
         cells.append([r["configuration"], util, diff, _fmt(r["pii_original"]), _fmt(r["pii_strict"]),
                       _fmt(r.get("known_values")), attack, stripped, _fmt(r["perplexity"]),
                       _fmt(r.get("repetition"), True), _fmt(r.get("general_perplexity")),
-                      _fmt(r.get("general_placeholders"), True)])
+                      _fmt(r.get("general_placeholders"), True), _fmt(r.get("general_known_values"))])
     return cells
 
 
@@ -241,7 +242,8 @@ def general_sentence(results: list[dict[str, Any]]) -> str:
     what = f"{n} general requests ({tokens} tokens an answer)" if n is not None else "General requests"
     return (f" {what[0].upper() + what[1:]}: nothing private asked, none seen in training, each configuration "
             "answering as served; their answers' perplexity under the same model (after the bare request), and "
-            "the share of answers holding a redaction placeholder (over-redaction).")
+            "the share of answers holding a redaction placeholder (over-redaction), and the test conversations' "
+            "values they repeat (known values: a spill of memory, nothing asked for them).")
 
 
 def write_report(out_dir: str | Path, title: str = "unleak evaluation", preamble: str = "",

@@ -285,13 +285,17 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
         if general_outs is not None:
             general_fluency = answer_fluency(ref_model, ref_tok, general_prompt_ids(),
                                              [reference_token_ids(outs, tok, ref_tok) for outs in general_outs])
+            every_value = frozenset().union(*values.values())  # nothing asked for: any test conversation's
             for i, (outs, flu) in enumerate(zip(general_outs, general_fluency, strict=True)):
                 replies = [a.text for a in outs]
                 flags = [holds_placeholder(t, s.placeholder_template) for t in replies]
-                general_answers[i] = general_rows(dialogs, replies, flags)
+                spilled = count_known_values(replies, [every_value] * len(replies))
+                general_answers[i] = general_rows(dialogs, replies, flags,
+                                                  [[sp.text for sp in row] for row in spilled["spans"]])
                 held = sum(flags)
                 general[i] = {"requests": len(dialogs), "max_new_tokens": s.general_max_new_tokens, **flu,
                               "placeholders": held, "placeholder_share": round(held / len(dialogs), 4),
+                              "known_values": spilled["total"], "answers_with_known": spilled["answers_with_known"],
                               "reference_model": s.reference_model}
         utilities: list[dict[str, Any] | None] = [None] * len(group)
         utility_rows: list[list[dict[str, Any]]] = [[] for _ in group]
