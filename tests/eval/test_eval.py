@@ -692,9 +692,13 @@ def test_the_summary_prints_whole_markdown_into_a_pipe_and_a_laid_out_table_on_a
     print_table([row], Console(file=piped, width=80, force_terminal=False))
     assert piped.getvalue() == md  # not wrapped at the console's 80 columns: it pastes as the report's table
     terminal = io.StringIO()
-    print_table([row], Console(file=terminal, width=160, force_terminal=True, color_system=None))
+    print_table([row], Console(file=terminal, width=130, force_terminal=True, color_system=None))
     text = terminal.getvalue()
-    assert "|" not in text and "─" in text and max(len(line.rstrip()) for line in text.splitlines()) <= 160
+    assert "|" not in text and "─" in text and max(len(line.rstrip()) for line in text.splitlines()) <= 130
+    folded = io.StringIO()  # on 120 columns all thirteen columns fit, the name folded
+    print_table([row], Console(file=folded, width=120, force_terminal=True, color_system=None))
+    assert "|" not in folded.getvalue() and max(len(line.rstrip()) for line in folded.getvalue().splitlines()) <= 120
+    assert "orpo-plain-g3-pr" in folded.getvalue() and "54.2" in folded.getvalue()
     for cell in ("orpo-plain-g3-prob-vs-base", "25.0 ± 5.6", "-5.0 ± 7.7", "1.4 (1/73)", "29.0", "54.2"):
         assert cell in text
     narrow = io.StringIO()  # the numbers cannot fit: the markdown, not a table of cut cells

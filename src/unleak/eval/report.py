@@ -100,7 +100,7 @@ TABLE_HEADER = ["configuration", "utility % (± SE)", "Δ utility (± SE)", "PII
 
 TERMINAL_HEADER = ["configuration", "utility %\n± SE", "Δ utility\n± SE", "PII\norig.", "PII\nstrict", "known\nvalues",
                    "ASR %\n(hits/n)", "cut ASR %\n(hits/n)", "answer\nppl", "rep.\n%", "general\nppl",
-                   "general\nredact. %", "general\nknown"]
+                   "general\nredact.%", "general\nknown"]
 
 MIN_NAME_WIDTH = 16  # below this the configurations' names fold into too many lines: the markdown instead
 
@@ -136,9 +136,10 @@ def print_table(rows: list[dict[str, Any]], console: Console | None = None) -> N
     widths = [max(cell_len(line) for line in head.split("\n")) for head in TERMINAL_HEADER[1:]]
     for c in cells:
         widths = [max(w, cell_len(x)) for w, x in zip(widths, c[1:])]
-    if console.is_terminal and sum(widths) + 2 * len(TERMINAL_HEADER) + MIN_NAME_WIDTH <= console.width:
-        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-        table.add_column("configuration", overflow="fold")
+    # no edges and no padding: the box's one-space dividers apart, thirteen columns fit 120 terminal columns
+    if console.is_terminal and MIN_NAME_WIDTH + sum(widths) + len(widths) <= console.width:
+        table = Table(box=box.SIMPLE_HEAD, header_style="bold", show_edge=False, padding=0)
+        table.add_column("configuration", overflow="fold", min_width=MIN_NAME_WIDTH)
         for head in TERMINAL_HEADER[1:]:
             table.add_column(head, justify="right", no_wrap=True)
         for c in cells:
