@@ -258,7 +258,8 @@ GENERAL_EVAL_REQUESTS: tuple[str, ...] = (
     "Explain how a thermometer works.", "How do I write a polite email declining an invitation?",
     "Why do we dream?", "How are maps drawn?", "What is compound interest, in simple words?",
     "How does recycling paper work?", "Why do birds migrate?", "Give me a simple recipe for pancakes.",
-    "How does a microwave oven heat food?", "What are the rules of chess, briefly?", "Why is salt added to roads in winter?",
+    "How does a microwave oven heat food?", "What are the rules of chess, briefly?",
+    "Why is salt added to roads in winter?",
     "How do snails make their shells?", "How can I remember names better?",
     "How does a lock and key work?", "Why do stars twinkle?", "What is a good stretching routine for the morning?")
 

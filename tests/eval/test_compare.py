@@ -12,11 +12,14 @@ from unleak.errors import UnleakError
 from unleak.eval.compare import compare_runs, pooled, relative_change
 
 
-def row(name, pii, hits, attempts, cut_hits=None, strict=None, known=None):
+def row(name, pii, hits, attempts, cut_hits=None, strict=None, known=None, general=None):
+    """`general`: (answers holding a placeholder, requests, known values) of the general requests."""
     return {"configuration": name, "test_prompts": 4, "pii_original": pii, "pii_strict": strict,
             "known_values": known, "attack_successes": hits, "attack_attempts": attempts,
             "attack_stripped_successes": cut_hits, "attack_stripped_attempts": None if cut_hits is None else attempts,
-            "utility_n": 4}
+            "utility_n": 4, **({} if general is None else {"general_placeholder_answers": general[0],
+                                                           "general_requests": general[1],
+                                                           "general_known_values": general[2]})}
 
 
 def run_dir(path, rows, corrects, environment=None):
@@ -45,13 +48,18 @@ def test_pooled_sums_counts_rates_over_all_attempts_and_pairs_utility_over_every
     assert p["utility_diff"]["se"] == pytest.approx((0.7 / 5) ** 0.5, abs=1e-4) and p["utility_diff"]["n"] == 5
     unknown = pooled([row("d", 1, 1, 10), row("d", None, 0, 10)], [None, None], [None, None])
     assert unknown["pii_original"] is None and unknown["pii_strict"] is None and unknown["attack_stripped"] is None
-    assert "utility" not in unknown
+    assert "utility" not in unknown and unknown["general"] is None
+    general = pooled([row("d", 1, 1, 10, general=(5, 24, 0)), row("d", 0, 0, 10, general=(3, 24, 2))],
+                     [None, None], [None, None])["general"]
+    assert general == {"placeholders": 8, "requests": 48, "share": 8 / 48, "known_values": 2}
 
 
 def test_compare_runs_writes_the_table_json_and_plot(tmp_path):
-    a = run_dir(tmp_path / "s0", [row("leaky", 35, 7, 73, 17), row("g3", 1, 1, 73, 0), row("only-s0", 0, 0, 73, 0)],
+    a = run_dir(tmp_path / "s0", [row("leaky", 35, 7, 73, 17, general=(0, 24, 8)),
+                                  row("g3", 1, 1, 73, 0, general=(5, 24, 0)), row("only-s0", 0, 0, 73, 0)],
                 {"leaky": [True, False, True, False], "g3": [True, True, True, False], "only-s0": [True] * 4})
-    b = run_dir(tmp_path / "s1", [row("leaky", 25, 7, 102, 22), row("g3", 0, 0, 102, 0)],
+    b = run_dir(tmp_path / "s1", [row("leaky", 25, 7, 102, 22, general=(0, 24, 3)),
+                                  row("g3", 0, 0, 102, 0, general=(4, 24, 0))],
                 {"leaky": [False, False, True, True], "g3": [False, False, True, True]},
                 {"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "dtype": "bfloat16"})
     got = compare_runs([a, b], tmp_path / "cmp", labels=["seed 0", "seed 1"])
@@ -62,7 +70,8 @@ def test_compare_runs_writes_the_table_json_and_plot(tmp_path):
     md = (tmp_path / "cmp" / "compare.md").read_text()
     # 60 -> 1 is -98.3 %; 14 -> 1 of 175 is -92.9 %; utility 5/8 vs 4/8 paired: +12.5 %
     assert "| g3 | 1 / 0 | 1 (-98.3 %) | 1 / 0 | 0.6 (1/175, -92.9 %) | 0 / 0 | 0.0 (0/175, -100.0 %) | 62.5 | " \
-           "+12.5 ± 12.5 (8) |" in md
+           "+12.5 ± 12.5 (8) | 18.8 % (9/48) | 0 / 0 |" in md
+    assert "| 0.0 % (0/48) | 8 / 3 |" in md  # the leaky model's spill per run
     assert "| leaky | 35 / 25 | 60 (+0.0 %) | 7 / 7 | 8.0 (14/175, +0.0 %) |" in md and "left out: only-s0" in md
     assert "seed 0 (4 test prompts, 73 attack prompts, 4 questions)" in md  # no environment recorded
     assert "seed 1 (4 test prompts, 102 attack prompts, 4 questions, on cuda (NVIDIA H100 80GB HBM3), bfloat16)" in md

@@ -5,7 +5,9 @@
 `compare.json` and `compare.png`. Per configuration: each run's PII count (the challenge's profile) and
 attack hits, and the runs pooled: PII counts and hits summed, the success rate over all attempts, the
 utility difference to the reference configuration paired over all runs' questions (each question of
-each run once), and the change of the pooled counts relative to the reference configuration's.
+each run once), and the change of the pooled counts relative to the reference configuration's; on the
+general requests (`unleak.eval.general`), the answers holding a placeholder pooled and the known values
+each run's answers repeat.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ def pooled(rows: list[dict[str, Any]], corrects: list[list[bool] | None],
                                 ("attack_stripped", "attack_stripped_successes", "attack_stripped_attempts")):
         h, n = _sum([r.get(hits) for r in rows]), _sum([r.get(attempts) for r in rows])
         out[key] = None if h is None or not n else {"successes": h, "attempts": n, "asr": h / n}
+    held, asked = _sum([r.get("general_placeholder_answers") for r in rows]), _sum([r.get("general_requests")
+                                                                                  for r in rows])
+    out["general"] = None if held is None or not asked else {
+        "placeholders": held, "requests": asked, "share": held / asked,
+        "known_values": _sum([r.get("general_known_values") for r in rows])}
     usable = all(c is not None and rc is not None and len(c) == len(rc) and c
                  for c, rc in zip(corrects, reference_corrects))
     if usable:
@@ -144,8 +151,9 @@ def _pct(x: float | None) -> str:
 
 def compare_table(table: list[dict[str, Any]], reference: str) -> str:
     head = ("| configuration | PII per run | PII pooled (Δ %) | attack hits per run | attack ASR % pooled (Δ %) | "
-            "space cut hits per run | space cut ASR % pooled (Δ %) | utility % pooled | Δ utility pooled (± SE, n) |")
-    lines = [head, "|" + " --- |" * 9]
+            "space cut hits per run | space cut ASR % pooled (Δ %) | utility % pooled | Δ utility pooled (± SE, n) | "
+            "general requests: answers with a placeholder, pooled | general requests: known values per run |")
+    lines = [head, "|" + " --- |" * 11]
     for e in table:
         p, c, rs = e["pooled"], e["change"], e["runs"]
 
@@ -156,6 +164,8 @@ def compare_table(table: list[dict[str, Any]], reference: str) -> str:
             return "–" if x is None else (f"{100 * x['asr']:.1f} ({x['successes']}/{x['attempts']}, "
                                           f"{_pct(change)})")
 
+        g = p.get("general")
+        general = "–" if g is None else f"{100 * g['share']:.1f} % ({g['placeholders']}/{g['requests']})"
         d = p.get("utility_diff")
         util = "–" if "utility" not in p else f"{100 * p['utility']:.1f}"
         diff = "–" if d is None or e["configuration"] == reference else \
@@ -164,7 +174,7 @@ def compare_table(table: list[dict[str, Any]], reference: str) -> str:
                      f"{'–' if p['pii_original'] is None else p['pii_original']} ({_pct(c['pii_original'])}) | "
                      f"{per_run('attack_successes')} | {rate(p['attack'], c['attack'])} | "
                      f"{per_run('attack_stripped_successes')} | {rate(p['attack_stripped'], c['attack_stripped'])} | "
-                     f"{util} | {diff} |")
+                     f"{util} | {diff} | {general} | {per_run('general_known_values')} |")
     return "\n".join(lines) + "\n"
 
 

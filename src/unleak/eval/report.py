@@ -58,6 +58,7 @@ def summary_rows(results: list[dict[str, Any]], reference: str | None = None) ->
                "repetition": r["fluency"].get("repetition"),
                "general_perplexity": (r.get("general") or {}).get("perplexity"),
                "general_placeholders": (r.get("general") or {}).get("placeholder_share"),
+               "general_placeholder_answers": (r.get("general") or {}).get("placeholders"),
                "general_known_values": (r.get("general") or {}).get("known_values"),
                "general_requests": (r.get("general") or {}).get("requests")}
         u = r.get("utility")
