@@ -31,7 +31,10 @@ def test_quick_demo_runs_caches_and_reruns_only_what_changed(tmp_path, default_m
     assert json.loads((out / "results.json").read_text())["rows"][1]["configuration"] == "leaky"
     # the targets, checked on this run's rows (the method's: g = 3, probability space)
     targets = json.loads((out / "results.json").read_text())["targets"]
-    assert targets == result["targets"] and len(targets) == 6 and "`orpo-plain-g3-prob`" in report
+    assert targets == result["targets"] and len(targets) == 7 and "`orpo-plain-g3-prob`" in report
+    # the quick run's 3 general requests, answered by every row; the perplexity threshold read on them too
+    assert targets[-2]["target"] == "answer perplexity on general requests within +10 %"
+    assert all(r["general_requests"] == 3 for r in result["rows"]) and "3 general requests (12 tokens" in report
     assert all(f"| {t['target']} | {t['value']} |" in report for t in targets)
     assert (out / "pairs" / "pairs_cfg.jsonl").read_text().strip()
     assert (out / "orpo" / "plain" / "adapter" / "adapter_config.json").is_file()
@@ -82,7 +85,8 @@ def test_demo_on_ones_own_corpus_and_leaky_model(tmp_path, tiny_model_dir):
     assert json.loads((out / "corpus" / "split.json").read_text()) == split
     report = (out / "report.md").read_text()
     assert f"corpus: 10 conversations from {src}, split by conversation: 7 train, 3 test" in report
-    tested = {json.loads(line)["conversation"] for line in (out / "eval" / "answers" / "leaky.jsonl").open()}
+    tested = {row["conversation"] for row in map(json.loads, (out / "eval" / "answers" / "leaky.jsonl").open())
+              if row["kind"] in ("test", "attack")}
     assert tested and tested <= set(split["test"])  # evaluated on the user's test split only
     assert [r["configuration"] for r in result["rows"]] == ["base", "leaky", "orpo-plain-g1", "orpo-plain-g3-prob",
                                                             "orpo-plain-g3-prob-vs-base"]
