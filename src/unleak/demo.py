@@ -21,7 +21,8 @@ only the stages downstream of it.
 5. eval: on the **test** split: base, leaky, defended at g = 1 and with
    guidance g = 2, 3, 5 in both spaces; the extraction attack as the
    challenge runs it and with the context's trailing space cut; utility on
-   an MMLU subset; answer perplexity and repetition;
+   an MMLU subset; answer perplexity and repetition; answers to general
+   requests (`unleak.eval.general`: fluency, placeholders, spilled values);
 6. report: report.md, results.json, PNGs and the Table-1-style summary.
 """
 
