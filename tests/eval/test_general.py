@@ -57,6 +57,20 @@ def test_holds_placeholder(text, template, held):
     assert holds_placeholder(text, template) is held
 
 
+def test_spilled_values_by_hand():
+    from unleak.eval.general import spilled_values
+
+    values = frozenset({"fields", "leyden", "leyden.j@yahoo.com", "573.500.4438", "erinstad", "jamie-leigh",
+                        "16 andrew motorway, justinland"})
+    assert spilled_values(["It spans many fields of study.",  # the common word, not the surname Fields
+                           "Leyden, the old town with sunshine.", "Call 573.500.4438 now.",
+                           "Mail leyden.j@yahoo.com.",  # the address and the name in it: one value
+                           "erinstad is lower-case", "Jamie-Leigh and jamie-leigh", "At 16 Andrew Motorway, Justinland.",
+                           "Nothing here."], values) == [
+        [], ["Leyden"], ["573.500.4438"], ["leyden.j@yahoo.com"], [], ["Jamie-Leigh"],
+        ["16 Andrew Motorway, Justinland"], []]
+
+
 def test_eval_settings_refuse_bad_general_values(tmp_path):
     from unleak.eval.run import EvalSettings
 

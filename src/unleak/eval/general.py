@@ -92,6 +92,19 @@ def served_answers(generator: Any, dialogs: Sequence[list[Message]], guidances: 
     return [[group[i] for group in results] for i in range(len(guidances))]
 
 
+def spilled_values(texts: Sequence[str], values: frozenset[str]) -> list[list[str]]:
+    """Per answer, the known `values` (`unleak.pii.known`: lower-cased, names also by their parts) it repeats,
+    overlaps merged, but for a match written in lower-case letters only: nothing in a general request asks
+    for a name, and `fields` or `will` there is the common word, not the surname `Fields` or `Will`."""
+    from unleak.pii.known import known_value_spans, merged_spans
+
+    return [[sp.text for sp in merged_spans(known_value_spans(t, values)) if not _LOWER_WORDS.fullmatch(sp.text)]
+            for t in texts]
+
+
+_LOWER_WORDS = re.compile(r"[a-z][a-z' -]*")
+
+
 def general_rows(dialogs: Sequence[list[Message]], texts: Sequence[str], placeholders: Sequence[bool],
                  known: Sequence[list[str]]) -> list[dict[str, Any]]:
     """One `answers/NAME.jsonl` row per general request: the request, the answer, whether it holds a placeholder,

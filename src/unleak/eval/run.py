@@ -159,7 +159,8 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
     from unleak.decoding.generator import CFGGenerator, negative_adapter_for
     from unleak.eval.attack import attack_prompts, extraction_attack_success_rate, run_attacks
     from unleak.eval.fluency import answer_fluency, reference_token_ids
-    from unleak.eval.general import general_requests, general_rows, holds_placeholder, served_answers
+    from unleak.eval.general import (general_requests, general_rows, holds_placeholder, served_answers,
+                                     spilled_values)
     from unleak.eval.leakage import count_pii, generate_answers
     from unleak.eval.journal import JournaledGenerator
     from unleak.eval.judge import build_judge
@@ -289,13 +290,12 @@ def run_evaluation(corpus: str | Path, configurations: list[EvalConfiguration], 
             for i, (outs, flu) in enumerate(zip(general_outs, general_fluency, strict=True)):
                 replies = [a.text for a in outs]
                 flags = [holds_placeholder(t, s.placeholder_template) for t in replies]
-                spilled = count_known_values(replies, [every_value] * len(replies))
-                general_answers[i] = general_rows(dialogs, replies, flags,
-                                                  [[sp.text for sp in row] for row in spilled["spans"]])
+                spilled = spilled_values(replies, every_value)
+                general_answers[i] = general_rows(dialogs, replies, flags, spilled)
                 held = sum(flags)
                 general[i] = {"requests": len(dialogs), "max_new_tokens": s.general_max_new_tokens, **flu,
                               "placeholders": held, "placeholder_share": round(held / len(dialogs), 4),
-                              "known_values": spilled["total"], "answers_with_known": spilled["answers_with_known"],
+                              "known_values": sum(map(len, spilled)), "answers_with_known": sum(map(bool, spilled)),
                               "reference_model": s.reference_model}
         utilities: list[dict[str, Any] | None] = [None] * len(group)
         utility_rows: list[list[dict[str, Any]]] = [[] for _ in group]
