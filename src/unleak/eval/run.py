@@ -122,7 +122,8 @@ class EvalSettings:
     #: redaction of the true answer scores (`references.json`, two rows of the report); None: off
     reference_template: str | None = field(default_factory=lambda: CandidateConfig().redact_template)
     #: general requests answered by every configuration (`unleak.eval.general`; 0: none, None: all of the
-    #: source): their answers' perplexity under the reference model and the share holding a placeholder
+    #: source): their answers' perplexity under the reference model, the share holding a placeholder and
+    #: the test conversations' values they repeat
     general: int | None = 24
     #: a .txt (one request a line) or JSONL (`prompt` or `messages`) file of them; None: the embedded
     #: `config.GENERAL_EVAL_REQUESTS`
