@@ -122,8 +122,8 @@ class DemoConfig:
     mmlu: str | None = None
     mmlu_limit: int = 60
     #: general requests every row answers (`EvalSettings.general`): fluency away from the PII, over-redaction
-    general: int = 24
-    general_max_new_tokens: int = 48
+    general: int | None = EvalSettings.general
+    general_max_new_tokens: int = EvalSettings.general_max_new_tokens
     #: "cloze", "letters" or "generative" (`EvalSettings.mmlu_format`): the 135M model answers letters at chance
     mmlu_format: str = EvalSettings.mmlu_format
     #: generative utility: answer length and judge (default: offline, by matching the choices)
