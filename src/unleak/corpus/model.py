@@ -54,10 +54,14 @@ def check_template(template: str, what: str) -> str:
     return template
 
 
+#: a field of a placeholder template (`fill_placeholder` fills it)
+TEMPLATE_FIELD = re.compile(r"(\{(?:type|placeholder|name)\})")
+
+
 def placeholder_pattern(template: str) -> re.Pattern[str]:
     """A regex matching `template` filled for any PII value (`fill_placeholder`): each field stands for a run of
     letters, digits, spaces, `_` and `-` ("[REDACTED {name}]" matches "[REDACTED PHONE NUMBER]")."""
-    parts = re.split(r"(\{(?:type|placeholder|name)\})", template)
+    parts = TEMPLATE_FIELD.split(template)
     return re.compile("".join(r"[A-Za-z0-9_ -]+?" if p in ("{type}", "{placeholder}", "{name}") else re.escape(p)
                               for p in parts))
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from unleak.chat import Message, read_requests, render_prompt
 from unleak.config import GENERAL_EVAL_REQUESTS, GuidanceConfig, SamplingConfig
-from unleak.corpus.model import placeholder_pattern
+from unleak.corpus.model import TEMPLATE_FIELD, placeholder_pattern
 from unleak.errors import UnleakError
 
 #: a placeholder cut off at an answer's end counts from this many characters of its template's opening on
@@ -50,7 +50,7 @@ def holds_placeholder(text: str, template: str) -> bool:
     counts whole ones only)."""
     if placeholder_pattern(template).search(text):
         return True
-    opening = re.split(r"\{(?:type|placeholder|name)\}", template)[0]
+    opening = TEMPLATE_FIELD.split(template)[0]
     if len(opening) < TRUNCATED_CHARS:
         return False
     tail = text.rstrip()
