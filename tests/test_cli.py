@@ -76,6 +76,17 @@ def test_pairs_build_redact_mode_without_a_model(tmp_path):
     stats = json.loads((tmp_path / "n" / "stats.json").read_text())
     assert stats["name_openers"] == 2 and stats["config"]["name_openers"] == 2 and stats["samples"] == 5
     assert "name openers: 2 answers" in openers.stdout
+    dropped = run_cli(*common, "--out", str(tmp_path / "a"), "--modes", "redact", "--name-openers", "2",
+                      "--drop-addresses")
+    assert dropped.returncode == 0, dropped.stderr
+    assert json.loads((tmp_path / "a" / "stats.json").read_text())["config"]["drop_addresses"] is True
+    opened = [json.loads(x) for x in (tmp_path / "n" / "pairs.jsonl").read_text().splitlines()]
+    plain = [json.loads(x) for x in (tmp_path / "a" / "pairs.jsonl").read_text().splitlines()]
+    assert [r["rejected"] for r in plain] == [r["rejected"] for r in opened]
+    assert [r["chosen"][0]["content"].startswith("[REDACTED NAME], ") for r in opened if r["rejected_source"] ==
+            "name_opener"] == [True, True]
+    assert not any(r["chosen"][0]["content"].startswith("[REDACTED NAME], ") for r in plain
+                   if r["rejected_source"] == "name_opener")
 
 
 def test_pairs_build_keep_pairs_flags(tiny_model_dir, tmp_path):

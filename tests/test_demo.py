@@ -111,12 +111,14 @@ def test_demo_on_ones_own_corpus_and_leaky_model(tmp_path, tiny_model_dir):
     assert ", space pairs; MMLU subset" in (out / "report.md").read_text()
     assert (out / "pairs" / "stage.json").stat().st_mtime_ns == stamps["pairs"]
 
-    # name-opener pairs (`--pairs-name-openers`): the pairs rerun with them, and the report says so
-    opened = dataclasses.replace(spaced, pairs=dataclasses.replace(cfg.pairs, name_openers=2))
+    # name-opener pairs (`--pairs-name-openers`), the addresses left out (`--pairs-drop-addresses`): the pairs
+    # rerun with them, and the report says so
+    opened = dataclasses.replace(spaced, pairs=dataclasses.replace(cfg.pairs, name_openers=2, drop_addresses=True))
     run_demo(opened, out)
     stats = json.loads((out / "pairs" / "stats.json").read_text())
-    assert stats["name_openers"] == 2 and stats["pairs"] > len(pairs)
-    assert ", name openers from 2 answers" in (out / "report.md").read_text()
+    assert stats["name_openers"] == 2 and stats["pairs"] > len(pairs) and stats["config"]["drop_addresses"]
+    assert ", name openers from 2 answers, addresses left out of the redacted answers" in \
+        (out / "report.md").read_text()
 
 
 def test_demo_rows_guided_away_from_the_leaky_model_in_probability_space_only(tmp_path):

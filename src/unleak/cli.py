@@ -246,6 +246,10 @@ def pairs_build(
     name_openers: int = typer.Option(None, help="Also pair answers after a user turn that holds a name at their "
                                                 "start, against the answer opened with the user's first name "
                                                 "(not in the original): at most N, -1 = all, 0 = none (default)."),
+    drop_addresses: bool = typer.Option(None, "--drop-addresses/--address-placeholders",
+                                        help="redact: leave out a name that addresses the reader ('Sure! "
+                                             "Dalton, restart it.' -> 'Sure! Restart it.'; not in the "
+                                             "original) or write its placeholder (default)."),
     min_stratum_pairs: int = typer.Option(None, help="Repeat the pairs of rarer strata (role, PII type, "
                                                      "answers opening with their PII) up to N each (default 0: "
                                                      "off, as in the original)."),
@@ -276,7 +280,7 @@ def pairs_build(
                               user_turns=_all_or_count(user_turns, base.user_turns),
                               name_openers=_all_or_count(name_openers, base.name_openers),
                               **_given(reject_known_values=reject_known_values,
-                                       min_stratum_pairs=min_stratum_pairs))
+                                       min_stratum_pairs=min_stratum_pairs, drop_addresses=drop_addresses))
     gen = build_generator(generator, model, cand, base_url=base_url, api_key_env=api_key_env,
                           concurrency=concurrency)
     stats = build_preference_pairs(corpus, gen, out, cfg, batch_size=batch_size)
@@ -732,6 +736,9 @@ def demo(
     pairs_min_stratum: int = typer.Option(None, help="Repeat the pairs of rarer strata up to N each (0: off)."),
     pairs_name_openers: int = typer.Option(None, help="Answers after a user's name to pair at their start against "
                                                       "the answer opened with that name (-1 = all, 0 = none)."),
+    pairs_drop_addresses: bool = typer.Option(None, "--pairs-drop-addresses/--pairs-address-placeholders",
+                                              help="Leave out a name that addresses the reader in the redacted "
+                                                   "answers instead of writing its placeholder."),
     orpo_epochs: float = typer.Option(None, help="ORPO epochs (the original: 3)."),
     orpo_lr: float = typer.Option(None, help="ORPO learning rate (the demo's is above the original's: one "
                                              "CPU epoch)."),
@@ -774,7 +781,8 @@ def demo(
     candidate = dataclasses.replace(cfg.pairs.candidate, **_given(
         modes=tuple(pairs_modes.split(",")) if pairs_modes else None))
     changes["pairs"] = dataclasses.replace(cfg.pairs, candidate=candidate,
-                                           **_given(limit=pairs_limit, min_stratum_pairs=pairs_min_stratum),
+                                           **_given(limit=pairs_limit, min_stratum_pairs=pairs_min_stratum,
+                                                    drop_addresses=pairs_drop_addresses),
                                            user_turns=_all_or_count(pairs_user_turns, cfg.pairs.user_turns),
                                            name_openers=_all_or_count(pairs_name_openers, cfg.pairs.name_openers),
                                            keep=dataclasses.replace(cfg.pairs.keep, **_given(

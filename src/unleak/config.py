@@ -355,6 +355,12 @@ class PairsConfig:
     #: opened such an answer. Measured (demo, seeds 0-2): PII and attack hits 0 on every seed, but 89 of 100
     #: generated general answers then open with the name placeholder (32 without), so the demo leaves it off
     name_openers: int | None = 0
+    #: the redacted answer leaves out a name that addresses the reader instead of writing its placeholder
+    #: (not in the original; `corpus.model.addresses_reader`): "Sure! Dalton, restart it." is chosen as
+    #: "Sure! Restart it.", not "Sure! [REDACTED NAME], restart it.", and a name-opener pair's chosen side
+    #: is the answer as written, redacted. A placeholder address is what the defence then writes into
+    #: general answers too (`[REDACTED NAME], the color of the leaves ...`)
+    drop_addresses: bool = False
 
     def __post_init__(self) -> None:
         if self.user_turns is not None and self.user_turns < 0:

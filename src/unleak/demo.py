@@ -313,6 +313,7 @@ def run_demo(config: DemoConfig | None = None, out_dir: str | Path = "runs/demo"
                 f"{_count(c.pairs.limit)} train samples of answers and {_count(c.pairs.user_turns)} of user "
                 f"turns, modes {', '.join(c.pairs.candidate.modes)}"
                 + (f", name openers from {_count(c.pairs.name_openers)} answers" if c.pairs.name_openers != 0 else "")
+                + (", addresses left out of the redacted answers" if c.pairs.drop_addresses else "")
                 + (f", keep pairs from {c.pairs.keep.requests} general requests" if c.pairs.keep.requests else "")
                 + "; ORPO "
                 f"({c.variant} pairs) {c.orpo.epochs:g} epoch(s), lr {c.orpo.learning_rate:g}, beta "

@@ -10,7 +10,7 @@ attackers hold in the LLM-PC challenge.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,13 @@ def placeholder_pattern(template: str) -> re.Pattern[str]:
                               for p in parts))
 
 
+def addresses_reader(text: str, occ: PIIOccurrence) -> bool:
+    """Whether `occ` addresses the reader of `text`: it opens the text or a sentence, and a comma follows
+    ("Dalton, restart it.", "Sure! Dalton, restart it."; not "Dear Dalton," nor "I, Dalton, dispute")."""
+    before = text[:occ.start].rstrip()
+    return text[occ.end:occ.end + 1] == "," and (not before or before[-1] in ".!?")
+
+
 @dataclass
 class Conversation:
     id: str
@@ -87,17 +94,28 @@ class Conversation:
         return sorted((o for o in self.pii if o.turn == turn), key=lambda o: o.start)
 
     def redacted_text(self, turn: int, template: str = "[{placeholder}]", start: int = 0,
-                      type_names: Mapping[str, str] | None = None) -> str:
+                      type_names: Mapping[str, str] | None = None, drop_addresses: Collection[str] = ()) -> str:
         """Turn `turn`'s text from character `start` on, each PII occurrence there replaced by `template`
         (filled with the occurrence's `type`, `placeholder`, and `name`: `type_names[type]`, else the
-        type with "_" as spaces)."""
+        type with "_" as spaces). An occurrence of a type in `drop_addresses` that addresses the reader
+        (`addresses_reader`) is left out instead, with its comma, and the word after it capitalised
+        ("Sure! Dalton, restart it." -> "Sure! Restart it.")."""
         text, last = self.turns[turn].text, start
-        parts = []
+        parts: list[str] = []
+        capitalise = False
         for occ in self.pii_in_turn(turn):
-            if occ.start >= start:
-                parts += [text[last:occ.start], fill_placeholder(template, occ.type, occ.placeholder, type_names)]
-                last = occ.end
-        return "".join(parts) + text[last:]
+            if occ.start < start:
+                continue
+            between = text[last:occ.start]
+            parts.append(between[:1].upper() + between[1:] if capitalise else between)
+            if occ.type in drop_addresses and addresses_reader(text, occ):
+                last = len(text) - len(text[occ.end + 1:].lstrip())
+                capitalise = True
+            else:
+                parts.append(fill_placeholder(template, occ.type, occ.placeholder, type_names))
+                last, capitalise = occ.end, False
+        rest = text[last:]
+        return "".join(parts) + (rest[:1].upper() + rest[1:] if capitalise else rest)
 
     def scrubbed_turns(self) -> list[Turn]:
         """Turns with each PII occurrence replaced by its `[PLACEHOLDER]`."""

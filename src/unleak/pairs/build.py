@@ -71,7 +71,7 @@ from unleak.pairs.keep import (complete_sentences, invent_placeholders, keep_pai
                                open_with, placeholder_openers, request_key)
 from unleak.pairs.samples import (Sample, build_samples, limit_samples, name_opener_samples, opened_by,
                                   opening_stratum, pair_stratum)
-from unleak.pii.known import conversation_values, known_value_spans, value_types
+from unleak.pii.known import NAME_TYPES, conversation_values, known_value_spans, value_types
 from unleak.pii.redact import redact_spans
 
 log = logging.getLogger(__name__)
@@ -118,11 +118,17 @@ def applicable_modes(sample: Sample, modes: tuple[str, ...]) -> list[str]:
 
 
 def redacted_continuation(sample: Sample, conversation: Conversation, template: str,
-                          type_names: Mapping[str, str] | None = None) -> str:
+                          type_names: Mapping[str, str] | None = None, drop_addresses: bool = False) -> str:
     """The sample's target with every PII occurrence of its turn replaced by `template` (name, type, placeholder);
-    a name-opener sample's (`Sample.opener`) opens with the name's placeholder where the target has the name."""
-    text = conversation.redacted_text(sample.turn, template, start=len(sample.prefix), type_names=type_names)
-    if sample.opener:
+    a name-opener sample's (`Sample.opener`) opens with the name's placeholder where the target has the name.
+
+    With `drop_addresses` (`PairsConfig.drop_addresses`) an assistant's name that addresses the reader is left
+    out instead (`corpus.model.addresses_reader`: "Sure! Dalton, restart it." -> "Sure! Restart it."), and a
+    name-opener sample's answer is the turn as written, redacted, without the opener."""
+    dropped = NAME_TYPES if drop_addresses and sample.role == "assistant" else ()
+    text = conversation.redacted_text(sample.turn, template, start=len(sample.prefix), type_names=type_names,
+                                      drop_addresses=dropped)
+    if sample.opener and not dropped:
         return opened_by(fill_placeholder(template, sample.pii_type, sample.opener, type_names), text)
     return text
 
@@ -253,7 +259,8 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
                 if mode == "redact":  # deterministic: one candidate, first round only
                     if attempt == 0:
                         computed.append(Candidate(s.id, mode, 0, 0, redacted_continuation(
-                            s, conversations[s.conversation_id], cc.redact_template, cc.redact_type_names)))
+                            s, conversations[s.conversation_id], cc.redact_template, cc.redact_type_names,
+                            config.drop_addresses)))
                     continue
                 for k in range(cc.candidates):
                     cand = Candidate(s.id, mode, attempt, k, "")
