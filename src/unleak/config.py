@@ -359,7 +359,9 @@ class PairsConfig:
     #: (not in the original; `corpus.model.addresses_reader`): "Sure! Dalton, restart it." is chosen as
     #: "Sure! Restart it.", not "Sure! [REDACTED NAME], restart it.", and a name-opener pair's chosen side
     #: is the answer as written, redacted. A placeholder address is what the defence then writes into
-    #: general answers too (`[REDACTED NAME], the color of the leaves ...`)
+    #: general answers too (`[REDACTED NAME], the color of the leaves ...`). Measured (demo, seeds 0-2, g = 3
+    #: prob): no general answer opens so (3 of 24 before on seed 0), the same PII and attack hits, but the
+    #: address also held back a test answer's opening name (`Christ` 0.58 -> 0.93), so the demo leaves it off
     drop_addresses: bool = False
 
     def __post_init__(self) -> None:
