@@ -79,7 +79,11 @@ def test_pairs_build_redact_mode_without_a_model(tmp_path):
     dropped = run_cli(*common, "--out", str(tmp_path / "a"), "--modes", "redact", "--name-openers", "2",
                       "--drop-addresses")
     assert dropped.returncode == 0, dropped.stderr
-    assert json.loads((tmp_path / "a" / "stats.json").read_text())["config"]["drop_addresses"] is True
+    dropped_stats = json.loads((tmp_path / "a" / "stats.json").read_text())
+    assert dropped_stats["config"]["drop_addresses"] is True
+    assert dropped_stats["addresses_dropped"] >= 2  # at least the two name openers' chosen sides
+    assert f"addresses left out: the redacted answers of {dropped_stats['addresses_dropped']} samples" in \
+        " ".join(dropped.stdout.split())
     opened = [json.loads(x) for x in (tmp_path / "n" / "pairs.jsonl").read_text().splitlines()]
     plain = [json.loads(x) for x in (tmp_path / "a" / "pairs.jsonl").read_text().splitlines()]
     assert [r["rejected"] for r in plain] == [r["rejected"] for r in opened]

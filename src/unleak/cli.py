@@ -326,6 +326,9 @@ def _print_pair_stats(stats: dict) -> None:
     if stats.get("name_openers"):
         Console().print(f"name openers: {stats['name_openers']} answers paired at their start against the "
                         "answer opened with the user's first name")
+    if stats.get("addresses_dropped"):
+        Console().print(f"addresses left out: the redacted answers of {stats['addresses_dropped']} samples lost a "
+                        "name that addressed the reader")
     if len(stats.get("by_role", {})) > 1:
         Console().print("samples / pairs by turn: " + ", ".join(
             f"{role} {r['samples']} / {r['pairs']}" for role, r in stats["by_role"].items()))

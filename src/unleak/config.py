@@ -371,6 +371,8 @@ class PairsConfig:
             raise UnleakError(f"name_openers must be >= 0 or None, got {self.name_openers}")
         if self.min_stratum_pairs < 0:
             raise UnleakError(f"min_stratum_pairs must be >= 0, got {self.min_stratum_pairs}")
+        if self.drop_addresses and "redact" not in self.candidate.modes:
+            raise UnleakError("drop_addresses shapes the 'redact' candidates: add 'redact' to the candidate modes")
         if self.user_turns != 0 and "redact" not in self.candidate.modes:
             raise UnleakError("user_turns pairs need the 'redact' candidate mode (a generator answers as the "
                               "assistant, not as the user)")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from unleak.config import CandidateConfig, PairsConfig
 from unleak.corpus.model import Conversation, PIIOccurrence, Turn, addresses_reader
+from unleak.errors import UnleakError
 from unleak.pairs.build import build_preference_pairs, redacted_continuation
 from unleak.pairs.samples import build_samples, name_opener_samples
 from unleak.pii import build_detector
@@ -81,17 +84,22 @@ def test_redacted_continuation_drops_addresses_after_the_prefix_in_assistant_tur
 def test_pairs_build_with_drop_addresses(corpus_dir, tmp_path):
     redact = CandidateConfig(modes=("redact",))
     common = dict(candidate=redact, pii_candidates_as_rejected=False, name_openers=None)
-    runs = {}
+    runs, stats = {}, {}
     for drop in (False, True):
         out = tmp_path / str(drop)
-        build_preference_pairs(corpus_dir, None, out, PairsConfig(**common, drop_addresses=drop),
-                               detector=build_detector("patterns"), progress=False)
+        stats[drop] = build_preference_pairs(corpus_dir, None, out, PairsConfig(**common, drop_addresses=drop),
+                                             detector=build_detector("patterns"), progress=False)
         runs[drop] = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
     placed, dropped = runs[False], runs[True]
     # the same pairs, rejected sides as they were; the chosen sides differ where the answer addressed the reader
     assert [(r["sample_id"], r["rejected"]) for r in placed] == [(r["sample_id"], r["rejected"]) for r in dropped]
     changed = [(a, b) for a, b in zip(placed, dropped) if a["chosen"] != b["chosen"]]
     assert len(changed) > 3
+    # the samples whose chosen side lost an address, counted (each changed pair is one of theirs)
+    assert stats[False]["addresses_dropped"] == 0
+    assert stats[True]["addresses_dropped"] == len({a["sample_id"] for a, _ in changed})
+    with pytest.raises(UnleakError, match="drop_addresses shapes the 'redact' candidates"):
+        PairsConfig(candidate=CandidateConfig(modes=("chat",)), drop_addresses=True)
     address = re.compile(r"(?:^|[.!?] )\[REDACTED NAME\], ")  # the placeholder addressing the reader
     for a, b in changed:
         before, after = a["chosen"][0]["content"], b["chosen"][0]["content"]

@@ -303,6 +303,10 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
     plain, cfg_rows, failed = assemble_pairs(samples, candidates, generator_name, config, prompts, keep_rows)
     stats = pair_statistics(samples, candidates, plain, cfg_rows, failed)
     stats["keep"] = keep_stats
+    stats["addresses_dropped"] = sum(
+        redacted_continuation(s, conversations[s.conversation_id], cc.redact_template, cc.redact_type_names, True)
+        != redacted_continuation(s, conversations[s.conversation_id], cc.redact_template, cc.redact_type_names)
+        for s in samples) if config.drop_addresses else 0
     stats.update(generator=generator_name, corpus=str(corpus_dir), split="train", profile=config.pii.profile,
                  config=asdict(config))
     atomic_write_jsonl(out / "samples.jsonl", [s.as_dict() for s in samples])
