@@ -241,6 +241,7 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
     cache = _read_cache(cache_path)
     candidates: dict[str, list[Candidate]] = defaultdict(list)
     sample_by_id = {s.id: s for s in samples}
+    addressed: set[str] = set()  # samples whose redacted answer lost an address (`PairsConfig.drop_addresses`)
 
     def label(cands: list[Candidate]) -> None:
         """The detector's spans (and, with `reject_known_values`, the conversation's own values) of each."""
@@ -258,9 +259,13 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
             for mode in applicable_modes(s, cc.modes):
                 if mode == "redact":  # deterministic: one candidate, first round only
                     if attempt == 0:
-                        computed.append(Candidate(s.id, mode, 0, 0, redacted_continuation(
-                            s, conversations[s.conversation_id], cc.redact_template, cc.redact_type_names,
-                            config.drop_addresses)))
+                        conv = conversations[s.conversation_id]
+                        text = redacted_continuation(s, conv, cc.redact_template, cc.redact_type_names,
+                                                     config.drop_addresses)
+                        if config.drop_addresses and text != redacted_continuation(
+                                s, conv, cc.redact_template, cc.redact_type_names):
+                            addressed.add(s.id)
+                        computed.append(Candidate(s.id, mode, 0, 0, text))
                     continue
                 for k in range(cc.candidates):
                     cand = Candidate(s.id, mode, attempt, k, "")
@@ -303,10 +308,7 @@ def build_preference_pairs(corpus_dir: str | Path, generator: CandidateGenerator
     plain, cfg_rows, failed = assemble_pairs(samples, candidates, generator_name, config, prompts, keep_rows)
     stats = pair_statistics(samples, candidates, plain, cfg_rows, failed)
     stats["keep"] = keep_stats
-    stats["addresses_dropped"] = sum(
-        redacted_continuation(s, conversations[s.conversation_id], cc.redact_template, cc.redact_type_names, True)
-        != redacted_continuation(s, conversations[s.conversation_id], cc.redact_template, cc.redact_type_names)
-        for s in samples) if config.drop_addresses else 0
+    stats["addresses_dropped"] = len(addressed)
     stats.update(generator=generator_name, corpus=str(corpus_dir), split="train", profile=config.pii.profile,
                  config=asdict(config))
     atomic_write_jsonl(out / "samples.jsonl", [s.as_dict() for s in samples])
